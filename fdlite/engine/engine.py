@@ -1,0 +1,148 @@
+"""Continuous batching: every step admits waiting sequences (chunked prefill, within a token budget),
+runs one forward over prefill chunks and decodes together, samples, and retires finished sequences.
+
+When KV blocks run out, the newest running sequence is preempted: its blocks are freed and it waits to be
+recomputed from its prompt plus what it generated so far. Nothing is lost and nothing crashes.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from ..kv.base import StepMeta
+from .block_manager import BlockManager
+from .sampler import choose, logprob_entry, process_logits
+from .sequence import FINISHED, RUNNING, WAITING, Sequence
+
+
+class Engine:
+    """runner(ids (N,), meta) -> logits (S, V) host float32 for meta.logit_rows."""
+
+    def __init__(self, runner, blocks: BlockManager, tokenizer, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int):
+        self.runner, self.blocks, self.tokenizer = runner, blocks, tokenizer
+        self.max_num_seqs, self.max_num_batched_tokens, self.max_model_len = \
+            max_num_seqs, max_num_batched_tokens, max_model_len
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a sequence now and return its KV blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._finish(seq, "abort")
+
+    # --- scheduling ----------------------------------------------------------------------------------
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq.block_table)
+        seq.num_computed, seq.status = 0, WAITING
+        seq.metrics.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _schedule(self) -> list[tuple[Sequence, int]]:
+        budget, batch = self.max_num_batched_tokens, []
+        for seq in list(self.running):                      # oldest first: they hold blocks already
+            if seq.status != RUNNING or budget == 0:
+                continue
+            n = min(seq.pending, budget)
+            while not self.blocks.allocate(seq.block_table, seq.num_computed + n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status == RUNNING:
+                batch.append((seq, n))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.pending, budget)
+            if not self.blocks.allocate(seq.block_table, n):
+                break                                       # wait for blocks to come back
+            self.waiting.popleft()
+            seq.status = RUNNING
+            if seq.metrics.inference_start_time is None:
+                seq.metrics.inference_start_time = time.time()
+                seq.metrics.time_in_queue = seq.metrics.inference_start_time - seq.metrics.arrival_time
+            self.running.append(seq)
+            batch.append((seq, n))
+            budget -= n
+        return batch
+
+    # --- one step ------------------------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """Run one forward step. Returns the sequences that got a new token or finished."""
+        batch = self._schedule()
+        if not batch:
+            if self.running or self.waiting:   # cannot happen with >= max_model_len tokens of blocks; guard anyway
+                raise RuntimeError(f"scheduler stalled: {len(self.waiting)} waiting, {len(self.running)} running, "
+                                   f"{self.blocks.num_free} free blocks")
+            return []
+        ids = np.concatenate([seq.all_ids[seq.num_computed:seq.num_computed + n] for seq, n in batch])
+        meta = StepMeta.build([(seq.num_computed, n, seq.block_table) for seq, n in batch], self.blocks.block_size)
+        logits = self.runner(ids.astype(np.int64), meta)                          # (B, V)
+        touched = []
+        for row, (seq, n) in enumerate(batch):
+            seq.num_computed += n
+            if seq.pending:                                   # mid-prompt chunk: nothing to sample yet
+                continue
+            self._append(seq, logits[row])
+            touched.append(seq)
+        return touched
+
+    def _append(self, seq: Sequence, raw: np.ndarray) -> None:
+        p = seq.params
+        banned = list(p.bad_words_token_ids or ())
+        if len(seq.output_ids) < p.min_tokens:
+            banned += list(seq.stop_ids) + list(p.stop_token_ids or ())
+        x = process_logits(raw, seq, np.asarray(banned, np.int64))
+        tok = choose(x, seq)
+        now = time.time()
+        if seq.metrics.first_token_time is None:
+            seq.metrics.first_token_time = now
+        if seq.logprobs is not None:
+            entry, lp = logprob_entry(raw, tok, p.logprobs, self.tokenizer.id_to_piece if self.tokenizer else str)
+            seq.logprobs.append(entry)
+            seq.cumulative_logprob += lp
+        if tok in seq.stop_ids and not p.ignore_eos:
+            return self._finish(seq, "stop")                  # EOS is not part of the output
+        seq.output_ids.append(tok)
+        if seq.detok is not None:
+            seq.text += seq.detok.add(tok)
+            if p.stop and self._stop_string(seq):
+                return self._finish(seq, "stop", flush=False)
+        if p.stop_token_ids and tok in p.stop_token_ids:
+            return self._finish(seq, "stop")
+        if len(seq.output_ids) >= p.max_tokens or len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
+            return self._finish(seq, "length")
+
+    def _stop_string(self, seq: Sequence) -> bool:
+        longest = max(len(s) for s in seq.params.stop)
+        tail_from = max(0, len(seq.text) - longest - 16)
+        hits = [i for i in (seq.text.find(s, tail_from) for s in seq.params.stop) if i >= 0]
+        if hits:
+            seq.text = seq.text[:min(hits)]
+            return True
+        return False
+
+    def _finish(self, seq: Sequence, reason: str, flush: bool = True) -> None:
+        if seq.detok is not None and flush:                  # text cut at a stop string keeps no tail
+            seq.text += seq.detok.flush()
+        seq.status, seq.finish_reason = FINISHED, reason
+        seq.metrics.finish_time = time.time()
+        seq.metrics.generated_tokens = len(seq.output_ids)
+        if seq in self.running:
+            self.running.remove(seq)
+        self.blocks.free(seq.block_table)

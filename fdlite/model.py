@@ -1,0 +1,359 @@
+"""Model: the one object users hold. load / generate / stream / chat / logits / perplexity / close."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import kv as kv_formats
+from . import models, ops, presets, prompts
+from .backend import get_backend
+from .config import ModelConfig
+from .engine.block_manager import BlockManager
+from .engine.engine import Engine
+from .engine.sequence import Sequence
+from .errors import InputError, ModelClosedError, TokenizerError
+from .kv.base import StepMeta
+from .quant import base as quant_base
+from .quant import get as get_method
+from .rope import Rope
+from .sampling_params import RequestOutput, SamplingParams, StreamPiece
+from .weights import open_checkpoint
+
+log = logging.getLogger("fdlite")
+
+DEFAULT_BLOCK_SIZE = 64            # FastDeploy's default
+DEFAULT_CPU_KV_BYTES = 1 << 30     # 1 GiB of KV cache on the CPU unless told otherwise
+
+
+def _parse_quantization(q):
+    """None | name | dict | JSON string -> (method name, params)."""
+    if q is None:
+        return "dense", {}
+    if isinstance(q, str) and q.lstrip().startswith("{"):
+        try:
+            q = json.loads(q)
+        except json.JSONDecodeError as e:
+            raise InputError(f"quantization {q!r} is not valid JSON ({e})") from None
+    if isinstance(q, dict):
+        params = dict(q)
+        name = params.pop("quantization", None) or params.pop("quant_method", None)
+        if not name:
+            raise InputError(f"quantization dict {q!r} needs a 'quantization' key naming the method")
+        return name, params
+    if isinstance(q, str):
+        return q, {}
+    raise InputError(f"quantization must be a name, a dict or a JSON string, got {type(q).__name__}")
+
+
+class Model:
+    def __init__(self, *, cfg, params, family, backend, tokenizer, kv_format, kv_options, num_blocks, block_size,
+                 max_model_len, max_num_seqs, max_num_batched_tokens, source):
+        self.config, self.params, self.family, self.backend = cfg, params, family, backend
+        self.tokenizer = tokenizer
+        self.max_model_len, self.source = max_model_len, source
+        self._kv_format, self._kv_options = kv_format, kv_options
+        self.rope = Rope(cfg)
+        self.cache = kv_format(cfg, num_blocks, block_size, backend, **kv_options)
+        self._stop_ids = frozenset(cfg.eos_token_ids) | frozenset(tokenizer.eos_token_ids if tokenizer else ())
+        self.engine = Engine(self._run, BlockManager(num_blocks, block_size), tokenizer, max_num_seqs,
+                             max_num_batched_tokens, max_model_len)
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # --- loading -------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path_or_preset, *, device: str = "auto", quantization=None, kv_cache: str | None = None,
+             dtype=None, max_model_len: int | None = None, max_num_seqs: int = 8,
+             max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+             kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9) -> "Model":
+        """Load an HF directory, a .gguf file or a preset name (e.g. "smollm2-135m")."""
+        backend = get_backend(device)
+        if dtype is not None and np.dtype(dtype) != backend.compute_dtype:
+            raise InputError(f"dtype={dtype!r} is not available on {backend.name}; it computes in "
+                             f"{backend.compute_dtype} there")
+        qname, qparams = _parse_quantization(quantization)
+        method = get_method(qname)(**qparams)
+        kv_format = kv_formats.get(kv_cache or "bf16")
+        path = presets.resolve(path_or_preset) if isinstance(path_or_preset, str) else None
+        ckpt = open_checkpoint(path or path_or_preset)
+        try:
+            cfg = ModelConfig.from_hf(ckpt.config, where=str(ckpt.path if ckpt.kind == "gguf"
+                                                             else Path(ckpt.path) / "config.json"))
+            family, _ = models.lookup(cfg.architecture)
+            params = family.load_params(cfg, ckpt.tensors, _linear_factory(method, backend), backend)
+        finally:
+            ckpt.close()
+        limit = cfg.context_limit
+        max_model_len = int(max_model_len or min(limit, 4096))
+        if not 1 < max_model_len <= limit:
+            raise InputError(f"max_model_len={max_model_len} must be in [2, {limit}] (the model's context, "
+                             "max_position_embeddings)")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise InputError(f"block_size={block_size!r} must be a positive integer")
+        if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
+            raise InputError(f"max_num_seqs={max_num_seqs!r} must be a positive integer")
+        max_num_batched_tokens = int(max_num_batched_tokens or max(2048, block_size))
+        probe = kv_format(cfg, 1, block_size, backend)
+        per_token = probe.bytes_per_token()
+        probe.close()
+        need = max_num_seqs * max_model_len * per_token
+        if kv_cache_bytes is None:
+            if backend.is_gpu:
+                free, _total = backend.xp.cuda.runtime.memGetInfo()
+                kv_cache_bytes = int(min(need, free * gpu_memory_utilization))
+            else:
+                kv_cache_bytes = int(min(need, max(DEFAULT_CPU_KV_BYTES, max_model_len * per_token)))
+        num_blocks = int(kv_cache_bytes // (per_token * block_size))
+        if num_blocks * block_size < max_model_len:
+            raise InputError(f"a KV budget of {kv_cache_bytes} bytes holds {num_blocks * block_size} tokens "
+                             f"({per_token:.0f} bytes each) but max_model_len={max_model_len} needs at least that "
+                             "many: raise kv_cache_bytes or lower max_model_len")
+        log.info("fdlite: %s on %s, %d KV blocks of %d tokens (%.1f MiB)", cfg.architecture, backend.name,
+                 num_blocks, block_size, num_blocks * block_size * per_token / 2**20)
+        return cls(cfg=cfg, params=params, family=family, backend=backend, tokenizer=ckpt.tokenizer,
+                   kv_format=kv_format, kv_options={}, num_blocks=num_blocks, block_size=block_size,
+                   max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                   max_num_batched_tokens=max_num_batched_tokens, source=str(ckpt.path))
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise ModelClosedError(f"this Model ({self.source}) was closed; load it again with Model.load")
+
+    def close(self) -> None:
+        """Free the weights and the KV cache (device memory included). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.params = None
+            self.cache.close()
+            self.engine = None
+            self.backend.free_memory()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- the forward ---------------------------------------------------------------------------------
+    def _run(self, ids: np.ndarray, meta: StepMeta, cache=None) -> np.ndarray:
+        out = self.family.forward(self.params, self.config, ids, meta, cache or self.cache, self.rope,
+                                  self.backend.xp)
+        return self.backend.to_host(out).astype(np.float32, copy=False)
+
+    def logits(self, ids) -> np.ndarray:
+        """Full forward without the cache: ids (B, T) ints (1-D taken as (1, T)) -> float32 (B, T, V)."""
+        self._check_open()
+        a = np.asarray(ids)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] == 0 or not np.issubdtype(a.dtype, np.integer):
+            raise InputError(f"logits() takes a (B, T) array of int token ids with T >= 1, got shape {a.shape} "
+                             f"dtype {a.dtype}")
+        V, limit = self.config.vocab_size, self.config.context_limit
+        bad = a[(a < 0) | (a >= V)]
+        if bad.size:
+            raise InputError(f"token id {int(bad[0])} is outside the vocabulary [0, {V})")
+        B, T = a.shape
+        if T > limit:
+            raise InputError(f"sequence of {T} tokens exceeds the model's context of {limit} tokens")
+        bs = self.cache.block_size
+        nb = -(-T // bs)
+        scratch = self._kv_format(self.config, B * nb, bs, self.backend, **self._kv_options)
+        try:
+            meta = StepMeta.build([(0, T, list(range(b * nb, (b + 1) * nb))) for b in range(B)], bs, logits="all")
+            with self._lock:
+                out = self._run(a.reshape(-1).astype(np.int64), meta, scratch)
+        finally:
+            scratch.close()
+        return out.reshape(B, T, V)
+
+    def perplexity(self, text_or_ids, window: int = 512, max_tokens: int | None = None) -> float:
+        """exp(mean NLL) over non-overlapping windows (the last may be partial); no BOS inserted; every token
+        after the first of each window is scored."""
+        self._check_open()
+        if isinstance(text_or_ids, str):
+            if self.tokenizer is None:
+                raise TokenizerError("perplexity() got text but this model has no tokenizer; pass token ids")
+            ids = self.tokenizer.encode(text_or_ids, add_special_tokens=False)
+        else:
+            ids = list(prompts.split_prompts(list(text_or_ids))[0]) if len(text_or_ids) else []
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        if not isinstance(window, int) or window < 2:
+            raise InputError(f"window={window!r} must be an integer >= 2")
+        nll, count = 0.0, 0
+        for s in range(0, len(ids), window):
+            w = ids[s:s + window]
+            if len(w) < 2:
+                continue
+            lp = ops.log_softmax(self.logits(np.asarray(w))[0, :-1], np)               # (len-1, V)
+            nll -= float(lp[np.arange(len(w) - 1), w[1:]].astype(np.float64).sum())
+            count += len(w) - 1
+        if count == 0:
+            raise InputError(f"perplexity needs at least 2 tokens, got {len(ids)}")
+        return math.exp(nll / count)
+
+    # --- generation ----------------------------------------------------------------------------------
+    def _sequences(self, prepared, params_list) -> list[list[Sequence]]:
+        groups = []
+        for i, (pr, sp) in enumerate(zip(prepared, params_list)):
+            rid = f"{i}-{uuid.uuid4().hex[:8]}"
+            base = sp.seed if sp.seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+            seqs = []
+            for j in range(sp.n):
+                seed = base if sp.n == 1 else int(np.random.SeedSequence([base, j]).generate_state(1)[0])
+                detok = self.tokenizer.detokenizer() if self.tokenizer else None
+                seqs.append(Sequence(rid, j, pr.text, pr.ids, sp, seed, detok, self._stop_ids))
+            groups.append(seqs)
+        return groups
+
+    def _prepare(self, prompt_list, sampling_params, add_special_tokens=True):
+        self._check_open()
+        prepared = prompts.prepare(prompt_list, self.tokenizer, self.config.vocab_size, self.max_model_len,
+                                   add_special_tokens)
+        params_list = prompts.per_prompt_params(sampling_params, len(prepared))
+        bad_words = [p for p in params_list if p.bad_words]
+        if bad_words:
+            params_list = [self._with_bad_word_ids(p) for p in params_list]
+        return self._sequences(prepared, params_list)
+
+    def _with_bad_word_ids(self, p: SamplingParams) -> SamplingParams:
+        if not p.bad_words:
+            return p
+        if self.tokenizer is None:
+            raise TokenizerError("bad_words needs a tokenizer; use bad_words_token_ids instead")
+        ids = list(p.bad_words_token_ids or [])
+        for w in p.bad_words:  # single-token words only, as FastDeploy (both with and without a leading space)
+            for variant in (w, " " + w):
+                toks = self.tokenizer.encode(variant, add_special_tokens=False)
+                if len(toks) == 1:
+                    ids.append(toks[0])
+        return SamplingParams.from_dict({"bad_words_token_ids": sorted(set(ids)), "bad_words": None}, base=p)
+
+    def generate(self, prompts_, sampling_params=None, use_tqdm: bool = True, add_special_tokens: bool = True
+                 ) -> list[RequestOutput]:
+        """Prompts: str | list[str] | list[int] | list[list[int]]. Returns one RequestOutput per prompt
+        (n > 1: n consecutive outputs per prompt), in input order."""
+        groups = self._prepare(prompts_, sampling_params, add_special_tokens)
+        seqs = [s for g in groups for s in g]
+        with self._lock:
+            self._drive(seqs, use_tqdm and len(seqs) > 1)
+        return [RequestOutput(request_id=s.request_id if s.params.n == 1 else f"{s.request_id}-{s.index}",
+                              prompt=s.prompt, prompt_token_ids=list(s.prompt_ids), outputs=s.completion(),
+                              finished=True, metrics=s.metrics) for s in seqs]
+
+    def _drive(self, seqs: list[Sequence], progress: bool) -> None:
+        """Feed sequences to the engine (a bounded number waiting at a time) and step until all finish."""
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            bar = tqdm(total=len(seqs), desc="generate", unit="req")
+        pending, done, tokens, t0 = iter(seqs), 0, 0, time.time()
+        window = 4 * self.engine.max_num_seqs
+        try:
+            while True:
+                while len(self.engine.waiting) < window:
+                    s = next(pending, None)
+                    if s is None:
+                        break
+                    self.engine.add(s)
+                if not self.engine.has_work():
+                    break
+                touched = self.engine.step()
+                tokens += len(touched)
+                finished = sum(s.finished for s in touched)
+                done += finished
+                if bar is not None:
+                    bar.update(finished)
+                    bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.1f}", refresh=False)
+        except BaseException:
+            for s in seqs:
+                if not s.finished:
+                    self.engine.abort(s)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def stream(self, prompt, sampling_params: SamplingParams | None = None, add_special_tokens: bool = True):
+        """Yield StreamPiece(text, token_ids, finished, finish_reason) as tokens are generated."""
+        sp = sampling_params or SamplingParams()
+        if sp.n != 1:
+            raise InputError(f"stream() generates one sequence; got SamplingParams.n = {sp.n}")
+        groups = self._prepare([prompt] if not isinstance(prompt, list) or prompts._is_ids(prompt) else prompt,
+                               sp, add_special_tokens)
+        if len(groups) != 1:
+            raise InputError(f"stream() takes one prompt, got {len(groups)}")
+        seq = groups[0][0]
+        hold = max((len(s) for s in sp.stop or []), default=1) - 1   # text that may still become a stop string
+        sent_text, sent_ids = 0, 0
+        with self._lock:
+            self.engine.add(seq)
+            try:
+                while not seq.finished:
+                    self.engine.step()
+                    safe = len(seq.text) if seq.finished else max(sent_text, len(seq.text) - hold)
+                    new_ids = seq.output_ids[sent_ids:]
+                    if safe > sent_text or new_ids or seq.finished:
+                        yield StreamPiece(seq.text[sent_text:safe], new_ids, seq.finished, seq.finish_reason)
+                        sent_text, sent_ids = safe, len(seq.output_ids)
+            finally:
+                if not seq.finished:
+                    self.engine.abort(seq)
+
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, chat_template: str | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """One conversation (list of {"role", "content"}) or a batch of them, through the chat template."""
+        self._check_open()
+        if self.tokenizer is None:
+            raise TokenizerError("chat() needs a tokenizer with a chat template; this model has no tokenizer")
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        if not convs or not all(isinstance(c, list) and c and all(isinstance(m, dict) for m in c) for c in convs):
+            raise InputError("chat() takes a list of {'role', 'content'} dicts, or a list of such lists")
+        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, chat_template=chat_template,
+                                                    **(chat_template_kwargs or {})) for c in convs]
+        return self.generate(texts, sampling_params, use_tqdm=use_tqdm, add_special_tokens=False)
+
+    def memory_report(self) -> dict:
+        self._check_open()
+        seen: dict[int, int] = {}   # id -> bytes, so a tied embedding / lm_head counts once
+
+        def walk(x):
+            if isinstance(x, quant_base.Linear):
+                for a in [*x.packed.arrays.values(), x.bias]:
+                    walk(a)
+            elif isinstance(x, (dict, list)):
+                for v in (x.values() if isinstance(x, dict) else x):
+                    walk(v)
+            elif hasattr(x, "nbytes"):
+                base = x.base if getattr(x, "base", None) is not None else x
+                seen[id(base)] = max(seen.get(id(base), 0), int(x.nbytes))
+
+        walk(self.params)
+        weights = sum(seen.values())
+        return {"device": self.backend.name, "weights_bytes": weights, "kv_cache_format": self.cache.name,
+                "kv_cache_bytes": self.cache.nbytes, "kv_bytes_per_token": self.cache.bytes_per_token(),
+                "kv_capacity_tokens": self.cache.num_blocks * self.cache.block_size}
+
+
+def _linear_factory(method, backend):
+    """make_linear(role, name, w, bias): quantize with ``method`` except the lm_head, kept dense."""
+    dense = get_method("dense")(dtype=backend.compute_dtype)
+
+    def make(role, name, w, bias):
+        m = method if role != "lm_head" and method.accepts(tuple(w.shape)) else dense
+        packed = m.prepare(m.quantize(w), backend)
+        return quant_base.Linear(m, packed, bias, backend.xp)
+
+    return make

@@ -1,0 +1,72 @@
+"""The contract every weight method implements, and the Linear that calls it.
+
+A method turns a float weight ``w: (N, K)`` (out_features, in_features; y = x @ w.T) into a
+:class:`Packed`, and computes ``matmul(x, packed)`` from it. The forward pass only ever calls a Linear,
+so it never names a format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Packed:
+    """A quantized (or dense) weight: logical shape (N, K) plus the method's arrays and settings."""
+
+    method: str
+    shape: tuple[int, int]
+    arrays: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+class QuantMethod:
+    """Base class. Subclasses set ``name`` and implement quantize / dequantize / matmul."""
+
+    name = ""
+
+    def accepts(self, shape: tuple[int, int]) -> bool:
+        return True
+
+    def quantize(self, w: np.ndarray) -> Packed:
+        raise NotImplementedError
+
+    def dequantize(self, p: Packed, xp=np):
+        """(N, K) float32: what the packed weight means. The reference every kernel is checked against."""
+        raise NotImplementedError
+
+    def prepare(self, p: Packed, backend) -> Packed:
+        """Move (and, for kernels, repack) the arrays onto ``backend``. Default: copy as they are."""
+        return Packed(p.method, p.shape, {k: backend.asarray(a) for k, a in p.arrays.items()}, dict(p.meta))
+
+    def matmul(self, x, p: Packed, xp):
+        """x: (M, K) -> (M, N). Reference: x @ dequantize(p).T in float32."""
+        w = self.dequantize(p, xp)
+        return (x.astype(xp.float32, copy=False) @ w.T).astype(x.dtype, copy=False)
+
+
+class Linear:
+    """y = x @ W.T (+ b) through a quantization method. x: (M, K) -> (M, N)."""
+
+    __slots__ = ("method", "packed", "bias", "xp")
+
+    def __init__(self, method: QuantMethod, packed: Packed, bias, xp):
+        self.method, self.packed, self.bias, self.xp = method, packed, bias, xp
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.packed.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + (0 if self.bias is None else int(self.bias.nbytes))
+
+    def __call__(self, x):
+        y = self.method.matmul(x, self.packed, self.xp)
+        return y if self.bias is None else y + self.bias
