@@ -348,11 +348,15 @@ class Model:
 
 
 def _linear_factory(method, backend):
-    """make_linear(role, name, w, bias): quantize with ``method`` except the lm_head, kept dense."""
+    """make_linear(role, name, w, bias): the method picks per role (method.for_layer); a shape the method
+    cannot take (e.g. K not a multiple of its group) stays dense."""
     dense = get_method("dense")(dtype=backend.compute_dtype)
 
     def make(role, name, w, bias):
-        m = method if role != "lm_head" and method.accepts(tuple(w.shape)) else dense
+        m = method.for_layer(role, name) or dense
+        if not m.accepts(tuple(w.shape)):
+            log.info("fdlite: %s %s stays dense (%s does not accept shape %s)", role, name, m.name, tuple(w.shape))
+            m = dense
         packed = m.prepare(m.quantize(w), backend)
         return quant_base.Linear(m, packed, bias, backend.xp)
 

@@ -473,6 +473,9 @@ def load_tokenizer(path, extra_eos_ids=()) -> Tokenizer | None:
                  for _, t in sorted(added.items()) if t["content"] not in have]
         if extra:
             backend.add_tokens(extra)
+        # transformers 5 drops the config's add_bos_token/add_eos_token when tokenizer.json exists: the
+        # post-processor saved in tokenizer.json decides what encode(add_special_tokens=True) adds.
+        common.update(add_bos=None, add_eos=None)
         return _HFTokenizer(backend, named=named, **common)
 
     if (path / "tokenizer.model").is_file():
