@@ -3,9 +3,10 @@
 Supported sources, each giving the ids transformers gives for the same files:
 
 * HF directory with ``tokenizer.json``: loaded by the ``tokenizers`` library, with ``tokenizer_config.json``
-  for the named special tokens, ``add_bos_token`` / ``add_eos_token`` and the chat template
-  (``chat_template.jinja`` beside it wins over the config's entry).
-* HF directory with only ``tokenizer.model``: SentencePiece.
+  for the named special tokens and the chat template (``chat_template.jinja`` beside it wins). What
+  ``encode(add_special_tokens=True)`` adds is what tokenizer.json's post-processor adds (as in transformers 5).
+* HF directory with only ``tokenizer.model``: SentencePiece; ``add_bos_token`` (default True, as
+  LlamaTokenizer) / ``add_eos_token`` from ``tokenizer_config.json``.
 * GGUF metadata, ``tokenizer.ggml.model`` = ``gpt2`` (byte-level BPE rebuilt from tokens + merges exactly as
   transformers' GGUF loader builds it) or ``llama`` (SentencePiece BPE: a ``ModelProto`` is serialized here
   from tokens / scores / token types and handed to ``sentencepiece``; no protobuf package needed).
@@ -84,13 +85,20 @@ class Tokenizer:
         return f"{type(self).__name__}({self.source!r}, vocab_size={self.vocab_size})"
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        raise NotImplementedError
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}: {text!r:.80}")
+        return self._encode(text, add_special_tokens)
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         return [self.encode(t, add_special_tokens) for t in texts]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        raise NotImplementedError
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.source} "
+                                 f"(size {self.vocab_size})")
+        return self._decode(ids, skip_special_tokens)
 
     def id_to_piece(self, i: int) -> str:
         raise NotImplementedError
@@ -148,20 +156,24 @@ class _HFTokenizer(Tokenizer):
         specials = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
         # What encode(add_special_tokens=True) adds is whatever the post-processor adds: ask it.
         probe = backend.encode("", add_special_tokens=True).ids
+        adds_bos = bool(probe) and probe[0] == ids.get("bos")
         self._finish(bos=ids.get("bos"), eos=ids.get("eos"), pad=ids.get("pad"), unk=ids.get("unk"),
-                     add_bos=bool(probe) and probe[0] == ids.get("bos"),
-                     add_eos=bool(probe) and probe[-1] == ids.get("eos") and (len(probe) > 1 or not add_bos),
+                     add_bos=adds_bos, add_eos=len(probe) > adds_bos and probe[-1] == ids.get("eos"),
                      chat_template=chat_template, special_ids=specials, eot=eot, extra_eos_ids=extra_eos_ids,
                      source=source)
 
-    def encode(self, text, add_special_tokens=True):
+    def _encode(self, text, add_special_tokens):
         return self._tk.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts, add_special_tokens=True):
-        return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str):
+                raise TokenizerError(f"encode_batch() takes a list of str, got {type(t).__name__}: {t!r:.80}")
+        return [e.ids for e in self._tk.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
-    def decode(self, ids, skip_special_tokens=True):
-        return self._tk.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+    def _decode(self, ids, skip_special_tokens):
+        return self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def id_to_piece(self, i):
         piece = self._tk.id_to_token(int(i))
@@ -208,7 +220,7 @@ class _SPTokenizer(Tokenizer):
         prefix = self._add_prefix and (first or self._prefix_every) and not text.startswith((" ", _SPACE))
         return (self._sp if prefix else self._sp_bare).encode(text)
 
-    def encode(self, text, add_special_tokens=True):
+    def _encode(self, text, add_special_tokens):
         ids, pos = [], 0
         for m in self._split.finditer(text) if self._split else ():
             if m.start() > pos:
@@ -221,15 +233,8 @@ class _SPTokenizer(Tokenizer):
             ids = [self.bos_token_id] * self.add_bos_token + ids + [self.eos_token_id] * self.add_eos_token
         return ids
 
-    def decode(self, ids, skip_special_tokens=True):
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise TokenizerError(f"token id {i} is outside the vocabulary of {self.source} "
-                                     f"(size {self.vocab_size})")
-            if not (skip_special_tokens and i in self.special_ids):
-                out.append(self._bytes[i])
+    def _decode(self, ids, skip_special_tokens):
+        out = [self._bytes[i] for i in ids if not (skip_special_tokens and i in self.special_ids)]
         # errors="replace" keeps decoding prefix-stable (what the incremental detokenizer relies on); transformers'
         # ByteFallback writes one U+FFFD per byte of an invalid run instead, the only place the two differ.
         text = b"".join(out).decode("utf-8", errors="replace")
