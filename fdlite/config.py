@@ -51,7 +51,8 @@ class RopeConfig:
             if scaling.get(key) is not None:
                 kw[key] = scaling[key]
         try:
-            rope = RopeConfig(theta=float(theta), type=rtype, **kw)
+            # rope_interleaved: set by an architecture's defaults (ERNIE-4.5), not by HF config files
+            rope = RopeConfig(theta=float(theta), type=rtype, interleaved=bool(raw.get("rope_interleaved")), **kw)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: bad rope parameters {scaling!r}: {e}") from None
         if rope.theta <= 0 or rope.factor <= 0:

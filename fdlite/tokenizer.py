@@ -4,7 +4,8 @@ Supported sources, each giving the ids transformers gives for the same files:
 
 * HF directory with ``tokenizer.json``: loaded by the ``tokenizers`` library, with ``tokenizer_config.json``
   for the named special tokens and the chat template (``chat_template.jinja`` beside it wins). What
-  ``encode(add_special_tokens=True)`` adds is what tokenizer.json's post-processor adds (as in transformers 5).
+  ``encode(add_special_tokens=True)`` adds is what tokenizer.json's post-processor adds (as in
+  transformers 5).
 * HF directory with only ``tokenizer.model``: SentencePiece; ``add_bos_token`` (default True, as
   LlamaTokenizer) / ``add_eos_token`` from ``tokenizer_config.json``.
 * GGUF metadata, ``tokenizer.ggml.model`` = ``gpt2`` (byte-level BPE rebuilt from tokens + merges exactly as
@@ -32,18 +33,15 @@ _GGUF_NONE = 0xFFFFFFFF  # llama.cpp writes this for "no such token"
 
 # GGUF pre-tokenizer names -> the split regex transformers installs for them (gguf_tokenizer_mapping.py).
 # Names not listed (gpt2, smollm, ...) keep the GPT-2 ByteLevel regex.
-_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
-           r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_C, _T = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)", r"|\s*[\r\n]+|\s+(?!\S)|\s+"  # contractions, whitespace tail
+_UP, _LO = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_LLAMA3 = _C + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*" + _T
+_QWEN2 = _C + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*" + _T
+_QWEN35 = _C + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*" + _T
+_TEKKEN = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UP}*{_LO}+|[^\r\n\p{{L}}\p{{N}}]?{_UP}+{_LO}*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*" + _T)
+_GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?{_UP}*{_LO}+{_C}?|[^\r\n\p{{L}}\p{{N}}]?{_UP}+{_LO}*{_C}?"
+          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*" + _T)
 _PRE_SPLITS = {
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
                      "jina-v5-nano", "dbrx", "smaug-bpe"), _LLAMA3),
@@ -92,19 +90,19 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         return [self.encode(t, add_special_tokens) for t in texts]
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    def _check_ids(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.source} "
-                                 f"(size {self.vocab_size})")
-        return self._decode(ids, skip_special_tokens)
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise TokenizerError(f"token id {i} is outside the vocabulary of {self.source} "
+                                     f"(size {self.vocab_size})")
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self._decode(self._check_ids(ids), skip_special_tokens)
 
     def id_to_piece(self, i: int) -> str:
-        raise NotImplementedError
-
-    def _token_text(self, i):
-        return None if i is None else self.id_to_piece(i)
+        return self._piece(self._check_ids([i])[0])
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             chat_template: str | None = None, **kwargs) -> str:
@@ -113,13 +111,13 @@ class Tokenizer:
             raise TokenizerError(f"{self.source} has no chat template; pass one as "
                                  "apply_chat_template(messages, chat_template='{% for m in messages %}...')")
         # Same variables as transformers: the named special tokens, tools/documents None, then the caller's.
-        variables = {"bos_token": self._token_text(self.bos_token_id),
-                     "eos_token": self._token_text(self.eos_token_id),
-                     "unk_token": self._token_text(self._unk_id), "pad_token": self._token_text(self.pad_token_id),
-                     "tools": None, "documents": None, **kwargs}
+        named = {"bos_token": self.bos_token_id, "eos_token": self.eos_token_id, "unk_token": self._unk_id,
+                 "pad_token": self.pad_token_id}
+        variables = {**{k: self.id_to_piece(i) for k, i in named.items() if i is not None},  # set ones only
+                     "tools": None, "documents": None,
+                     **kwargs, "messages": messages, "add_generation_prompt": add_generation_prompt}
         try:
-            return _compile_template(template).render(messages=messages,
-                                                      add_generation_prompt=add_generation_prompt, **variables)
+            return _compile_template(template).render(**variables)
         except TokenizerError:
             raise
         except Exception as e:  # jinja2 syntax/sandbox/undefined errors: say where they came from
@@ -132,8 +130,7 @@ class Tokenizer:
 class _HFTokenizer(Tokenizer):
     """Backed by a `tokenizers.Tokenizer`: tokenizer.json, or a GGUF byte-level BPE vocabulary."""
 
-    def __init__(self, backend, *, named: dict, add_bos, add_eos, chat_template, eot=(), extra_eos_ids=(),
-                 source):
+    def __init__(self, backend, *, named: dict, add_bos, add_eos, **info):
         from tokenizers import AddedToken, processors
         self._tk = backend
         # transformers adds every named special token (bos/eos/unk/pad) that is not yet an added token.
@@ -159,35 +156,28 @@ class _HFTokenizer(Tokenizer):
         adds_bos = bool(probe) and probe[0] == ids.get("bos")
         self._finish(bos=ids.get("bos"), eos=ids.get("eos"), pad=ids.get("pad"), unk=ids.get("unk"),
                      add_bos=adds_bos, add_eos=len(probe) > adds_bos and probe[-1] == ids.get("eos"),
-                     chat_template=chat_template, special_ids=specials, eot=eot, extra_eos_ids=extra_eos_ids,
-                     source=source)
+                     special_ids=specials, **info)
 
     def _encode(self, text, add_special_tokens):
         return self._tk.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts, add_special_tokens=True):
-        texts = list(texts)
-        for t in texts:
-            if not isinstance(t, str):
-                raise TokenizerError(f"encode_batch() takes a list of str, got {type(t).__name__}: {t!r:.80}")
-        return [e.ids for e in self._tk.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        if not all(isinstance(t, str) for t in texts):
+            raise TokenizerError("encode_batch() takes a list of str")
+        return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
     def _decode(self, ids, skip_special_tokens):
         return self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def id_to_piece(self, i):
-        piece = self._tk.id_to_token(int(i))
-        if piece is None:
-            raise TokenizerError(f"token id {i} is outside the vocabulary of {self.source} (size {self.vocab_size})")
-        return piece
+    def _piece(self, i):
+        return self._tk.id_to_token(i)
 
 
 class _SPTokenizer(Tokenizer):
     """Backed by SentencePiece; special/added tokens are matched in the text here, as transformers does."""
 
     def __init__(self, proto: bytes, *, add_prefix: bool, prefix_every_segment: bool = False, added: dict,
-                 special_ids, bos, eos, pad, unk, add_bos, add_eos, chat_template, eot=(), extra_eos_ids=(),
-                 source):
+                 source: str, **info):
         import sentencepiece as spm
 
         def processor(dummy_prefix):
@@ -210,9 +200,7 @@ class _SPTokenizer(Tokenizer):
         # Longest first, so a regex alternation finds the leftmost-longest token as tokenizers' matcher does.
         alts = sorted(self._added, key=len, reverse=True)
         self._split = re.compile("|".join(map(re.escape, alts))) if alts else None
-        self._finish(bos=bos, eos=eos, pad=pad, unk=unk, add_bos=add_bos, add_eos=add_eos,
-                     chat_template=chat_template, special_ids=special_ids, eot=eot, extra_eos_ids=extra_eos_ids,
-                     source=source)
+        self._finish(source=source, **info)
 
     def _encode_text(self, text, first):
         # transformers' Metaspace(prepend_scheme="first"): dummy prefix on the first piece of text only, and
@@ -235,16 +223,14 @@ class _SPTokenizer(Tokenizer):
 
     def _decode(self, ids, skip_special_tokens):
         out = [self._bytes[i] for i in ids if not (skip_special_tokens and i in self.special_ids)]
-        # errors="replace" keeps decoding prefix-stable (what the incremental detokenizer relies on); transformers'
-        # ByteFallback writes one U+FFFD per byte of an invalid run instead, the only place the two differ.
+        # errors="replace" keeps decoding prefix-stable (the incremental detokenizer relies on it);
+        # transformers' ByteFallback writes one U+FFFD per byte of an invalid run: the only difference.
         text = b"".join(out).decode("utf-8", errors="replace")
         # transformers' decoder Strip(left=1): drop the one dummy-prefix space at the start.
         return text[1:] if self._add_prefix and text.startswith(" ") else text
 
-    def id_to_piece(self, i):
-        if not 0 <= int(i) < self.vocab_size:
-            raise TokenizerError(f"token id {i} is outside the vocabulary of {self.source} (size {self.vocab_size})")
-        return self._pieces[int(i)]
+    def _piece(self, i):
+        return self._pieces[i]
 
 
 class IncrementalDetokenizer:
@@ -263,7 +249,7 @@ class IncrementalDetokenizer:
 
     def _delta(self, final):
         window = self._ids[self._prefix:]
-        before = self._tok.decode(window[:self._read - self._prefix], self._skip) if self._read > self._prefix else ""
+        before = self._tok.decode(window[:self._read - self._prefix], self._skip)
         now = self._tok.decode(window, self._skip)
         if not final and (len(now) <= len(before) or now.endswith("\ufffd")):
             return ""  # nothing new yet, or an incomplete UTF-8 sequence: wait for the next id
@@ -280,7 +266,7 @@ class IncrementalDetokenizer:
         return self._delta(final=True) if self._read < len(self._ids) else ""
 
 
-# ---------------------------------------------------------------------------------------------- chat templates
+# ------------------------------------------------------------------------------------------ chat templates
 
 @functools.lru_cache(maxsize=16)
 def _compile_template(source: str):
@@ -292,9 +278,11 @@ def _compile_template(source: str):
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # transformers' override: jinja's own tojson escapes HTML characters, which templates do not expect
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     return env.from_string(source)
@@ -329,8 +317,9 @@ def _spm_proto(tokens, scores, types, unk_id) -> bytes:
     # own numbering; 0 ("undefined") is treated as normal.
     pieces = b"".join(_field(1, _field(1, t) + _field(2, float(s)) + _field(3, int(k) if 1 <= k <= 6 else 1))
                       for t, s, k in zip(tokens, scores, types))
-    trainer = (_field(3, 2) + _field(4, len(tokens)) + _field(35, True)  # model_type=BPE, byte_fallback
-               + _field(40, unk_id) + _field(41, -1) + _field(42, -1) + _field(43, -1))  # BOS/EOS handled here
+    # model_type=BPE, vocab_size, byte_fallback, unk_id; no bos/eos/pad ids: this module adds BOS/EOS
+    trainer = (_field(3, 2) + _field(4, len(tokens)) + _field(35, True) + _field(40, unk_id)
+               + _field(41, -1) + _field(42, -1) + _field(43, -1))
     normalizer = _field(1, "identity") + _field(3, True) + _field(4, False) + _field(5, True)
     return pieces + _field(2, trainer) + _field(3, normalizer)
 
@@ -338,13 +327,9 @@ def _spm_proto(tokens, scores, types, unk_id) -> bytes:
 @functools.lru_cache(maxsize=1)
 def _byte_chars() -> dict[int, str]:
     """GPT-2's byte -> printable character table (transformers' bytes_to_unicode)."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs = bs[:]
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + len(cs) - 94 - 12 - 82)
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    shown = [*range(33, 127), *range(161, 173), *range(174, 256)]  # printable bytes stand for themselves
+    hidden = [b for b in range(256) if b not in shown]  # the rest get the characters from U+0100 on
+    return {**{b: chr(b) for b in shown}, **{b: chr(256 + n) for n, b in enumerate(hidden)}}
 
 
 def tokenizer_from_gguf(metadata: dict, source: str = "<gguf>", extra_eos_ids=()) -> Tokenizer | None:
@@ -383,7 +368,7 @@ def tokenizer_from_gguf(metadata: dict, source: str = "<gguf>", extra_eos_ids=()
                             add_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", True)),
                             added=added, special_ids=specials, bos=g["bos_token_id"], eos=g["eos_token_id"],
                             pad=g["padding_token_id"], unk=unk,
-                            # llama.cpp and transformers add BOS to a SentencePiece vocabulary unless told not to
+                            # llama.cpp and transformers add BOS to a SentencePiece vocabulary unless told not
                             add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", True)), **common)
 
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -392,31 +377,34 @@ def tokenizer_from_gguf(metadata: dict, source: str = "<gguf>", extra_eos_ids=()
     spell = _byte_chars()
     alphabet = set(spell.values())
     # As transformers: tokens already written in the byte alphabet stay; others are respelled byte by byte.
-    vocab = {t if set(t) <= alphabet else "".join(spell[b] for b in t.encode()): i for i, t in enumerate(tokens)}
+    vocab = {t if set(t) <= alphabet else "".join(spell[b] for b in t.encode()): i
+             for i, t in enumerate(tokens)}
     try:
         backend = Backend(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], dropout=None,
                                      continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     except Exception as e:
-        raise TokenizerError(f"{source}: cannot build a BPE model from tokenizer.ggml.tokens/merges: {e}") from e
+        raise TokenizerError(f"{source}: cannot build a BPE model from tokenizer.ggml.tokens/merges: {e}") \
+            from e
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     # Control tokens become special added tokens, unless spelled outside the byte alphabet (llama.cpp
     # mislabels); user-defined ones that exist in the vocabulary as spelled become plain added tokens.
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t, k in zip(tokens, types) if k == 3 and set(t) <= alphabet])
-    user = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4 and t in vocab]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, k in zip(tokens, types) if k == 4 and t in vocab]
     if user:
         backend.add_tokens(user)
     split = _PRE_SPLITS.get(metadata.get("tokenizer.ggml.pre"))
     if split is not None:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                                         pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                                  use_regex=False)])
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     named = {k: (None if g[key] is None else tokens[g[key]]) for k, key in
              (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),
               ("pad", "padding_token_id"))}
-    return _HFTokenizer(backend, named=named, add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
-                        add_eos=common.pop("add_eos"), **common)
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
+    return _HFTokenizer(backend, named=named, add_bos=add_bos, add_eos=common.pop("add_eos"), **common)
 
 
 def _gguf_file_metadata(path: Path) -> dict:
@@ -428,7 +416,7 @@ def _gguf_file_metadata(path: Path) -> dict:
     return {k: f.contents() for k, f in fields.items() if k.startswith("tokenizer.")}
 
 
-# ------------------------------------------------------------------------------------------------ HF directory
+# -------------------------------------------------------------------------------------------- HF directory
 
 def _read_json(path: Path) -> dict:
     try:
@@ -455,8 +443,6 @@ def load_tokenizer(path, extra_eos_ids=()) -> Tokenizer | None:
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: take "default"
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if (path / "chat_template.json").is_file():
-        template = _read_json(path / "chat_template.json").get("chat_template") or template
     if (path / "chat_template.jinja").is_file():
         template = (path / "chat_template.jinja").read_text(encoding="utf-8")
     named = {k: _token_str(cfg.get(f"{k}_token")) for k in ("bos", "eos", "unk", "pad")}
@@ -472,9 +458,8 @@ def load_tokenizer(path, extra_eos_ids=()) -> Tokenizer | None:
         except Exception as e:
             raise TokenizerError(f"{path / 'tokenizer.json'}: cannot load tokenizer: {e}") from e
         have = set(backend.get_vocab(with_added_tokens=True))
-        extra = [AddedToken(t["content"], special=t.get("special", False), normalized=t.get("normalized", False),
-                            lstrip=t.get("lstrip", False), rstrip=t.get("rstrip", False),
-                            single_word=t.get("single_word", False))
+        flags = ("special", "normalized", "lstrip", "rstrip", "single_word")
+        extra = [AddedToken(t["content"], **{k: t[k] for k in flags if k in t})
                  for _, t in sorted(added.items()) if t["content"] not in have]
         if extra:
             backend.add_tokens(extra)
@@ -484,24 +469,20 @@ def load_tokenizer(path, extra_eos_ids=()) -> Tokenizer | None:
         return _HFTokenizer(backend, named=named, **common)
 
     if (path / "tokenizer.model").is_file():
+        import sentencepiece as spm
         file = path / "tokenizer.model"
         try:
             proto = file.read_bytes()
-        except OSError as e:
-            raise TokenizerError(f"{file}: cannot read: {e}") from e
-        import sentencepiece as spm
-        try:
             sp = spm.SentencePieceProcessor(model_proto=proto)
-        except (RuntimeError, OSError) as e:
-            raise TokenizerError(f"{file}: not a valid SentencePiece model: {e}") from e
+        except (OSError, RuntimeError) as e:
+            raise TokenizerError(f"{file}: not a readable SentencePiece model: {e}") from e
         # LlamaTokenizer's defaults, then the config; named tokens and added_tokens_decoder are matched whole.
-        named = {"bos": "<s>", "eos": "</s>", "unk": "<unk>"} | {k: v for k, v in named.items() if v is not None}
+        named = {"bos": "<s>", "eos": "</s>", "unk": "<unk>"} | {k: v for k, v in named.items() if v}
         ids = {k: sp.piece_to_id(v) for k, v in named.items()}
-        ids = {k: i for k, i in ids.items() if sp.id_to_piece(i) == named[k]}  # piece_to_id gives unk if absent
+        ids = {k: i for k, i in ids.items() if sp.id_to_piece(i) == named[k]}  # absent pieces map to unk
         words = {named[k]: i for k, i in ids.items()} | {t["content"]: i for i, t in added.items()}
         specials = set(ids.values()) | {i for i, t in added.items() if t.get("special", True)}
-        add_bos = True if common["add_bos"] is None else common["add_bos"]
-        common.update(add_bos=add_bos, add_eos=bool(common["add_eos"]))
+        common.update(add_bos=common["add_bos"] is not False, add_eos=bool(common["add_eos"]))  # BOS default
         return _SPTokenizer(proto, add_prefix=cfg.get("add_prefix_space", True) is not False,
                             prefix_every_segment=cfg.get("legacy", False) is True, added=words,
                             special_ids=specials, bos=ids.get("bos"), eos=ids.get("eos"), pad=ids.get("pad"),

