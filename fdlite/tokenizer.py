@@ -407,15 +407,6 @@ def tokenizer_from_gguf(metadata: dict, source: str = "<gguf>", extra_eos_ids=()
     return _HFTokenizer(backend, named=named, add_bos=add_bos, add_eos=common.pop("add_eos"), **common)
 
 
-def _gguf_file_metadata(path: Path) -> dict:
-    from gguf import GGUFReader
-    try:
-        fields = GGUFReader(str(path)).fields
-    except Exception as e:
-        raise TokenizerError(f"{path}: not a readable GGUF file: {e}") from e
-    return {k: f.contents() for k, f in fields.items() if k.startswith("tokenizer.")}
-
-
 # -------------------------------------------------------------------------------------------- HF directory
 
 def _read_json(path: Path) -> dict:
@@ -431,10 +422,8 @@ def _token_str(value):
 
 
 def load_tokenizer(path, extra_eos_ids=()) -> Tokenizer | None:
-    """The tokenizer of an HF model directory (or a .gguf file); None when it has no tokenizer files."""
+    """The tokenizer of an HF model directory; None when it has no tokenizer files."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return tokenizer_from_gguf(_gguf_file_metadata(path), str(path), extra_eos_ids)
     if not path.is_dir():
         raise TokenizerError(f"{path}: no such model directory")
     cfg = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
