@@ -1,0 +1,63 @@
+"""Decode GEMV kernels vs cuBLAS bf16 (cupy.matmul) on Llama-3-8B shapes; achieved GB/s of weight traffic.
+
+    python benchmarks/gpu_gemv.py   (on the GPU machine; prints a table, JSON lines to $OUT/gemv.jsonl)
+"""
+import json
+import os
+
+import cupy as cp
+import ml_dtypes
+import numpy as np
+
+from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
+from fdlite_kernels.gemv_wint8 import gemv_wint8
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
+
+
+def bench(fn, iters=50):
+    for _ in range(3):
+        fn(0)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for r in range(5):
+        start.record()
+        for i in range(iters):
+            fn(i % ROT)
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / iters)
+    return float(np.median(times)) * 1e3   # µs
+
+
+def main():
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, (N, K) in SHAPES.items():
+        wb = [cp.asarray(rng.standard_normal((N, K)).astype(BF16)) for _ in range(ROT)]
+        q8 = [cp.asarray(rng.integers(-127, 128, (N, K), dtype=np.int8)) for _ in range(ROT)]
+        s8 = cp.asarray(rng.random(N, dtype=np.float32))
+        q4 = [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
+        s4 = cp.asarray(rng.random((N, K // 128), dtype=np.float32))
+        for M in (1, 16):
+            x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
+            t_bf16 = bench(lambda i: x @ wb[i].T)
+            t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8))
+            t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4))
+            for method, t, nbytes in (("bf16 cuBLAS", t_bf16, N * K * 2), ("wint8", t_w8, N * K + 4 * N),
+                                      ("wint4 g128", t_w4, N * K // 2 + 4 * N * K // 128)):
+                rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
+                             "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "gemv.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(f"{'shape':8} {'M':>3} {'method':12} {'us':>8} {'GB/s':>7} {'x bf16':>7}")
+    for r in rows:
+        print(f"{r['shape']:8} {r['M']:>3} {r['method']:12} {r['us']:>8} {r['GB_s']:>7} {r['speedup_vs_bf16']:>7}")
+
+
+if __name__ == "__main__":
+    main()

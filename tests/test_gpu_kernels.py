@@ -1,0 +1,75 @@
+"""GPU kernels against their NumPy twins on fresh random inputs (pytest -m gpu, on the lent device)."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+BF16 = np.dtype(ml_dtypes.bfloat16)
+SHAPES = [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (576, 576), (1536, 576), (96, 160)]
+MS = list(range(1, 17))
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def cp():
+    return pytest.importorskip("cupy")
+
+
+def _x(rng, M, K):
+    return rng.standard_normal((M, K)).astype(BF16)
+
+
+@pytest.mark.parametrize("N,K", SHAPES)
+@pytest.mark.parametrize("M", [1, 3, 8, 16])
+def test_gemv_wint8(cp, N, K, M):
+    from fdlite_kernels.gemv_wint8 import gemv_wint8
+
+    rng = np.random.default_rng(N * 31 + K * 7 + M)
+    x = _x(rng, M, K)
+    q = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    s = (rng.random(N).astype(np.float32) + 0.5) / 127
+    ref = x.astype(np.float32) @ (q.astype(np.float32) * s[:, None]).T
+    y = cp.full((M, N), np.nan, dtype=BF16)                      # poisoned: every element must be written
+    gemv_wint8(cp.asarray(x), cp.asarray(q), cp.asarray(s), out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+@pytest.mark.parametrize("N,K", SHAPES)
+@pytest.mark.parametrize("M", [1, 5, 16])
+@pytest.mark.parametrize("G", [32, 64, 128, -1])
+def test_gemv_wint4(cp, N, K, M, G):
+    from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
+
+    G = K if G == -1 else G
+    if K % G:
+        pytest.skip("group does not divide K")
+    rng = np.random.default_rng(N * 13 + K * 5 + M + G)
+    x = _x(rng, M, K)
+    q = rng.integers(-8, 8, (N, K))
+    s = (rng.random((N, K // G)).astype(np.float32) + 0.5) / 7
+    w = q.astype(np.float32) * np.repeat(s, G, axis=1)
+    ref = x.astype(np.float32) @ w.T
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_wint4(cp.asarray(x), cp.asarray(pack_int4(q)), cp.asarray(s), out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+def test_launcher_errors(cp):
+    from fdlite_kernels.gemv_wint4 import gemv_wint4
+    from fdlite_kernels.gemv_wint8 import gemv_wint8
+
+    x = cp.zeros((2, 40), dtype=BF16)
+    with pytest.raises(ValueError, match="K = 40 must be a multiple of 16"):
+        gemv_wint8(x, cp.zeros((8, 40), np.int8), cp.ones(8, np.float32))
+    with pytest.raises(ValueError, match="M <= 16 rows, got M = 17"):
+        gemv_wint8(cp.zeros((17, 64), dtype=BF16), cp.zeros((8, 64), np.int8), cp.ones(8, np.float32))
+    with pytest.raises(ValueError, match="scale has 4 entries for N = 8"):
+        gemv_wint8(cp.zeros((1, 64), dtype=BF16), cp.zeros((8, 64), np.int8), cp.ones(4, np.float32))
+    with pytest.raises(ValueError, match="dtype float32, expected bfloat16"):
+        gemv_wint4(cp.zeros((1, 64), np.float32), cp.zeros((8, 32), np.uint8), cp.ones((8, 2), np.float32))

@@ -1,0 +1,26 @@
+"""Whole models on the GPU (bf16 activations) against the CPU float32 reference (pytest -m gpu)."""
+import numpy as np
+import pytest
+from conftest import FIXTURES, HF_CASES, SHARED_DATA, rel_err
+
+from fdlite import Model, SamplingParams
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("case", HF_CASES)
+def test_tiny_fixture_gpu_vs_cpu(case):
+    d = FIXTURES / "hf" / case
+    ref = dict(np.load(d / "reference.npz"))
+    with Model.load(d, device="cuda") as m:
+        assert m.backend.name == "cuda"
+        assert rel_err(m.logits(ref["input_ids"]), ref["logits"]) < 3e-2
+
+
+def test_stories260k_gpu_greedy():
+    ref = np.load(FIXTURES / "real" / "stories260K.npz")
+    with Model.load(SHARED_DATA / "stories260K.gguf", device="cuda") as m:
+        assert rel_err(m.logits(ref["input_ids"]), ref["logits"]) < 3e-2
+        out = m.generate([[1, 403, 407, 261, 378]], SamplingParams(temperature=0, max_tokens=32), use_tqdm=False)
+    got, want = out[0].outputs.token_ids, ref["greedy_ids"].tolist()
+    assert got[:8] == want[:8]
