@@ -26,6 +26,6 @@ def mmax(M: int) -> int:
     raise ValueError(f"decode GEMV takes M <= 16 rows, got M = {M} (use the prefill GEMM)")
 
 
-def grid_for(N: int, warps: int = 8) -> int:
+def grid_for(N: int, warps: int = 8, rows: int = 4) -> int:
     # enough blocks to cover every row once, capped so each SM gets a few resident blocks
-    return max(1, min(-(-N // warps), 132 * 16))
+    return max(1, min(-(-N // (warps * rows)), 132 * 16))
