@@ -78,7 +78,7 @@ def main():
         s8 = cp.asarray(rng.random(N, dtype=np.float32))
         q4 = [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
         s4 = cp.asarray(rng.random((N, K // 128), dtype=np.float32))
-        for M in (1, 16):
+        for M in (1, 4, 16):
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)

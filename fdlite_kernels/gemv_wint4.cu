@@ -32,28 +32,36 @@ __global__ void __launch_bounds__(256) gemv_wint4(const bf16_t* __restrict__ x, 
         wv[r] = __ldg(reinterpret_cast<const uint4*>(q + (size_t)n * (K / 2) + k / 2));
         sc[r] = __ldg(scale + (size_t)n * groups + k / G);
       }
+      float s[MMAX][ROWS];
 #pragma unroll
-      for (int m = 0; m < MMAX; ++m) {
-        if (m < M) {
-          const uint4* xp = reinterpret_cast<const uint4*>(x + (size_t)m * K + k);
-          float s[ROWS];
+      for (int m = 0; m < MMAX; ++m)
 #pragma unroll
-          for (int r = 0; r < ROWS; ++r) s[r] = 0.f;
+        for (int r = 0; r < ROWS; ++r) s[m][r] = 0.f;
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
+      for (int c = 0; c < 4; ++c) {
+        float wf[ROWS][8];                                   // decode 8 weights per row once, reuse for every m
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          const unsigned word = c == 0 ? wv[r].x : c == 1 ? wv[r].y : c == 2 ? wv[r].z : wv[r].w;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) wf[r][i] = (float)((int)((word >> (4 * i)) & 0xf) - 8);
+        }
+#pragma unroll
+        for (int m = 0; m < MMAX; ++m) {
+          if (m < M) {
             float xf[8];
-            bf16x8_to_f32(__ldg(xp + c), xf);
+            bf16x8_to_f32(__ldg(reinterpret_cast<const uint4*>(x + (size_t)m * K + k) + c), xf);
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-              const unsigned word = c == 0 ? wv[r].x : c == 1 ? wv[r].y : c == 2 ? wv[r].z : wv[r].w;
+            for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-              for (int i = 0; i < 8; ++i) s[r] = fmaf(xf[i], (float)((int)((word >> (4 * i)) & 0xf) - 8), s[r]);
-            }
+              for (int i = 0; i < 8; ++i) s[m][r] = fmaf(xf[i], wf[r][i], s[m][r]);
           }
-#pragma unroll
-          for (int r = 0; r < ROWS; ++r) acc[m][r] = fmaf(s[r], sc[r], acc[m][r]);
         }
       }
+#pragma unroll
+      for (int m = 0; m < MMAX; ++m)
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) acc[m][r] = fmaf(s[m][r], sc[r], acc[m][r]);
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
