@@ -31,3 +31,30 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// e4m3fn bits -> float, exact for every finite code (NaN codes are never produced by the quantizers).
+// Placing the 7 exponent+mantissa bits at float bits 20..26 gives 2^(e-127)(1 + m/8) (or a float subnormal
+// for e = 0); multiplying by 2^120 rebases the exponent bias from 127 to 7, exactly.
+__device__ __forceinline__ float e4m3_to_f32(unsigned b) {
+  const float mag = __uint_as_float((b & 0x7fu) << 20) * 1.329227995784916e36f;  // 2^120
+  return (b & 0x80u) ? -mag : mag;
+}
+
+// float -> e4m3fn bits, round to nearest even, saturating at +-448 (as the NumPy twins, which clip first).
+__device__ __forceinline__ unsigned f32_to_e4m3(float v) {
+  const unsigned sign = v < 0.f ? 0x80u : 0u;
+  float a = fminf(fabsf(v), 448.f);
+  unsigned code;
+  if (a < 0.015625f) {                       // below 2^-6: subnormal steps of 2^-9 (q = 8 is the first normal)
+    code = (unsigned)rintf(a * 512.f);
+  } else {
+    int e;
+    const float fr = frexpf(a, &e);          // a = fr * 2^e, fr in [0.5, 1)
+    unsigned qm = (unsigned)rintf((fr * 2.f - 1.f) * 8.f);
+    int ex = e - 1 + 7;
+    if (qm == 8u) { qm = 0u; ++ex; }
+    code = ((unsigned)ex << 3) | qm;
+    if (code > 0x7eu) code = 0x7eu;
+  }
+  return sign | code;
+}

@@ -73,3 +73,42 @@ def test_launcher_errors(cp):
         gemv_wint8(cp.zeros((1, 64), dtype=BF16), cp.zeros((8, 64), np.int8), cp.ones(4, np.float32))
     with pytest.raises(ValueError, match="dtype float32, expected bfloat16"):
         gemv_wint4(cp.zeros((1, 64), np.float32), cp.zeros((8, 32), np.uint8), cp.ones((8, 2), np.float32))
+
+
+@pytest.mark.parametrize("N,K", SHAPES)
+@pytest.mark.parametrize("M", [1, 7, 16])
+def test_gemv_block_fp8_vs_twin(cp, N, K, M):
+    """Against the method's own NumPy matmul (fp8 weights, dynamic fp8 activations)."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
+
+    rng = np.random.default_rng(N + 3 * K + M)
+    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
+    x = _x(rng, M, K)
+    method = get("block_wise_fp8")()
+    p = method.quantize(w)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_block_fp8(cp.asarray(x), cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"]),
+                   out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+@pytest.mark.parametrize("M,K", [(1, 128), (3, 576), (16, 4096), (2, 200 - 200 % 16)])
+def test_act_quant_fp8_bits(cp, M, K):
+    """Activation codes and scales equal the NumPy twin's (ml_dtypes round-to-nearest-even)."""
+    import ml_dtypes as md
+
+    from fdlite_kernels.gemv_block_fp8 import act_quant_fp8
+
+    rng = np.random.default_rng(M * K)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)
+    xq, xs = act_quant_fp8(cp.asarray(x))
+    xf = x.astype(np.float32)
+    Kb = -(-K // 128)
+    xp = np.pad(xf, ((0, 0), (0, Kb * 128 - K))).reshape(M, Kb, 128)
+    s = np.maximum(np.abs(xp).max(-1), 1e-10).astype(np.float32) / np.float32(448)
+    codes = (xp / s[..., None]).astype(md.float8_e4m3fn).view(np.uint8).reshape(M, -1)
+    assert np.array_equal(cp.asnumpy(xs), s)
+    assert np.array_equal(cp.asnumpy(xq)[:, :K], codes[:, :K])
