@@ -11,6 +11,7 @@ import numpy as np
 
 from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
 from fdlite_kernels.gemv_wint8 import gemv_wint8
+from fdlite_kernels.mma_wq import mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
@@ -78,14 +79,22 @@ def main():
         s8 = cp.asarray(rng.random(N, dtype=np.float32))
         q4 = [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
         s4 = cp.asarray(rng.random((N, K // 128), dtype=np.float32))
-        for M in (1, 4, 16):
+        p8 = [cp.asarray(repack(rng.integers(-127, 128, (N, K)), 8)) for _ in range(ROT)]
+        p4 = [cp.asarray(repack(rng.integers(-8, 8, (N, K)), 4)) for _ in range(ROT)]
+        s8c = cp.asarray(rng.random((N, 1), dtype=np.float32))
+        for M in (1, 4, 16, 256):
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)
-            t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y))
-            t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y))
-            for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8", t_w8, N * K + 4 * N),
-                                      ("wint4 g128", t_w4, N * K // 2 + 4 * N * K // 128)):
+            gemv = M <= 16
+            t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv else float("nan")
+            t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv else float("nan")
+            t_m8 = bench(lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y))
+            t_m4 = bench(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y))
+            for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
+                                      ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
+                                      ("wint8 mma", t_m8, N * K + 4 * N),
+                                      ("wint4 mma", t_m4, N * K // 2 + 4 * N * K // 128)):
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                              "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
     out = os.environ.get("OUT")
@@ -93,9 +102,9 @@ def main():
         with open(os.path.join(out, "gemv.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     print("* cuBLAS via torch in a CUDA graph (reference only; fdlite does not use torch)")
-    print(f"{'shape':8} {'M':>3} {'method':12} {'us':>8} {'GB/s':>7} {'x bf16':>7}")
+    print(f"{'shape':8} {'M':>4} {'method':12} {'us':>8} {'GB/s':>7} {'x bf16':>7}")
     for r in rows:
-        print(f"{r['shape']:8} {r['M']:>3} {r['method']:12} {r['us']:>8} {r['GB_s']:>7} {r['speedup_vs_bf16']:>7}")
+        print(f"{r['shape']:8} {r['M']:>4} {r['method']:12} {r['us']:>8} {r['GB_s']:>7} {r['speedup_vs_bf16']:>7}")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,32 @@ def test_act_quant_fp8_bits(cp, M, K):
     codes = (xp / s[..., None]).astype(md.float8_e4m3fn).view(np.uint8).reshape(M, -1)
     assert np.array_equal(cp.asnumpy(xs), s)
     assert np.array_equal(cp.asnumpy(xq)[:, :K], codes[:, :K])
+
+
+@pytest.mark.parametrize("N,K", SHAPES)
+@pytest.mark.parametrize("M", [1, 2, 9, 16, 17, 64, 300])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, -1)])
+def test_mma_wq(cp, N, K, M, bits, group):
+    """Tensor-core int8/int4 GEMM vs the NumPy formula; K padded as the launcher requires."""
+    from fdlite_kernels.mma_wq import mma_wq, padded, repack
+
+    Np, Kp = padded(N, K, bits)
+    g = Kp if group == -1 else group
+    if Kp % g:
+        pytest.skip("group does not divide the padded K")
+    rng = np.random.default_rng(N * 7 + K + M * 3 + bits + g)
+    lo, hi = (-127, 128) if bits == 8 else (-8, 8)
+    q = rng.integers(lo, hi, (N, K))
+    G = 1 if bits == 8 else Kp // g
+    s = np.zeros((Np, G), np.float32)
+    s[:N] = (rng.random((N, G)) + 0.5) / hi
+    qz = np.zeros((N, Kp))
+    qz[:, :K] = q
+    w = qz * np.repeat(s[:N], Kp // G, axis=1)                      # (N, Kp)
+    x = np.zeros((M, Kp), BF16)
+    x[:, :K] = _x(rng, M, K)
+    ref = x.astype(np.float32) @ w.T.astype(np.float32)
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    mma_wq(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2

@@ -1,0 +1,118 @@
+// Tensor-core GEMM for int8 / int4 weights with bf16 activations (decode M <= 16 and prefill tiles):
+//   y[m, n] = sum_k x[m, k] * w[n, k],  w = q * scale (int8: per output channel; int4: per (n, K-group))
+// x: bf16 [M, K]; y: bf16 [M, N]; scale: f32 [N, G] (G = K / group; int8 per channel: G = 1).
+// qp: weights repacked on the host (mma_wq.py: repack) so that one warp's 16-byte-per-lane load of a
+// (8 rows x KT columns) tile hands every lane exactly the B fragments of mma.m16n8k16 it needs:
+//   tile (nt, kt) at byte ((nt * (K / KT) + kt) * 512), lane l = 4 g + t at +16 l, holding for each k16
+//   step j the weights of row 8 nt + g at k = KT kt + 16 j + {2t, 2t+1, 2t+8, 2t+9}:
+//   int8 (KT = 64): 4 bytes per step; int4 (KT = 128): 2 bytes per step, offset binary (q + 8), low
+//   nibble first. A warp thus reads 512 contiguous bytes per tile.
+// Grid: x = N / 16 (two n8 tiles per block), y = ceil(M / (16 MT)); 4 warps split the K tiles of the
+// block (interleaved) and reduce their fp32 accumulators through shared memory at the end.
+// int4 weights are dequantized with their group scale into bf16 before the mma (scale folded in, as
+// Marlin does); int8 weights enter the mma exactly and the channel scale is applied to the fp32 sum.
+#include "common.cuh"
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+  return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// bf16 pair at x[row, k], k even; zero outside the matrix rows
+__device__ __forceinline__ unsigned ld_x2(const bf16_t* x, int row, int M, int K, int k) {
+  return row < M ? __ldg(reinterpret_cast<const unsigned*>(x + (size_t)row * K + k)) : 0u;
+}
+
+template <int BITS, int MT>
+__global__ void __launch_bounds__(128) mma_wq(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
+                                              const float* __restrict__ scale, bf16_t* __restrict__ y,
+                                              int M, int N, int K, int group) {
+  constexpr int KT = BITS == 8 ? 64 : 128;       // K columns per 16-byte lane chunk
+  constexpr int STEPS = KT / 16;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int nt0 = blockIdx.x * 2;                // two n8 tiles per block
+  const int m0 = blockIdx.y * 16 * MT;
+  const int ktiles = K / KT, G = K / group;
+  float acc[MT][2][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int b = 0; b < 2; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+
+  for (int kt = warp; kt < ktiles; kt += 4) {
+    uint4 w[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) w[h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + kt) * 32 + lane);
+#pragma unroll
+    for (int j = 0; j < STEPS; ++j) {
+      const int k = kt * KT + 16 * j;
+      unsigned b[2][2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (BITS == 8) {                         // step j = word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
+          const unsigned v = word_of(w[h], j);
+          b[h][0] = pack_bf16x2((float)(signed char)(v & 0xff), (float)(signed char)((v >> 8) & 0xff));
+          b[h][1] = pack_bf16x2((float)(signed char)((v >> 16) & 0xff), (float)(signed char)(v >> 24));
+        } else {                                 // step j = 16-bit half (j & 1) of word j / 2
+          const unsigned v = (word_of(w[h], j >> 1) >> (16 * (j & 1))) & 0xffffu;
+          const float s = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + k / group);
+          b[h][0] = pack_bf16x2((float)((int)(v & 0xf) - 8) * s, (float)((int)((v >> 4) & 0xf) - 8) * s);
+          b[h][1] = pack_bf16x2((float)((int)((v >> 8) & 0xf) - 8) * s, (float)((int)(v >> 12) - 8) * s);
+        }
+      }
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        const int r0 = m0 + 16 * a + g;
+        unsigned af[4] = {ld_x2(x, r0, M, K, k + 2 * t), ld_x2(x, r0 + 8, M, K, k + 2 * t),
+                          ld_x2(x, r0, M, K, k + 2 * t + 8), ld_x2(x, r0 + 8, M, K, k + 2 * t + 8)};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) mma_bf16(acc[a][h], af, b[h][0], b[h][1]);
+      }
+    }
+  }
+  // reduce the 4 warps' partial sums: warps 1..3 park theirs in shared memory, warp 0 adds and stores
+  __shared__ float red[3][MT * 8][32];
+  if (warp > 0) {
+#pragma unroll
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) red[warp - 1][a * 8 + h * 4 + c][lane] = acc[a][h][c];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          float v = acc[a][h][c] + red[0][a * 8 + h * 4 + c][lane] + red[1][a * 8 + h * 4 + c][lane] +
+                    red[2][a * 8 + h * 4 + c][lane];
+          const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0);
+          const int col = 8 * (nt0 + h) + 2 * t + (c & 1);
+          if (BITS == 8) v *= __ldg(scale + col);
+          if (row < M && col < N) y[(size_t)row * N + col] = f32_to_bf16(v);
+        }
+  }
+}
+
+template __global__ void mma_wq<8, 1>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<8, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 1>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);

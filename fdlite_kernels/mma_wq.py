@@ -1,0 +1,65 @@
+"""Launcher for mma_wq.cu — tensor-core (mma.sync m16n8k16, bf16) GEMM for int8 / int4 weights.
+
+repack(q, bits) -> qp (host): q int codes [N, K] (int8: [-127, 127]; int4: [-8, 7]), N padded to a
+    multiple of 16 and K to a multiple of KT (64 for int8, 128 for int4) with zero codes, then laid out so
+    each warp's 16-byte-per-lane load of an (8 x KT) tile holds every lane's mma B fragments (see the .cu).
+mma_wq(x, qp, scale, N, bits, group):
+    x: bf16 [M, K] with K = the padded K (pad x with zero columns to match);
+    scale: float32 [Np, G] with Np = N rounded up to 16 (int8: G = 1 per channel; int4: G = K / group,
+    group a multiple of 16); returns y: bf16 [M, N] = x @ (q * scale per (n, k // group)).T
+The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check, expect
+
+KT = {8: 64, 4: 128}
+_NAMES = tuple(f"mma_wq<{b}, {m}>" for b in (8, 4) for m in (1, 4))
+
+
+def padded(N: int, K: int, bits: int) -> tuple[int, int]:
+    return -(-N // 16) * 16, -(-K // KT[bits]) * KT[bits]
+
+
+def repack(q: np.ndarray, bits: int) -> np.ndarray:
+    """int codes [N, K] -> uint8 [Np * Kp * bits / 8] in the kernel's fragment order (host)."""
+    check(bits in KT, f"bits = {bits}, expected 8 or 4")
+    N, K = q.shape
+    Np, Kp = padded(N, K, bits)
+    kt = KT[bits]
+    qz = np.zeros((Np, Kp), np.int16)
+    qz[:N, :K] = q
+    v = qz.reshape(Np // 8, 8, Kp // kt, kt // 16, 16)                        # (nt, g, kt, step, 16)
+    idx = np.array([[2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9] for t in range(4)])  # (t, 4) k offsets per lane
+    sel = v[..., idx].transpose(0, 2, 1, 4, 3, 5)                             # (nt, kt, g, t, step, 4)
+    if bits == 8:
+        return np.ascontiguousarray(sel.astype(np.int8)).view(np.uint8).reshape(-1)
+    u = (sel + 8).astype(np.uint8)
+    return np.ascontiguousarray(u[..., 0::2] | (u[..., 1::2] << 4)).reshape(-1)   # 2 bytes per step
+
+
+def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
+    import cupy as cp  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(qp, "qp", np.uint8, 1)
+    expect(scale, "scale", np.float32, 2)
+    M, K = x.shape
+    Np, Kp = padded(N, K, bits)
+    check(Kp == K, f"x has K = {K}; pad it to a multiple of {KT[bits]} (the packed weight's K)")
+    check(qp.size == Np * K * bits // 8, f"qp has {qp.size} bytes, expected {Np * K * bits // 8} for N = {N}, K = {K}")
+    if bits == 8:
+        check(scale.shape == (Np, 1), f"scale shape {scale.shape}, expected {(Np, 1)}")
+        group = K
+    else:
+        check(group % 16 == 0 and K % group == 0, f"group = {group} must be a multiple of 16 dividing K = {K}")
+        check(scale.shape == (Np, K // group), f"scale shape {scale.shape}, expected {(Np, K // group)}")
+    mt = 1 if M <= 16 else 4
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    fn = load("mma_wq", name_expressions=_NAMES).get_function(f"mma_wq<{bits}, {mt}>")
+    grid = (Np // 16, -(-M // (16 * mt)))
+    fn(grid, (128,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
+    return y
