@@ -82,7 +82,7 @@ def main():
         p8 = [cp.asarray(repack(rng.integers(-127, 128, (N, K)), 8)) for _ in range(ROT)]
         p4 = [cp.asarray(repack(rng.integers(-8, 8, (N, K)), 4)) for _ in range(ROT)]
         s8c = cp.asarray(rng.random((N, 1), dtype=np.float32))
-        for M in (1, 4, 16, 256):
+        for M in [int(v) for v in os.environ.get("GEMV_MS", "1,4,16,256").split(",")]:
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)

@@ -7,8 +7,8 @@
 //   step j the weights of row 8 nt + g at k = KT kt + 16 j + {2t, 2t+1, 2t+8, 2t+9}:
 //   int8 (KT = 64): 4 bytes per step; int4 (KT = 128): 2 bytes per step, offset binary (q + 8), low
 //   nibble first. A warp thus reads 512 contiguous bytes per tile.
-// Grid: x = N / 16 (two n8 tiles per block), y = ceil(M / (16 MT)); 4 warps split the K tiles of the
-// block (interleaved) and reduce their fp32 accumulators through shared memory at the end.
+// Grid: x = N / (8 NT) (NT n8 tiles per block), y = ceil(M / (16 MT)); WARPS warps split the K tiles of
+// the block (interleaved) and reduce their fp32 accumulators through shared memory at the end.
 // int4 weights are dequantized with their group scale into bf16 before the mma (scale folded in, as
 // Marlin does); int8 weights enter the mma exactly and the channel scale is applied to the fp32 sum.
 #include "common.cuh"
@@ -34,42 +34,57 @@ __device__ __forceinline__ unsigned ld_x2(const bf16_t* x, int row, int M, int K
   return row < M ? __ldg(reinterpret_cast<const unsigned*>(x + (size_t)row * K + k)) : 0u;
 }
 
-template <int BITS, int MT>
-__global__ void __launch_bounds__(128) mma_wq(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
+template <int BITS, int MT, int NT, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                               const float* __restrict__ scale, bf16_t* __restrict__ y,
                                               int M, int N, int K, int group) {
   constexpr int KT = BITS == 8 ? 64 : 128;       // K columns per 16-byte lane chunk
   constexpr int STEPS = KT / 16;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int nt0 = blockIdx.x * 2;                // two n8 tiles per block
+  const int nt0 = blockIdx.x * NT;               // NT n8 tiles per block
   const int m0 = blockIdx.y * 16 * MT;
   const int ktiles = K / KT, G = K / group;
-  float acc[MT][2][4];
+  float acc[MT][NT][4];
 #pragma unroll
   for (int a = 0; a < MT; ++a)
 #pragma unroll
-    for (int b = 0; b < 2; ++b)
+    for (int b = 0; b < NT; ++b)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
 
-  for (int kt = warp; kt < ktiles; kt += 4) {
-    uint4 w[2];
+  // register double buffer: the next tile's 16-byte loads are in flight while this tile's mmas run
+  uint4 wn[NT];
+  if (warp < ktiles) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) w[h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + kt) * 32 + lane);
+    for (int h = 0; h < NT; ++h) wn[h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + warp) * 32 + lane);
+  }
+  for (int kt = warp; kt < ktiles; kt += WARPS) {
+    uint4 w[NT];
+#pragma unroll
+    for (int h = 0; h < NT; ++h) w[h] = wn[h];
+    if (kt + WARPS < ktiles) {
+#pragma unroll
+      for (int h = 0; h < NT; ++h) wn[h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + kt + WARPS) * 32 + lane);
+    }
+    float sg[NT];                    // int4: a group spanning the whole tile has one scale
+    if (BITS == 4 && group % KT == 0) {
+#pragma unroll
+      for (int h = 0; h < NT; ++h) sg[h] = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + kt * KT / group);
+    }
 #pragma unroll
     for (int j = 0; j < STEPS; ++j) {
       const int k = kt * KT + 16 * j;
-      unsigned b[2][2];
+      unsigned b[NT][2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < NT; ++h) {
         if (BITS == 8) {                         // step j = word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
           const unsigned v = word_of(w[h], j);
           b[h][0] = pack_bf16x2((float)(signed char)(v & 0xff), (float)(signed char)((v >> 8) & 0xff));
           b[h][1] = pack_bf16x2((float)(signed char)((v >> 16) & 0xff), (float)(signed char)(v >> 24));
         } else {                                 // step j = 16-bit half (j & 1) of word j / 2
           const unsigned v = (word_of(w[h], j >> 1) >> (16 * (j & 1))) & 0xffffu;
-          const float s = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + k / group);
+          const float s = group % KT == 0 ? sg[h] : __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + k / group);
           b[h][0] = pack_bf16x2((float)((int)(v & 0xf) - 8) * s, (float)((int)((v >> 4) & 0xf) - 8) * s);
           b[h][1] = pack_bf16x2((float)((int)((v >> 8) & 0xf) - 8) * s, (float)((int)(v >> 12) - 8) * s);
         }
@@ -80,30 +95,31 @@ __global__ void __launch_bounds__(128) mma_wq(const bf16_t* __restrict__ x, cons
         unsigned af[4] = {ld_x2(x, r0, M, K, k + 2 * t), ld_x2(x, r0 + 8, M, K, k + 2 * t),
                           ld_x2(x, r0, M, K, k + 2 * t + 8), ld_x2(x, r0 + 8, M, K, k + 2 * t + 8)};
 #pragma unroll
-        for (int h = 0; h < 2; ++h) mma_bf16(acc[a][h], af, b[h][0], b[h][1]);
+        for (int h = 0; h < NT; ++h) mma_bf16(acc[a][h], af, b[h][0], b[h][1]);
       }
     }
   }
   // reduce the 4 warps' partial sums: warps 1..3 park theirs in shared memory, warp 0 adds and stores
-  __shared__ float red[3][MT * 8][32];
+  __shared__ float red[WARPS - 1][MT * NT * 4][32];
   if (warp > 0) {
 #pragma unroll
     for (int a = 0; a < MT; ++a)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < NT; ++h)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) red[warp - 1][a * 8 + h * 4 + c][lane] = acc[a][h][c];
+        for (int c = 0; c < 4; ++c) red[warp - 1][(a * NT + h) * 4 + c][lane] = acc[a][h][c];
   }
   __syncthreads();
   if (warp == 0) {
 #pragma unroll
     for (int a = 0; a < MT; ++a)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < NT; ++h)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-          float v = acc[a][h][c] + red[0][a * 8 + h * 4 + c][lane] + red[1][a * 8 + h * 4 + c][lane] +
-                    red[2][a * 8 + h * 4 + c][lane];
+          float v = acc[a][h][c];
+#pragma unroll
+          for (int o = 0; o < WARPS - 1; ++o) v += red[o][(a * NT + h) * 4 + c][lane];
           const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0);
           const int col = 8 * (nt0 + h) + 2 * t + (c & 1);
           if (BITS == 8) v *= __ldg(scale + col);
@@ -112,7 +128,7 @@ __global__ void __launch_bounds__(128) mma_wq(const bf16_t* __restrict__ x, cons
   }
 }
 
-template __global__ void mma_wq<8, 1>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<8, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<4, 1>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<4, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<8, 1, 1, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<8, 4, 2, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 1, 1, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 4, 2, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);

@@ -17,7 +17,9 @@ from . import load
 from ._launch import BF16, check, expect
 
 KT = {8: 64, 4: 128}
-_NAMES = tuple(f"mma_wq<{b}, {m}>" for b in (8, 4) for m in (1, 4))
+# (MT m16 tiles, NT n8 tiles, warps): decode spreads N over many small blocks; prefill reuses B over 64 rows
+_CONFIGS = {1: (1, 1, 8), 4: (4, 2, 4)}
+_NAMES = tuple(f"mma_wq<{b}, {m}, {n}, {w}>" for b in (8, 4) for m, n, w in _CONFIGS.values())
 
 
 def padded(N: int, K: int, bits: int) -> tuple[int, int]:
@@ -59,7 +61,8 @@ def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
         check(scale.shape == (Np, K // group), f"scale shape {scale.shape}, expected {(Np, K // group)}")
     mt = 1 if M <= 16 else 4
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
-    fn = load("mma_wq", name_expressions=_NAMES).get_function(f"mma_wq<{bits}, {mt}>")
-    grid = (Np // 16, -(-M // (16 * mt)))
-    fn(grid, (128,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
+    _, nt, warps = _CONFIGS[mt]
+    fn = load("mma_wq", name_expressions=_NAMES).get_function(f"mma_wq<{bits}, {mt}, {nt}, {warps}>")
+    grid = (Np // (8 * nt), -(-M // (16 * mt)))
+    fn(grid, (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
     return y
