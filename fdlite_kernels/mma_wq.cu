@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
   }
 }
 
-template __global__ void mma_wq<8, 1, 1, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<8, 1, 2, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
 template __global__ void mma_wq<8, 4, 2, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<4, 1, 1, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 1, 2, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
 template __global__ void mma_wq<4, 4, 2, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);

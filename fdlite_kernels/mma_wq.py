@@ -18,7 +18,7 @@ from ._launch import BF16, check, expect
 
 KT = {8: 64, 4: 128}
 # (MT m16 tiles, NT n8 tiles, warps): decode spreads N over many small blocks; prefill reuses B over 64 rows
-_CONFIGS = {1: (1, 1, 8), 4: (4, 2, 4)}
+_CONFIGS = {1: (1, 2, 8), 4: (4, 2, 4)}
 _NAMES = tuple(f"mma_wq<{b}, {m}, {n}, {w}>" for b in (8, 4) for m, n, w in _CONFIGS.values())
 
 
