@@ -11,7 +11,7 @@ import numpy as np
 
 from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
 from fdlite_kernels.gemv_wint8 import gemv_wint8
-from fdlite_kernels.mma_wq import mma_wq, repack
+from fdlite_kernels.mma_wq import gemm_packed, mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
@@ -89,12 +89,12 @@ def main():
             gemv = M <= 16
             t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv else float("nan")
             t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv else float("nan")
-            t_m8 = bench(lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y))
-            t_m4 = bench(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y))
+            t_m8 = bench(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
+            t_m4 = bench(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
                                       ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
-                                      ("wint8 mma", t_m8, N * K + 4 * N),
-                                      ("wint4 mma", t_m4, N * K // 2 + 4 * N * K // 128)):
+                                      ("wint8 packed", t_m8, N * K + 4 * N),
+                                      ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128)):
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                              "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
     out = os.environ.get("OUT")

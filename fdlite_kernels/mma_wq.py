@@ -66,3 +66,33 @@ def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
     grid = (Np // (8 * nt), -(-M // (16 * mt)))
     fn(grid, (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
     return y
+
+
+_GEMV_NAMES = tuple(f"gemv_packed<{b}, {m}>" for b in (8, 4) for m in (1, 4))
+
+
+def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
+    """y = x @ W.T for the packed weights of ``repack``: CUDA-core GEMV for M <= 4 (gemv_packed.cu, the
+    decode case, bandwidth-bound), tensor cores (mma_wq) above. Same arguments and checks as ``mma_wq``."""
+    import cupy as cp  # noqa: PLC0415
+
+    M = x.shape[0] if hasattr(x, "shape") else 0
+    if not 1 <= M <= 4:
+        return mma_wq(x, qp, scale, N, bits, group, out=out)
+    expect(x, "x", BF16, 2)
+    expect(qp, "qp", np.uint8, 1)
+    expect(scale, "scale", np.float32, 2)
+    K = x.shape[1]
+    Np, Kp = padded(N, K, bits)
+    check(Kp == K, f"x has K = {K}; pad it to a multiple of {KT[bits]} (the packed weight's K)")
+    check(qp.size == Np * K * bits // 8, f"qp has {qp.size} bytes, expected {Np * K * bits // 8} for N = {N}, K = {K}")
+    if bits == 8:
+        check(scale.shape == (Np, 1), f"scale shape {scale.shape}, expected {(Np, 1)}")
+        group = K
+    else:
+        check(group % 16 == 0 and K % group == 0, f"group = {group} must be a multiple of 16 dividing K = {K}")
+        check(scale.shape == (Np, K // group), f"scale shape {scale.shape}, expected {(Np, K // group)}")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    fn = load("gemv_packed", name_expressions=_GEMV_NAMES).get_function(f"gemv_packed<{bits}, {1 if M == 1 else 4}>")
+    fn((Np // 16,), (256,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
+    return y

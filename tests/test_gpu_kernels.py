@@ -115,11 +115,16 @@ def test_act_quant_fp8_bits(cp, M, K):
 
 
 @pytest.mark.parametrize("N,K", SHAPES)
-@pytest.mark.parametrize("M", [1, 2, 9, 16, 17, 64, 300])
+@pytest.mark.parametrize("M", [1, 2, 4, 9, 16, 17, 64, 300])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, -1)])
-def test_mma_wq(cp, N, K, M, bits, group):
-    """Tensor-core int8/int4 GEMM vs the NumPy formula; K padded as the launcher requires."""
-    from fdlite_kernels.mma_wq import mma_wq, padded, repack
+@pytest.mark.parametrize("entry", ["mma_wq", "gemm_packed"])
+def test_mma_wq(cp, N, K, M, bits, group, entry):
+    """Packed int8/int4 GEMM (tensor cores; gemm_packed: CUDA-core GEMV for M <= 4) vs the NumPy formula."""
+    from fdlite_kernels import mma_wq as mod
+    from fdlite_kernels.mma_wq import padded, repack
+
+    if entry == "gemm_packed" and M > 16:
+        pytest.skip("same kernel as mma_wq above M = 4")
 
     Np, Kp = padded(N, K, bits)
     g = Kp if group == -1 else group
@@ -138,6 +143,6 @@ def test_mma_wq(cp, N, K, M, bits, group):
     x[:, :K] = _x(rng, M, K)
     ref = x.astype(np.float32) @ w.T.astype(np.float32)
     y = cp.full((M, N), np.nan, dtype=BF16)
-    mma_wq(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
+    getattr(mod, entry)(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
