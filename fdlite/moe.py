@@ -63,6 +63,10 @@ class Experts:
     def __len__(self) -> int:
         return len(self.gate_up)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(lin.nbytes for lin in self.gate_up + self.down)
+
     def __call__(self, xs, counts: list[int], xp):
         """xs: (R, hidden) rows sorted by expert; counts[e] rows belong to expert e -> (R, hidden).
 
@@ -88,6 +92,13 @@ class MoE:
     top_k: int
     norm_min: float = 1e-12
     shared: dict | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Weight bytes (Model.memory_report counts the block through this)."""
+        arrays = [self.router_w] + ([] if self.correction_bias is None else [self.correction_bias])
+        return sum(int(a.nbytes) for a in arrays) + self.experts.nbytes + \
+            sum(lin.nbytes for lin in (self.shared or {}).values())
 
 
 def moe_forward(m: MoE, x, xp):
