@@ -104,7 +104,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     off = 0
     arrays = []
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.asarray(tensors[name], order="C")   # (ascontiguousarray would turn a 0-d scalar into 1-d)
         if a.dtype not in rev:
             raise CheckpointError(f"{path}: cannot store tensor {name!r} of dtype {a.dtype}")
         header[name] = {"dtype": rev[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
