@@ -17,6 +17,11 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
   return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
 }
 
+// two floats that are exact in bf16 (small integers) -> bf16x2 by keeping their upper halves (one prmt)
+__device__ __forceinline__ unsigned pack_exact(float lo, float hi) {
+  return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
+}
+
 __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -34,7 +39,9 @@ __device__ __forceinline__ unsigned ld_x2(const bf16_t* x, int row, int M, int K
   return row < M ? __ldg(reinterpret_cast<const unsigned*>(x + (size_t)row * K + k)) : 0u;
 }
 
-template <int BITS, int MT, int NT, int WARPS>
+// POST (int4 with groups that cover whole K tiles): the codes enter the mma exactly and each tile's fp32
+// partial sums are scaled per output column afterwards; otherwise the group scale is folded into bf16.
+template <int BITS, int MT, int NT, int WARPS, bool POST>
 __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                               const float* __restrict__ scale, bf16_t* __restrict__ y,
                                               int M, int N, int K, int group) {
@@ -67,11 +74,13 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
 #pragma unroll
       for (int h = 0; h < NT; ++h) wn[h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + kt + WARPS) * 32 + lane);
     }
-    float sg[NT];                    // int4: a group spanning the whole tile has one scale
-    if (BITS == 4 && group % KT == 0) {
+    float tmp[MT][NT][4];
 #pragma unroll
-      for (int h = 0; h < NT; ++h) sg[h] = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + kt * KT / group);
-    }
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+      for (int h = 0; h < NT; ++h)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) tmp[a][h][c] = 0.f;
 #pragma unroll
     for (int j = 0; j < STEPS; ++j) {
       const int k = kt * KT + 16 * j;
@@ -80,11 +89,15 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
       for (int h = 0; h < NT; ++h) {
         if (BITS == 8) {                         // step j = word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
           const unsigned v = word_of(w[h], j);
-          b[h][0] = pack_bf16x2((float)(signed char)(v & 0xff), (float)(signed char)((v >> 8) & 0xff));
-          b[h][1] = pack_bf16x2((float)(signed char)((v >> 16) & 0xff), (float)(signed char)(v >> 24));
+          b[h][0] = pack_exact((float)(signed char)(v & 0xff), (float)(signed char)((v >> 8) & 0xff));
+          b[h][1] = pack_exact((float)(signed char)((v >> 16) & 0xff), (float)(signed char)(v >> 24));
+        } else if (POST) {
+          const unsigned v = (word_of(w[h], j >> 1) >> (16 * (j & 1))) & 0xffffu;
+          b[h][0] = pack_exact((float)((int)(v & 0xf) - 8), (float)((int)((v >> 4) & 0xf) - 8));
+          b[h][1] = pack_exact((float)((int)((v >> 8) & 0xf) - 8), (float)((int)(v >> 12) - 8));
         } else {                                 // step j = 16-bit half (j & 1) of word j / 2
           const unsigned v = (word_of(w[h], j >> 1) >> (16 * (j & 1))) & 0xffffu;
-          const float s = group % KT == 0 ? sg[h] : __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + k / group);
+          const float s = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + k / group);
           b[h][0] = pack_bf16x2((float)((int)(v & 0xf) - 8) * s, (float)((int)((v >> 4) & 0xf) - 8) * s);
           b[h][1] = pack_bf16x2((float)((int)((v >> 8) & 0xf) - 8) * s, (float)((int)(v >> 12) - 8) * s);
         }
@@ -95,7 +108,18 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
         unsigned af[4] = {ld_x2(x, r0, M, K, k + 2 * t), ld_x2(x, r0 + 8, M, K, k + 2 * t),
                           ld_x2(x, r0, M, K, k + 2 * t + 8), ld_x2(x, r0 + 8, M, K, k + 2 * t + 8)};
 #pragma unroll
-        for (int h = 0; h < NT; ++h) mma_bf16(acc[a][h], af, b[h][0], b[h][1]);
+        for (int h = 0; h < NT; ++h) mma_bf16(POST ? tmp[a][h] : acc[a][h], af, b[h][0], b[h][1]);
+      }
+    }
+    if (POST) {                                  // C columns 2t, 2t+1 of each n-tile: their rows' group scales
+#pragma unroll
+      for (int h = 0; h < NT; ++h) {
+        const size_t row = 8 * (nt0 + h) + 2 * t;
+        const float s0 = __ldg(scale + row * G + kt * KT / group), s1 = __ldg(scale + (row + 1) * G + kt * KT / group);
+#pragma unroll
+        for (int a = 0; a < MT; ++a)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[a][h][c] = fmaf(tmp[a][h][c], (c & 1) ? s1 : s0, acc[a][h][c]);
       }
     }
   }
@@ -128,7 +152,9 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
   }
 }
 
-template __global__ void mma_wq<8, 1, 2, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<8, 4, 2, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<4, 1, 2, 8>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void mma_wq<4, 4, 2, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<8, 1, 2, 8, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<8, 4, 2, 4, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 1, 2, 8, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 4, 2, 4, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 1, 2, 8, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void mma_wq<4, 4, 2, 4, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);

@@ -19,7 +19,8 @@ from ._launch import BF16, check, expect
 KT = {8: 64, 4: 128}
 # (MT m16 tiles, NT n8 tiles, warps): decode spreads N over many small blocks; prefill reuses B over 64 rows
 _CONFIGS = {1: (1, 2, 8), 4: (4, 2, 4)}
-_NAMES = tuple(f"mma_wq<{b}, {m}, {n}, {w}>" for b in (8, 4) for m, n, w in _CONFIGS.values())
+_NAMES = tuple(f"mma_wq<{b}, {m}, {n}, {w}, {p}>" for b, ps in ((8, ("false",)), (4, ("false", "true")))
+               for p in ps for m, n, w in _CONFIGS.values())
 
 
 def padded(N: int, K: int, bits: int) -> tuple[int, int]:
@@ -62,7 +63,8 @@ def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
     mt = 1 if M <= 16 else 4
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     _, nt, warps = _CONFIGS[mt]
-    fn = load("mma_wq", name_expressions=_NAMES).get_function(f"mma_wq<{bits}, {mt}, {nt}, {warps}>")
+    post = "true" if bits == 4 and group % KT[4] == 0 else "false"   # exact codes + per-tile scaling
+    fn = load("mma_wq", name_expressions=_NAMES).get_function(f"mma_wq<{bits}, {mt}, {nt}, {warps}, {post}>")
     grid = (Np // (8 * nt), -(-M // (16 * mt)))
     fn(grid, (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
     return y
