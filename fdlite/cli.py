@@ -15,6 +15,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--quantization", default=None, help="weight method: name, JSON dict, or WxAyCz scheme")
     p.add_argument("--kv-cache", default=None, help="KV-cache format (default bf16)")
+    p.add_argument("--kv-scales", default=None, help="static KV scales file from `fdlite calibrate`")
     p.add_argument("--max-model-len", type=int, default=None)
 
 
@@ -133,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
     _model_args(p)
     p.set_defaults(func=cmd_ppl)
+    from .offline import register_cli  # noqa: PLC0415 - `fdlite quantize` (fdlite/offline.py)
+
+    register_cli(sub)
+    from .kv_scales import register as register_calibrate  # noqa: PLC0415 - `fdlite calibrate` (fdlite/kv_scales.py)
+
+    register_calibrate(sub)
+    from .batch import register_cli as register_batch  # noqa: PLC0415 - `fdlite batch` (fdlite/batch.py)
+
+    register_batch(sub)
     for register in SUBCOMMANDS:
         register(sub)
     return ap

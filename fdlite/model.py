@@ -1,55 +1,42 @@
 """Model: the one object users hold. load / generate / stream / chat / logits / perplexity / close."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 from . import kv as kv_formats
+from . import kv_scales as kv_scale_io
 from . import models, ops, presets, prompts
 from .backend import get_backend
 from .config import ModelConfig
 from .engine.block_manager import BlockManager
 from .engine.engine import Engine
+from .engine import driver, invariant
 from .engine.sequence import Sequence
 from .errors import InputError, ModelClosedError, TokenizerError
 from .kv.base import StepMeta
+from . import gptq, offline, quant_config
 from .quant import base as quant_base
 from .quant import get as get_method
 from .rope import Rope
-from .sampling_params import RequestOutput, SamplingParams, StreamPiece
+from .sampling_params import RequestOutput, SamplingParams
 from .weights import open_checkpoint
 
 log = logging.getLogger("fdlite")
 
 DEFAULT_BLOCK_SIZE = 64            # FastDeploy's default
 DEFAULT_CPU_KV_BYTES = 1 << 30     # 1 GiB of KV cache on the CPU unless told otherwise
+PPL_CHUNK = 32                     # tokens per forward when perplexity scores through a quantized KV cache
 
 
 def _parse_quantization(q):
-    """None | name | dict | JSON string -> (method name, params)."""
-    if q is None:
-        return "dense", {}
-    if isinstance(q, str) and q.lstrip().startswith("{"):
-        try:
-            q = json.loads(q)
-        except json.JSONDecodeError as e:
-            raise InputError(f"quantization {q!r} is not valid JSON ({e})") from None
-    if isinstance(q, dict):
-        params = dict(q)
-        name = params.pop("quantization", None) or params.pop("quant_method", None)
-        if not name:
-            raise InputError(f"quantization dict {q!r} needs a 'quantization' key naming the method")
-        return name, params
-    if isinstance(q, str):
-        return q, {}
-    raise InputError(f"quantization must be a name, a dict or a JSON string, got {type(q).__name__}")
+    """None | name | WxAyCz scheme | dict | JSON string -> (method name, params); see fdlite.quant_config."""
+    return quant_config.parse(q)
 
 
 class Model:
@@ -64,6 +51,8 @@ class Model:
         self._stop_ids = frozenset(cfg.eos_token_ids) | frozenset(tokenizer.eos_token_ids if tokenizer else ())
         self.engine = Engine(self._run, BlockManager(num_blocks, block_size), tokenizer, max_num_seqs,
                              max_num_batched_tokens, max_model_len)
+        if not backend.is_gpu:      # the CPU reference is batch-invariant (fdlite/engine/invariant.py)
+            invariant.apply(self)
         self._lock = threading.RLock()
         self._closed = False
 
@@ -72,24 +61,75 @@ class Model:
     def load(cls, path_or_preset, *, device: str = "auto", quantization=None, kv_cache: str | None = None,
              dtype=None, max_model_len: int | None = None, max_num_seqs: int = 8,
              max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
-             kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9) -> "Model":
-        """Load an HF directory, a .gguf file or a preset name (e.g. "smollm2-135m")."""
+             kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9, calibration=None,
+             quantize_lm_head: bool = False, kv_scales=None, enable_prefix_caching: bool = True) -> "Model":
+        """Load an HF directory, a .gguf file or a preset name (e.g. "smollm2-135m").
+
+        quantization: a method name, dict / JSON string, or WxAyCz scheme (fdlite.quant_config); its KV part
+        (C8, ...) picks the KV format unless kv_cache= is given. calibration: None (round-to-nearest), "self" or
+        a text file: GPTQ rounding for the 4- and 2-bit methods (fdlite.gptq). A pre-quantized checkpoint
+        (config.json quantization_config, is_quantized) loads its packed tensors as they are (fdlite.offline)."""
         backend = get_backend(device)
         if dtype is not None and np.dtype(dtype) != backend.compute_dtype:
             raise InputError(f"dtype={dtype!r} is not available on {backend.name}; it computes in "
                              f"{backend.compute_dtype} there")
-        qname, qparams = _parse_quantization(quantization)
-        method = get_method(qname)(**qparams)
-        kv_format = kv_formats.get(kv_cache or "bf16")
+        quant = _parse_quantization(quantization)   # an unknown method name fails before any file is read
+        if kv_cache is not None:
+            kv_formats.get(kv_cache)
         path = presets.resolve(path_or_preset) if isinstance(path_or_preset, str) else None
         ckpt = open_checkpoint(path or path_or_preset)
         try:
             cfg = ModelConfig.from_hf(ckpt.config, where=str(ckpt.path if ckpt.kind == "gguf"
                                                              else Path(ckpt.path) / "config.json"))
-            family, _ = models.lookup(cfg.architecture)
-            params = family.load_params(cfg, ckpt.tensors, _linear_factory(method, backend), backend)
+            quant, tensors = offline.checkpoint_quantization(ckpt, quant, explicit=quantization is not None)
+            kv_format = kv_formats.get(quant_config.kv_choice(kv_cache, quant))
+            quant = gptq.attach(quant, calibration, quantize_lm_head,
+                                lambda **kw: cls.load(path_or_preset, device=device, **kw))
+            # static KV scales: kv_scales= file, else the checkpoint's, else calibrated below (kv_scales.py)
+            kv_options = kv_scale_io.options_for(kv_format, cfg, ckpt.tensors, kv_scales)
+            model = cls._build(cfg, tensors, ckpt.tokenizer, str(ckpt.path), backend, quant, kv_format,
+                               max_model_len, max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes,
+                               gpu_memory_utilization, kv_options)
+            model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
+            return kv_scale_io.ensure_calibrated(model, calibration or "self")
         finally:
             ckpt.close()
+
+    @classmethod
+    def from_config(cls, name_or_config, *, seed: int = 0, device: str = "auto", quantization=None,
+                    kv_cache: str | None = None, max_model_len: int | None = None, max_num_seqs: int = 8,
+                    max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                    kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
+                    enable_prefix_caching: bool = True, **overrides) -> "Model":
+        """A model with random weights (normal, std = initializer_range; norms at 1), drawn on the device, for a
+        preset of fdlite.model_configs ("llama-3-8b", "ernie-4.5-0.3b", ...) or an HF config.json dict;
+        ``overrides`` replace config keys (e.g. num_hidden_layers=4). No tokenizer: prompts are token ids."""
+        from . import model_configs, random_weights  # noqa: PLC0415
+
+        backend = get_backend(device)
+        quant = _parse_quantization(quantization)
+        kv_format = kv_formats.get(quant_config.kv_choice(kv_cache, quant))    # as load: a scheme's C part
+        raw, source = model_configs.resolve(name_or_config, overrides)
+        cfg = ModelConfig.from_hf(raw, where=source)
+        tensors = random_weights.RandomWeights(cfg, backend, seed)
+        model = cls._build(cfg, tensors, None, f"{source} (random weights, seed {seed})", backend, quant,
+                           kv_format, max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
+                           kv_cache_bytes, gpu_memory_utilization)
+        model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
+        return model
+
+    @classmethod
+    def _build(cls, cfg, tensors, tokenizer, source, backend, quant, kv_format, max_model_len, max_num_seqs,
+               max_num_batched_tokens, block_size, kv_cache_bytes, gpu_memory_utilization, kv_options=None
+               ) -> "Model":
+        """Shared by load and from_config: quantize + place the weights, size the paged KV cache."""
+        family, _ = models.lookup(cfg.architecture)
+        # A family may map a method name to what it means there (ERNIE: "wint4" -> mix_quant wint8 + wint4).
+        qname, qparams = getattr(family, "resolve_quantization", lambda _cfg, n, p: (n, p))(cfg, *quant)
+        if qname == "dense":        # unquantized linears keep the compute dtype (bf16 on the GPU, not float32)
+            qparams = {"dtype": backend.compute_dtype, **qparams}
+        method = quant_config.make_method(qname, qparams)
+        params = family.load_params(cfg, tensors, _linear_factory(method, backend), backend)
         limit = cfg.context_limit
         max_model_len = int(max_model_len or min(limit, 4096))
         if not 1 < max_model_len <= limit:
@@ -117,10 +157,10 @@ class Model:
                              "many: raise kv_cache_bytes or lower max_model_len")
         log.info("fdlite: %s on %s, %d KV blocks of %d tokens (%.1f MiB)", cfg.architecture, backend.name,
                  num_blocks, block_size, num_blocks * block_size * per_token / 2**20)
-        return cls(cfg=cfg, params=params, family=family, backend=backend, tokenizer=ckpt.tokenizer,
-                   kv_format=kv_format, kv_options={}, num_blocks=num_blocks, block_size=block_size,
+        return cls(cfg=cfg, params=params, family=family, backend=backend, tokenizer=tokenizer,
+                   kv_format=kv_format, kv_options=kv_options or {}, num_blocks=num_blocks, block_size=block_size,
                    max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                   max_num_batched_tokens=max_num_batched_tokens, source=str(ckpt.path))
+                   max_num_batched_tokens=max_num_batched_tokens, source=source)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def _check_open(self):
@@ -129,7 +169,7 @@ class Model:
 
     def close(self) -> None:
         """Free the weights and the KV cache (device memory included). Idempotent."""
-        with self._lock:
+        with self._lock, self.engine.lock if self.engine is not None else self._lock:   # not mid-step
             if self._closed:
                 return
             self._closed = True
@@ -177,6 +217,30 @@ class Model:
             scratch.close()
         return out.reshape(B, T, V)
 
+    def _window_logits(self, w: list[int]) -> np.ndarray:
+        """(T,) ids -> (T, V) logits for perplexity. bf16: one forward. A quantized KV format: chunks of
+        PPL_CHUNK tokens through a scratch cache, each written before it attends (as decode does), so every
+        position reads K/V back through the format. (Quantization is per token with static or per-token
+        scales, so this equals the one-shot forward up to float rounding; it follows the issue's protocol.)"""
+        if self._kv_format.name == "bf16":
+            return self.logits(np.asarray(w))[0]
+        a = np.asarray(w, np.int64)
+        V, T, bs = self.config.vocab_size, len(a), self.cache.block_size
+        if ((a < 0) | (a >= V)).any() or T > self.config.context_limit:
+            return self.logits(a)[0]        # raises the InputError that names the bad id / length
+        table = list(range(-(-T // bs)))
+        scratch = self._kv_format(self.config, len(table), bs, self.backend, **self._kv_options)
+        out = []
+        try:
+            for s in range(0, T, PPL_CHUNK):
+                n = min(PPL_CHUNK, T - s)
+                meta = StepMeta.build([(s, n, table)], bs, logits="all")
+                with self._lock:
+                    out.append(self._run(a[s:s + n], meta, scratch))                # (n, V)
+        finally:
+            scratch.close()
+        return np.concatenate(out)
+
     def perplexity(self, text_or_ids, window: int = 512, max_tokens: int | None = None) -> float:
         """exp(mean NLL) over non-overlapping windows (the last may be partial); no BOS inserted; every token
         after the first of each window is scored."""
@@ -196,7 +260,7 @@ class Model:
             w = ids[s:s + window]
             if len(w) < 2:
                 continue
-            lp = ops.log_softmax(self.logits(np.asarray(w))[0, :-1], np)               # (len-1, V)
+            lp = ops.log_softmax(self._window_logits(w)[:-1], np)                      # (len-1, V)
             nll -= float(lp[np.arange(len(w) - 1), w[1:]].astype(np.float64).sum())
             count += len(w) - 1
         if count == 0:
@@ -204,9 +268,9 @@ class Model:
         return math.exp(nll / count)
 
     # --- generation ----------------------------------------------------------------------------------
-    def _sequences(self, prepared, params_list) -> list[list[Sequence]]:
+    def _sequences(self, prepared, params_list, start: int = 0) -> list[list[Sequence]]:
         groups = []
-        for i, (pr, sp) in enumerate(zip(prepared, params_list)):
+        for i, (pr, sp) in enumerate(zip(prepared, params_list), start):
             rid = f"{i}-{uuid.uuid4().hex[:8]}"
             base = sp.seed if sp.seed is not None else int(np.random.SeedSequence().entropy % (2**63))
             seqs = []
@@ -218,6 +282,10 @@ class Model:
         return groups
 
     def _prepare(self, prompt_list, sampling_params, add_special_tokens=True):
+        return self._sequences(*self._validated(prompt_list, sampling_params, add_special_tokens))
+
+    def _validated(self, prompt_list, sampling_params, add_special_tokens=True):
+        """Tokenize and check every prompt and its SamplingParams before any work starts."""
         self._check_open()
         prepared = prompts.prepare(prompt_list, self.tokenizer, self.config.vocab_size, self.max_model_len,
                                    add_special_tokens)
@@ -225,7 +293,7 @@ class Model:
         bad_words = [p for p in params_list if p.bad_words]
         if bad_words:
             params_list = [self._with_bad_word_ids(p) for p in params_list]
-        return self._sequences(prepared, params_list)
+        return prepared, params_list
 
     def _with_bad_word_ids(self, p: SamplingParams) -> SamplingParams:
         if not p.bad_words:
@@ -244,50 +312,17 @@ class Model:
                  ) -> list[RequestOutput]:
         """Prompts: str | list[str] | list[int] | list[list[int]]. Returns one RequestOutput per prompt
         (n > 1: n consecutive outputs per prompt), in input order."""
-        groups = self._prepare(prompts_, sampling_params, add_special_tokens)
-        seqs = [s for g in groups for s in g]
-        with self._lock:
-            self._drive(seqs, use_tqdm and len(seqs) > 1)
-        return [RequestOutput(request_id=s.request_id if s.params.n == 1 else f"{s.request_id}-{s.index}",
-                              prompt=s.prompt, prompt_token_ids=list(s.prompt_ids), outputs=s.completion(),
-                              finished=True, metrics=s.metrics) for s in seqs]
-
-    def _drive(self, seqs: list[Sequence], progress: bool) -> None:
-        """Feed sequences to the engine (a bounded number waiting at a time) and step until all finish."""
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm  # noqa: PLC0415
-
-            bar = tqdm(total=len(seqs), desc="generate", unit="req")
-        pending, done, tokens, t0 = iter(seqs), 0, 0, time.time()
-        window = 4 * self.engine.max_num_seqs
-        try:
-            while True:
-                while len(self.engine.waiting) < window:
-                    s = next(pending, None)
-                    if s is None:
-                        break
-                    self.engine.add(s)
-                if not self.engine.has_work():
-                    break
-                touched = self.engine.step()
-                tokens += len(touched)
-                finished = sum(s.finished for s in touched)
-                done += finished
-                if bar is not None:
-                    bar.update(finished)
-                    bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.1f}", refresh=False)
-        except BaseException:
-            for s in seqs:
-                if not s.finished:
-                    self.engine.abort(s)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+        prepared, params_list = self._validated(prompts_, sampling_params, add_special_tokens)
+        # Sequences are made as the engine has room (fdlite/engine/driver.py): memory stays flat in the count.
+        return driver.generate(self.engine, len(prepared), lambda i: self._sequences(
+            [prepared[i]], [params_list[i]], i)[0], use_tqdm and len(prepared) > 1)
 
     def stream(self, prompt, sampling_params: SamplingParams | None = None, add_special_tokens: bool = True):
         """Yield StreamPiece(text, token_ids, finished, finish_reason) as tokens are generated."""
+        seq, hold = self._stream_seq(prompt, sampling_params, add_special_tokens)
+        return driver.stream(self.engine, seq, hold)
+
+    def _stream_seq(self, prompt, sampling_params, add_special_tokens):
         sp = sampling_params or SamplingParams()
         if sp.n != 1:
             raise InputError(f"stream() generates one sequence; got SamplingParams.n = {sp.n}")
@@ -297,20 +332,13 @@ class Model:
             raise InputError(f"stream() takes one prompt, got {len(groups)}")
         seq = groups[0][0]
         hold = max((len(s) for s in sp.stop or []), default=1) - 1   # text that may still become a stop string
-        sent_text, sent_ids = 0, 0
-        with self._lock:
-            self.engine.add(seq)
-            try:
-                while not seq.finished:
-                    self.engine.step()
-                    safe = len(seq.text) if seq.finished else max(sent_text, len(seq.text) - hold)
-                    new_ids = seq.output_ids[sent_ids:]
-                    if safe > sent_text or new_ids or seq.finished:
-                        yield StreamPiece(seq.text[sent_text:safe], new_ids, seq.finished, seq.finish_reason)
-                        sent_text, sent_ids = safe, len(seq.output_ids)
-            finally:
-                if not seq.finished:
-                    self.engine.abort(seq)
+        return seq, hold
+
+    def astream(self, prompt, sampling_params: SamplingParams | None = None, add_special_tokens: bool = True):
+        """``async for piece in model.astream(...)``: stream() for asyncio; steps run in a worker thread and
+        share the batch with other tasks' and threads' requests. Cancelling the task aborts the request."""
+        seq, hold = self._stream_seq(prompt, sampling_params, add_special_tokens)
+        return driver.astream(self.engine, seq, hold)
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, chat_template: str | None = None,
              chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
@@ -344,7 +372,10 @@ class Model:
         weights = sum(seen.values())
         return {"device": self.backend.name, "weights_bytes": weights, "kv_cache_format": self.cache.name,
                 "kv_cache_bytes": self.cache.nbytes, "kv_bytes_per_token": self.cache.bytes_per_token(),
-                "kv_capacity_tokens": self.cache.num_blocks * self.cache.block_size}
+                "kv_capacity_tokens": self.cache.num_blocks * self.cache.block_size,
+                "kv_bytes_per_token_by_format": {n: kv_formats.get(n)(self.config, 1, self.cache.block_size,
+                                                                      self.backend).bytes_per_token()
+                                                 for n in kv_formats.available()}}
 
 
 def _linear_factory(method, backend):

@@ -70,16 +70,17 @@ def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
     return y
 
 
+GEMV_MAX_M = 1   # measured on the H100: mma_wq v2 beats gemv_packed from M = 2 (BENCHMARKS.md)
 _GEMV_NAMES = tuple(f"gemv_packed<{b}, {m}>" for b in (8, 4) for m in (1, 4))
 
 
 def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
-    """y = x @ W.T for the packed weights of ``repack``: CUDA-core GEMV for M <= 4 (gemv_packed.cu, the
-    decode case, bandwidth-bound), tensor cores (mma_wq) above. Same arguments and checks as ``mma_wq``."""
+    """y = x @ W.T for the packed weights of ``repack``: CUDA-core GEMV for M <= GEMV_MAX_M (gemv_packed.cu, the
+    batch-1 decode case, bandwidth-bound), tensor cores (mma_wq) above. Same arguments and checks as ``mma_wq``."""
     import cupy as cp  # noqa: PLC0415
 
     M = x.shape[0] if hasattr(x, "shape") else 0
-    if not 1 <= M <= 4:
+    if not 1 <= M <= GEMV_MAX_M:
         return mma_wq(x, qp, scale, N, bits, group, out=out)
     expect(x, "x", BF16, 2)
     expect(qp, "qp", np.uint8, 1)

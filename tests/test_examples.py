@@ -8,7 +8,8 @@ import pytest
 from conftest import ROOT, smollm2_available
 
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
-EXPECT = {"generate.py": "Paris", "stream.py": "tok/s", "chat.py": "Paris"}
+EXPECT = {"generate.py": "Paris", "stream.py": "tok/s", "chat.py": "Paris",
+          "batch_job.py": "capital: ' Paris", "ray_data.py": "Paris"}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -3,9 +3,19 @@ runs one forward over prefill chunks and decodes together, samples, and retires 
 
 When KV blocks run out, the newest running sequence is preempted: its blocks are freed and it waits to be
 recomputed from its prompt plus what it generated so far. Nothing is lost and nothing crashes.
+
+With prefix caching (the block manager's), a sequence admitted with an empty block table first takes the
+cached full blocks its tokens start with and computes only the rest; at least its last token is always
+computed, since its logits are needed.
+
+Threads: ``lock`` guards all engine state. Callers never step the engine under their own lock; they call
+``pump(event)``, which runs steps for everyone until the caller's event is set (one of its sequences got a
+token or finished). Whichever caller holds ``lock`` steps; the others wait on their event, so concurrent
+callers share each step's batch instead of taking turns with whole calls.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -27,26 +37,49 @@ class Engine:
             max_num_seqs, max_num_batched_tokens, max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.num_preemptions = 0
+        self.lock = threading.Lock()
+        self.num_preemptions = self.num_steps = self.peak_batch = 0
+        self.num_cached_tokens = 0             # prompt tokens served from the prefix cache
+        self.num_generated = 0                 # tokens sampled, over all requests
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        with self.lock:
+            self.waiting.append(seq)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     def abort(self, seq: Sequence) -> None:
-        """Stop a sequence now and return its KV blocks."""
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
-        self._finish(seq, "abort")
+        """Stop a sequence now and return its KV blocks (waits for a step in progress to end)."""
+        with self.lock:
+            if seq.finished:
+                return
+            if seq in self.running:
+                self.running.remove(seq)
+            elif seq in self.waiting:
+                self.waiting.remove(seq)
+            self._finish(seq, "abort")
+
+    def pump(self, event: threading.Event, poll: float = 0.005) -> None:
+        """Step the engine (or let another thread step it) until ``event`` is set or nothing is left to do."""
+        while not event.is_set():
+            if self.lock.acquire(blocking=False):
+                try:
+                    if event.is_set() or not self.has_work():
+                        return
+                    for seq in self.step():
+                        if seq.waker is not None:
+                            seq.waker.set()
+                finally:
+                    self.lock.release()
+            else:
+                event.wait(poll)   # another thread is stepping; our sequences advance in its batch
 
     # --- scheduling ----------------------------------------------------------------------------------
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq.block_table)
+        seq.block_hashes = []
         seq.num_computed, seq.status = 0, WAITING
         seq.metrics.num_preemptions += 1
         self.num_preemptions += 1
@@ -68,12 +101,21 @@ class Engine:
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if not seq.block_table:                         # prefix cache: reuse full blocks, keep >= 1 token
+                ids = seq.all_ids
+                seq.block_table, seq.block_hashes = self.blocks.match_prefix(ids, (len(ids) - 1)
+                                                                             // self.blocks.block_size)
+                seq.num_computed = len(seq.block_table) * self.blocks.block_size
             n = min(seq.pending, budget)
-            if not self.blocks.allocate(seq.block_table, n):
-                break                                       # wait for blocks to come back
+            if not self.blocks.allocate(seq.block_table, seq.num_computed + n):
+                self.blocks.free(seq.block_table)           # give the matched blocks back, wait for more
+                seq.block_hashes, seq.num_computed = [], 0
+                break
             self.waiting.popleft()
             seq.status = RUNNING
+            self.num_cached_tokens += seq.num_computed
             if seq.metrics.inference_start_time is None:
+                seq.num_cached_tokens = seq.num_computed
                 seq.metrics.inference_start_time = time.time()
                 seq.metrics.time_in_queue = seq.metrics.inference_start_time - seq.metrics.arrival_time
             self.running.append(seq)
@@ -93,9 +135,14 @@ class Engine:
         ids = np.concatenate([seq.all_ids[seq.num_computed:seq.num_computed + n] for seq, n in batch])
         meta = StepMeta.build([(seq.num_computed, n, seq.block_table) for seq, n in batch], self.blocks.block_size)
         logits = self.runner(ids.astype(np.int64), meta)                          # (B, V)
+        self.num_steps += 1
+        self.peak_batch = max(self.peak_batch, len(batch))
         touched = []
         for row, (seq, n) in enumerate(batch):
             seq.num_computed += n
+            if self.blocks.enable_prefix_caching and seq.num_computed // self.blocks.block_size > \
+                    len(seq.block_hashes):
+                self.blocks.commit(seq.block_table, seq.block_hashes, seq.all_ids, seq.num_computed)
             if seq.pending:                                   # mid-prompt chunk: nothing to sample yet
                 continue
             self._append(seq, logits[row])
@@ -109,6 +156,7 @@ class Engine:
             banned += list(seq.stop_ids) + list(p.stop_token_ids or ())
         x = process_logits(raw, seq, np.asarray(banned, np.int64))
         tok = choose(x, seq)
+        self.num_generated += 1
         now = time.time()
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
@@ -146,3 +194,6 @@ class Engine:
         if seq in self.running:
             self.running.remove(seq)
         self.blocks.free(seq.block_table)
+        seq.block_hashes = []
+        if seq.waker is not None:
+            seq.waker.set()

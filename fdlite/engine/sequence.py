@@ -25,6 +25,9 @@ class Sequence:
         self.text = ""
         self.num_computed = 0             # tokens whose K/V are in the cache
         self.block_table: list[int] = []
+        self.block_hashes: list[bytes] = []   # prefix-cache names of the table's full, computed blocks
+        self.num_cached_tokens = 0        # prompt tokens whose K/V came from the prefix cache (first admission)
+        self.waker = None                 # threading.Event of the caller waiting on this sequence, if any
         self.status = WAITING
         self.finish_reason: str | None = None
         self.metrics = RequestMetrics(arrival_time=time.time(), prompt_tokens=len(prompt_ids))

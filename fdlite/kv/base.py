@@ -81,6 +81,8 @@ class KVFormat:
 
     name = ""
     options: dict = {}   # option name -> default: what the format accepts (static scales, flags)
+    # The attention ``attend`` runs after ``read``; a CPU Model sets fdlite.engine.invariant.attention here.
+    attention = staticmethod(ops.attention)
 
     def __init__(self, cfg, num_blocks: int, block_size: int, backend, **options):
         unknown = sorted(set(options) - set(self.options))
@@ -127,7 +129,7 @@ class KVFormat:
         rows, cols = xp.asarray(meta.rows), xp.asarray(meta.cols)
         qp = xp.zeros((B, max_q) + q.shape[1:], dtype=q.dtype)                   # (B, max_q, H, D)
         qp[rows, cols] = q
-        o = ops.attention(qp, k, v, meta.q_pos, meta.kv_lens, window, scale, xp)  # (B, max_q, H, D)
+        o = self.attention(qp, k, v, meta.q_pos, meta.kv_lens, window, scale, xp)  # (B, max_q, H, D)
         return o[rows, cols]                                                     # (N, H, D)
 
     def gather_blocks(self, store, meta: StepMeta):

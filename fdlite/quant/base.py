@@ -34,10 +34,15 @@ class QuantMethod:
     # Roles the architectures give their linears; a method may quantize each role differently (mix_quant).
     ROLES = ("attn_qkv", "attn_o", "mlp_gate_up", "mlp_down", "moe_gate_up", "moe_down", "lm_head")
 
+    # Set per instance by Model.load(quantize_lm_head=True); FastDeploy keeps the lm_head in bf16.
+    quantize_lm_head = False
+    # True when activation-aware rounding (calibration="self" | path) changes what quantize produces.
+    needs_calibration = False
+
     def for_layer(self, role: str, name: str) -> "QuantMethod | None":
         """The method that quantizes linear ``name`` of ``role``; None keeps it dense. Default: every role
-        but the lm_head (FastDeploy keeps the lm_head in bf16)."""
-        return None if role == "lm_head" else self
+        but the lm_head (FastDeploy keeps the lm_head in bf16) unless quantize_lm_head is set."""
+        return None if role == "lm_head" and not self.quantize_lm_head else self
 
     def accepts(self, shape: tuple[int, int]) -> bool:
         return True
