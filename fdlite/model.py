@@ -31,7 +31,6 @@ log = logging.getLogger("fdlite")
 
 DEFAULT_BLOCK_SIZE = 64            # FastDeploy's default
 DEFAULT_CPU_KV_BYTES = 1 << 30     # 1 GiB of KV cache on the CPU unless told otherwise
-PPL_CHUNK = 32                     # tokens per forward when perplexity scores through a quantized KV cache
 
 
 def _parse_quantization(q):
@@ -62,13 +61,17 @@ class Model:
              dtype=None, max_model_len: int | None = None, max_num_seqs: int = 8,
              max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
              kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9, calibration=None,
-             quantize_lm_head: bool = False, kv_scales=None, enable_prefix_caching: bool = True) -> "Model":
+             quantize_lm_head: bool = False, kv_scales=None, enable_prefix_caching: bool = True,
+             batch_invariant: bool = True) -> "Model":
         """Load an HF directory, a .gguf file or a preset name (e.g. "smollm2-135m").
 
         quantization: a method name, dict / JSON string, or WxAyCz scheme (fdlite.quant_config); its KV part
         (C8, ...) picks the KV format unless kv_cache= is given. calibration: None (round-to-nearest), "self" or
         a text file: GPTQ rounding for the 4- and 2-bit methods (fdlite.gptq). A pre-quantized checkpoint
-        (config.json quantization_config, is_quantized) loads its packed tensors as they are (fdlite.offline)."""
+        (config.json quantization_config, is_quantized) loads its packed tensors as they are (fdlite.offline).
+        Engine: max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes (CPU) / gpu_memory_utilization
+        (GPU) as FastDeploy; enable_prefix_caching reuses full KV blocks of shared prompt prefixes;
+        batch_invariant (CPU) makes each request's output independent of its batch (fdlite/engine/invariant.py)."""
         backend = get_backend(device)
         if dtype is not None and np.dtype(dtype) != backend.compute_dtype:
             raise InputError(f"dtype={dtype!r} is not available on {backend.name}; it computes in "
@@ -91,6 +94,8 @@ class Model:
                                max_model_len, max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes,
                                gpu_memory_utilization, kv_options)
             model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
+            if not batch_invariant:
+                invariant.disable(model)
             return kv_scale_io.ensure_calibrated(model, calibration or "self")
         finally:
             ckpt.close()
@@ -100,7 +105,7 @@ class Model:
                     kv_cache: str | None = None, max_model_len: int | None = None, max_num_seqs: int = 8,
                     max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                     kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
-                    enable_prefix_caching: bool = True, **overrides) -> "Model":
+                    enable_prefix_caching: bool = True, batch_invariant: bool = True, **overrides) -> "Model":
         """A model with random weights (normal, std = initializer_range; norms at 1), drawn on the device, for a
         preset of fdlite.model_configs ("llama-3-8b", "ernie-4.5-0.3b", ...) or an HF config.json dict;
         ``overrides`` replace config keys (e.g. num_hidden_layers=4). No tokenizer: prompts are token ids."""
@@ -116,6 +121,8 @@ class Model:
                            kv_format, max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
                            kv_cache_bytes, gpu_memory_utilization)
         model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
+        if not batch_invariant:
+            invariant.disable(model)
         return model
 
     @classmethod
@@ -217,12 +224,13 @@ class Model:
             scratch.close()
         return out.reshape(B, T, V)
 
-    def _window_logits(self, w: list[int]) -> np.ndarray:
-        """(T,) ids -> (T, V) logits for perplexity. bf16: one forward. A quantized KV format: chunks of
-        PPL_CHUNK tokens through a scratch cache, each written before it attends (as decode does), so every
-        position reads K/V back through the format. (Quantization is per token with static or per-token
-        scales, so this equals the one-shot forward up to float rounding; it follows the issue's protocol.)"""
-        if self._kv_format.name == "bf16":
+    def _window_logits(self, w: list[int], chunk: int | None = None) -> np.ndarray:
+        """(T,) ids -> (T, V) logits for perplexity. The forward writes the window into a scratch cache of the
+        model's KV format and attends by reading it back (write first, then attend), so a quantized format is
+        seen at every position. chunk=N feeds N tokens per forward instead, as decode does; quantization is per
+        token (static or per-token scales), so this equals the one-shot path up to float rounding (checked in
+        tests/test_kv_smollm2.py) at ~10x the time on the CPU (small-M GEMMs), hence not the default."""
+        if not chunk:
             return self.logits(np.asarray(w))[0]
         a = np.asarray(w, np.int64)
         V, T, bs = self.config.vocab_size, len(a), self.cache.block_size
@@ -232,8 +240,8 @@ class Model:
         scratch = self._kv_format(self.config, len(table), bs, self.backend, **self._kv_options)
         out = []
         try:
-            for s in range(0, T, PPL_CHUNK):
-                n = min(PPL_CHUNK, T - s)
+            for s in range(0, T, chunk):
+                n = min(chunk, T - s)
                 meta = StepMeta.build([(s, n, table)], bs, logits="all")
                 with self._lock:
                     out.append(self._run(a[s:s + n], meta, scratch))                # (n, V)
