@@ -11,10 +11,12 @@ import numpy as np
 
 from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
 from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
+from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.mma_wq import gemm_packed, mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+W2 = __import__("fdlite.quant", fromlist=["get"]).get("wint2")()
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
 
@@ -85,6 +87,8 @@ def main():
         s8c = cp.asarray(rng.random((N, 1), dtype=np.float32))
         f8 = [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
                          .view(np.uint8)) for _ in range(ROT)]
+        w2 = [{k: cp.asarray(v) for k, v in W2.quantize(rng.standard_normal((N, K), dtype=np.float32)).arrays.items()}
+              for _ in range(2)] * 2
         wsf = cp.asarray(rng.random((-(-N // 128), -(-K // 128)), dtype=np.float32))
         for M in [int(v) for v in os.environ.get("GEMV_MS", "1,4,16,256").split(",")]:
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
@@ -94,11 +98,14 @@ def main():
             t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv else float("nan")
             t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv else float("nan")
             t_f8 = bench(lambda i: gemv_block_fp8(x, f8[i], wsf, out=y)) if gemv else float("nan")
+            t_w2 = bench(lambda i: gemv_wint2(x, w2[i]["quant_weight"], w2[i]["weight_scale"], w2[i]["super_scales"],
+                                              w2[i]["code_scale"], w2[i]["code_zp"], out=y)) if M <= 4 else float("nan")
             t_m8 = bench(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
             t_m4 = bench(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
                                       ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
                                       ("block fp8", t_f8, N * K + 4 * N * K // 16384),
+                                      ("wint2", t_w2, N * K // 4 + N * K // 128 + 10 * N),
                                       ("wint8 packed", t_m8, N * K + 4 * N),
                                       ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128)):
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),

@@ -146,3 +146,23 @@ def test_mma_wq(cp, N, K, M, bits, group, entry):
     getattr(mod, entry)(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (576, 576), (1536, 576), (96, 160), (4096, 14336)])
+@pytest.mark.parametrize("M", [1, 3])
+def test_gemv_wint2_vs_twin(cp, N, K, M):
+    """WINT2 (CCQ) decode GEMV against fdlite.quant.wint2's reference matmul on the same packed tensors."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_wint2 import gemv_wint2
+
+    rng = np.random.default_rng(N + K + M)
+    method = get("wint2")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.02)
+    x = _x(rng, M, K)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    a = {k: cp.asarray(v) for k, v in p.arrays.items()}
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_wint2(cp.asarray(x), a["quant_weight"], a["weight_scale"], a["super_scales"], a["code_scale"],
+               a["code_zp"], out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2

@@ -6,6 +6,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | method | layout on the GPU | M <= 4 | 4 < M | kernel |
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack) | gemv_packed | mma_wq | one weight copy for every M |
+| wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: the NumPy-twin formula on CuPy (dequantize + cuBLAS, a stop-gap) |
 """
 from __future__ import annotations
@@ -52,6 +53,14 @@ def matmul_block_fp8(method, x, p: Packed, xp):
     if M <= 16 and K % 16 == 0 and method.activation == "fp8" and tuple(method.block) == (128, 128):
         return gemv_block_fp8(_bf16_padded(x, K, xp), p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
     return None     # the caller runs the reference formula on the device
+
+
+def matmul_wint2(x, p: Packed, xp):
+    from fdlite_kernels.gemv_wint2 import gemv_wint2  # noqa: PLC0415
+
+    a = p.arrays
+    return gemv_wint2(_bf16_padded(x, x.shape[1], xp), a["quant_weight"], a["weight_scale"], a["super_scales"],
+                      a["code_scale"], a["code_zp"])
 
 
 def _bf16_padded(x, K_pad: int, xp):
