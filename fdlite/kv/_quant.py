@@ -62,21 +62,22 @@ class StaticScales(KVFormat):
         self._dev: dict = {}   # (name, layer) -> scale row on the backend, made on first use
         given = [n for n in self.scale_names if opts.get(n) is not None]
         if given and len(given) != len(self.scale_names):
-            raise InputError(f"kv_cache {self.name!r} needs all of {list(self.scale_names)}, got only {given}")
+            raise InputError(f"kv_cache {self.name!r} needs all of {list(self.scale_names)}, "
+                             f"got only {given}")
         shapes = self.scale_shapes(self.cfg)
         for n in given:
             a = np.asarray(opts[n], dtype=np.float32)
             if a.ndim == 1 and shapes[n][0] == 1:
                 a = a[None]
             if a.shape != shapes[n]:
-                raise InputError(f"kv_cache {self.name!r}: scale {n!r} has shape {list(a.shape)} but this model "
-                                 f"needs {list(shapes[n])} (layers, {self._per()})")
+                raise InputError(f"kv_cache {self.name!r}: scale {n!r} has shape {list(a.shape)} but "
+                                 f"this model needs {list(shapes[n])} (layers, {self._per()})")
             if not np.isfinite(a).all():
                 raise InputError(f"kv_cache {self.name!r}: scale {n!r} has non-finite values")
             if "zero_point" not in n and (a <= 0).any():
                 i = np.argwhere(a <= 0)[0]
-                raise InputError(f"kv_cache {self.name!r}: scale {n!r} must be > 0, got {float(a[tuple(i)])!r} at "
-                                 f"layer {i[0]} index {i[1]}")
+                raise InputError(f"kv_cache {self.name!r}: scale {n!r} must be > 0, got "
+                                 f"{float(a[tuple(i)])!r} at layer {i[0]} index {i[1]}")
             opts[n] = a
         return opts
 
@@ -91,7 +92,8 @@ class StaticScales(KVFormat):
         """The layer's row of scale ``name`` on this backend, shaped (Hkv, D) or (Hkv, 1) to broadcast."""
         if not self.calibrated:
             raise ConfigError(f"kv_cache {self.name!r} has no static scales: pass kv_scales= (a file from "
-                              "`fdlite calibrate`), use a checkpoint that carries them, or let Model.load calibrate")
+                              "`fdlite calibrate`), use a checkpoint that carries them, or let Model.load "
+                              "calibrate")
         key = (name, layer)
         if key not in self._dev:
             row = self.opts[name][layer].reshape(self.cfg.num_key_value_heads, -1)   # (Hkv, D | 1)
