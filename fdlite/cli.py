@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .offline import register_cli  # noqa: PLC0415 - `fdlite quantize` (fdlite/offline.py)
 
     register_cli(sub)
-    from .kv_scales import register as register_calibrate  # noqa: PLC0415 - `fdlite calibrate` (fdlite/kv_scales.py)
+    from .kv_scales import register as register_calibrate  # noqa: PLC0415 - `fdlite calibrate`
 
     register_calibrate(sub)
     from .batch import register_cli as register_batch  # noqa: PLC0415 - `fdlite batch` (fdlite/batch.py)

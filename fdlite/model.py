@@ -69,6 +69,9 @@ class Model:
         (C8, ...) picks the KV format unless kv_cache= is given. calibration: None (round-to-nearest), "self" or
         a text file: GPTQ rounding for the 4- and 2-bit methods (fdlite.gptq). A pre-quantized checkpoint
         (config.json quantization_config, is_quantized) loads its packed tensors as they are (fdlite.offline).
+        A static KV format (int8, float8_e4m3fn, int4_zp) takes its scales from kv_scales= (a file from
+        `fdlite calibrate`), else from the checkpoint, else calibrates them on `calibration` (default "self";
+        fdlite/kv_scales.py).
         Engine: max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes (CPU) / gpu_memory_utilization
         (GPU) as FastDeploy; enable_prefix_caching reuses full KV blocks of shared prompt prefixes;
         batch_invariant (CPU) makes each request's output independent of its batch (fdlite/engine/invariant.py)."""
@@ -91,8 +94,8 @@ class Model:
             # static KV scales: kv_scales= file, else the checkpoint's, else calibrated below (kv_scales.py)
             kv_options = kv_scale_io.options_for(kv_format, cfg, ckpt.tensors, kv_scales)
             model = cls._build(cfg, tensors, ckpt.tokenizer, str(ckpt.path), backend, quant, kv_format,
-                               max_model_len, max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes,
-                               gpu_memory_utilization, kv_options)
+                               max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
+                               kv_cache_bytes, gpu_memory_utilization, kv_options)
             model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
             if not batch_invariant:
                 invariant.disable(model)
@@ -123,7 +126,7 @@ class Model:
         model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
         if not batch_invariant:
             invariant.disable(model)
-        return model
+        return kv_scale_io.ensure_calibrated(model, "self")     # a static KV format: scales from self-text
 
     @classmethod
     def _build(cls, cfg, tensors, tokenizer, source, backend, quant, kv_format, max_model_len, max_num_seqs,
@@ -226,10 +229,10 @@ class Model:
 
     def _window_logits(self, w: list[int], chunk: int | None = None) -> np.ndarray:
         """(T,) ids -> (T, V) logits for perplexity. The forward writes the window into a scratch cache of the
-        model's KV format and attends by reading it back (write first, then attend), so a quantized format is
-        seen at every position. chunk=N feeds N tokens per forward instead, as decode does; quantization is per
-        token (static or per-token scales), so this equals the one-shot path up to float rounding (checked in
-        tests/test_kv_smollm2.py) at ~10x the time on the CPU (small-M GEMMs), hence not the default."""
+        model's KV format and attends by reading it back (write first, then attend), so a quantized format
+        is seen at every position. chunk=N feeds N tokens per forward instead, as decode does; quantization
+        is per token (static or per-token scales), so this equals the one-shot path up to float rounding
+        (tests/test_kv_smollm2.py) at ~10x the time on the CPU (small-M GEMMs), hence not the default."""
         if not chunk:
             return self.logits(np.asarray(w))[0]
         a = np.asarray(w, np.int64)

@@ -1,0 +1,40 @@
+"""nf4: 4-bit NormalFloat weights (QLoRA's 16 levels), absmax scale per group of 64 K columns.
+
+``activation="int8"`` quantizes activations dynamically per token to int8 (the WNF4A8 of WNF4A8C8; with an int8
+KV cache that is the full scheme); the default keeps them in the compute dtype.
+Packed layout: quant_weight uint8 (N, Kp/2), low nibble = even k, unsigned level index 0..15 into NF4_LEVELS;
+weight_scale float32 (N, G) = absmax of the group. Math: q = argmin_i |W / absmax - NF4_LEVELS[i]|,
+W_hat = NF4_LEVELS[q] * absmax. Round-trip error <= absmax * (largest gap between levels) / 2 = 0.152 absmax.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from ._common import act_int8_per_token
+from ._grouped import Grouped
+
+# Dettmers et al. 2023 (QLoRA), appendix E: quantiles of N(0, 1) normalised to [-1, 1], with an exact zero.
+NF4_LEVELS = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                       -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                       0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                       0.44070982648468018, 0.5626170039176941, 0.7229568362236023, 1.0], np.float32)
+
+
+class Method(Grouped):
+    name = "nf4"
+    qmin, qmax = 0, 1
+    levels = NF4_LEVELS
+    default_group = 64
+
+    def __init__(self, group_size: int | None = None, activation: str = "bf16", **unknown):
+        super().__init__(group_size, **unknown)
+        if activation not in ("bf16", "int8"):
+            raise ConfigError(f"nf4: activation={activation!r} must be 'bf16' (weight-only) or 'int8'")
+        self.activation = activation
+
+    def config(self) -> dict:
+        return {**super().config(), "activation": self.activation}
+
+    def act(self, x, p, xp):
+        return act_int8_per_token(x, xp) if self.activation == "int8" else x

@@ -1,0 +1,114 @@
+"""wint2: FastDeploy's CCQ 2-bit format (spec §4.7), decoded exactly, plus an fdlite encoder, on any linear.
+
+Packed layout (FastDeploy's checkpoint tensors, Paddle [K, N] orientation; K zero-padded to Kp, a multiple of 128):
+    quant_weight   uint8 [Kp/4, N]   byte r of column n encodes rows 4r..4r+3 (one codeword index b)
+    weight_scale   uint8 [Kp/128, N] two 4-bit local scales per byte: high nibble = even 64-row group
+    super_scales   bf16  [N]         per-column second-level scale
+    code_scale     fp32  [N]         slope of b -> codeword
+    code_zp        fp32  [N]         offset of b -> codeword
+Decode (exact): v = floor(b * code_scale + code_zp + 0.5) (a 15-bit codeword); for j = 0..3 the 6-bit window
+code_j = (v >> (9 - 3j)) & 63 (windows overlap by 3 bits: the "convolutional code"); g = (4r) // 64;
+ls = high nibble of weight_scale[g // 2] if g even else low nibble; W[4r + j, n] = bf16((code_j - 32) * ls * ss)
+with ls * ss formed in fp32 (the CUDA path). A local scale of 0 zeroes its group.
+Encoder (FastDeploy's is not public; CCQ paper arXiv:2507.07145): every column uses code_scale = 120,
+code_zp = 1084, the pair that minimised the 4-D quantization error of Gaussian weights in a search over the
+format's own codes (0.106 x variance at 16 code units per standard deviation). Group scale = rms / 16 (or a small
+search when calibrated), super scale = max group scale / 15 (bf16), local scale = round(scale / ss) in 1..15.
+Each 4-row chunk takes the nearest of the 256 codewords; with a Hessian (calibration) the chunks are chosen in
+GPTQ order with the error fed back (fdlite/gptq.py). There is no tight max-error bound (outliers beyond the
+codebook's reach are clipped); error_bound is the loose 3.02 * amax, and the tests check the mean error instead.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import ConfigError
+from ._common import check_weight
+from . import _gpu
+from .base import Packed, QuantMethod
+
+CODE_SCALE, CODE_ZP, UNITS_PER_STD = 120.0, 1084.0, 16.0
+
+
+def codebook(cs: float = CODE_SCALE, cz: float = CODE_ZP) -> np.ndarray:
+    """(256, 4) float32: the centred 6-bit windows (code_j - 32) of every byte b."""
+    v = np.floor(np.arange(256) * np.float32(cs) + np.float32(cz) + np.float32(0.5)).astype(np.int64)
+    return np.stack([((v >> (9 - 3 * j)) & 63) - 32 for j in range(4)], 1).astype(np.float32)
+
+
+def bf16_round(x, xp=np):
+    """float32 -> nearest bf16 value (RNE) as float32, with integer ops so it runs on any xp."""
+    u = x.astype(xp.float32).view(xp.uint32)
+    u = (u + xp.uint32(0x7FFF) + ((u >> 16) & xp.uint32(1))) & xp.uint32(0xFFFF0000)
+    return u.view(xp.float32)
+
+
+class Method(QuantMethod):
+    name = "wint2"
+    needs_calibration = True
+
+    def __init__(self, group_size: int = 64, **unknown):
+        if unknown or group_size != 64:
+            raise ConfigError(f"wint2: the CCQ format has 64-row local scales (group_size=64); got "
+                              f"group_size={group_size!r}{', unknown ' + ', '.join(map(repr, unknown)) if unknown else ''}")
+
+    def config(self) -> dict:
+        return {"quantization": self.name, "group_size": 64}
+
+    def quantize(self, w, what: str = "weight", hessian=None) -> Packed:
+        w = check_weight(w, what)
+        N, K = w.shape
+        Kp = K + (-K % 128)
+        W = np.zeros((N, Kp), np.float32)
+        W[:, :K] = w                                                              # (N, Kp)
+        G = Kp // 64
+        s = np.sqrt((W.reshape(N, G, 64) ** 2).mean(-1)) / UNITS_PER_STD           # (N, G) ideal group scale
+        ss = bf16_round(np.maximum(s.max(1), 1e-30) / 15)                          # (N,) super scale (bf16)
+        ls = np.where(s > 0, np.clip(np.rint(s / ss[:, None]), 1, 15), 0).astype(np.uint8)    # (N, G)
+        scale = ls.astype(np.float32) * ss[:, None]                                # (N, G) as decoded
+        scale = np.where(scale > 0, scale, np.float32(1))     # a zero group: any code decodes to 0 (ls = 0)
+        book = codebook()
+        if hessian is None:
+            codes = _nearest(W.reshape(N, Kp // 4, 4) / np.repeat(scale, 16, 1)[..., None], book)
+        else:
+            from ..gptq import gptq_vector  # noqa: PLC0415
+
+            codes = gptq_vector(W, np.pad(hessian, ((0, Kp - K), (0, Kp - K))), np.repeat(scale, 64, 1), book)
+        lsb = (ls[:, 0::2] << 4) | ls[:, 1::2]                                     # (N, Kp/128)
+        arrays = {"quant_weight": np.ascontiguousarray(codes.T.astype(np.uint8)),          # [Kp/4, N]
+                  "weight_scale": np.ascontiguousarray(lsb.T), "super_scales": ss.astype(ml_dtypes.bfloat16),
+                  "code_scale": np.full(N, CODE_SCALE, np.float32), "code_zp": np.full(N, CODE_ZP, np.float32)}
+        return Packed(self.name, (N, K), arrays, {"group_size": 64})
+
+    def dequantize(self, p: Packed, xp=np):
+        N, K = p.shape
+        a = p.arrays
+        b = a["quant_weight"].astype(xp.float32)                                   # [Kp/4, N]
+        v = xp.floor(b * a["code_scale"] + a["code_zp"] + xp.float32(0.5)).astype(xp.int32)
+        lsb = a["weight_scale"]                                                    # [Kp/128, N]
+        ls = xp.stack([lsb >> 4, lsb & 0xF], 1).reshape(-1, N).astype(xp.float32)  # [Kp/64, N], even group first
+        scale = ls * xp.asarray(a["super_scales"]).astype(xp.float32)             # fp32 product, as CUDA
+        rows = xp.repeat(scale, 16, axis=0)                                        # [Kp/4, N]: scale per byte row
+        win = xp.stack([((v >> (9 - 3 * j)) & 63) - 32 for j in range(4)], 1)     # [Kp/4, 4, N]
+        Wt = bf16_round(win.astype(xp.float32) * rows[:, None, :], xp)             # [Kp/4, 4, N]
+        return Wt.reshape(-1, N).T[:, :K]                                          # (N, K)
+
+    def matmul(self, x, p: Packed, xp):
+        if xp is not np and x.shape[0] <= 4:                       # GPU decode: fdlite_kernels/gemv_wint2.cu
+            return _gpu.matmul_wint2(x, p, xp)
+        return (x.astype(xp.float32, copy=False) @ self.dequantize(p, xp).T).astype(x.dtype, copy=False)
+
+    def error_bound(self, w) -> float:
+        # |w_hat| <= 32 * 15 * ss and ss <= (1 + 2^-8) max_group_rms / (16 * 15) <= amax / 240: |w - w_hat| <= 3.01 amax
+        return 3.02 * float(np.abs(check_weight(w)).max())
+
+
+def _nearest(x: np.ndarray, book: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+    """x (..., 4) in code units -> (...) index of the nearest codeword (squared distance via one matmul)."""
+    flat = x.reshape(-1, 4)
+    out = np.empty(len(flat), np.uint8)
+    bb = (book ** 2).sum(1)
+    for i in range(0, len(flat), chunk):
+        out[i:i + chunk] = (bb - 2 * flat[i:i + chunk] @ book.T).argmin(1)
+    return out.reshape(x.shape[:-1])
