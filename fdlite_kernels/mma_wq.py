@@ -44,9 +44,8 @@ def repack(q: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(u[..., 0::2] | (u[..., 1::2] << 4)).reshape(-1)   # 2 bytes per step
 
 
-def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
-    import cupy as cp  # noqa: PLC0415
-
+def _validate(x, qp, scale, N: int, bits: int, group: int):
+    """Checks shared by both entry points -> (M, K, Np, group); int8 is one group of K per channel."""
     expect(x, "x", BF16, 2)
     expect(qp, "qp", np.uint8, 1)
     expect(scale, "scale", np.float32, 2)
@@ -56,10 +55,16 @@ def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
     check(qp.size == Np * K * bits // 8, f"qp has {qp.size} bytes, expected {Np * K * bits // 8} for N = {N}, K = {K}")
     if bits == 8:
         check(scale.shape == (Np, 1), f"scale shape {scale.shape}, expected {(Np, 1)}")
-        group = K
-    else:
-        check(group % 16 == 0 and K % group == 0, f"group = {group} must be a multiple of 16 dividing K = {K}")
-        check(scale.shape == (Np, K // group), f"scale shape {scale.shape}, expected {(Np, K // group)}")
+        return M, K, Np, K
+    check(group % 16 == 0 and K % group == 0, f"group = {group} must be a multiple of 16 dividing K = {K}")
+    check(scale.shape == (Np, K // group), f"scale shape {scale.shape}, expected {(Np, K // group)}")
+    return M, K, Np, group
+
+
+def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
+    import cupy as cp  # noqa: PLC0415
+
+    M, K, Np, group = _validate(x, qp, scale, N, bits, group)
     mt = 1 if M <= 16 else 4
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     _, nt, warps = _CONFIGS[mt]
@@ -82,19 +87,7 @@ def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
     M = x.shape[0] if hasattr(x, "shape") else 0
     if not 1 <= M <= GEMV_MAX_M:
         return mma_wq(x, qp, scale, N, bits, group, out=out)
-    expect(x, "x", BF16, 2)
-    expect(qp, "qp", np.uint8, 1)
-    expect(scale, "scale", np.float32, 2)
-    K = x.shape[1]
-    Np, Kp = padded(N, K, bits)
-    check(Kp == K, f"x has K = {K}; pad it to a multiple of {KT[bits]} (the packed weight's K)")
-    check(qp.size == Np * K * bits // 8, f"qp has {qp.size} bytes, expected {Np * K * bits // 8} for N = {N}, K = {K}")
-    if bits == 8:
-        check(scale.shape == (Np, 1), f"scale shape {scale.shape}, expected {(Np, 1)}")
-        group = K
-    else:
-        check(group % 16 == 0 and K % group == 0, f"group = {group} must be a multiple of 16 dividing K = {K}")
-        check(scale.shape == (Np, K // group), f"scale shape {scale.shape}, expected {(Np, K // group)}")
+    _, K, Np, group = _validate(x, qp, scale, N, bits, group)
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     fn = load("gemv_packed", name_expressions=_GEMV_NAMES).get_function(f"gemv_packed<{bits}, {1 if M == 1 else 4}>")
     fn((Np // 16,), (256,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
