@@ -176,3 +176,16 @@ class Bound(QuantMethod):
 
     def error_bound(self, w):
         return self.m.error_bound(w)
+
+
+def ernie_wint4_rule(cfg, name: str, params: dict) -> tuple[str, dict]:
+    """FastDeploy's ERNIE rule (PR #2664; it applies to every ERNIE architecture, the dense 0.3B included, where it
+    makes every linear int8): "wint4" -> mix_quant(dense_quant_type="wint8", moe_quant_type="wint4", **params).
+    Other params (e.g. group_size=-1 for FastDeploy's per-channel int4) pass through to mix_quant. The flag
+    ``ernie_mix=False`` in a quantization dict keeps plain wint4 on every linear. Other names, and pre-quantized
+    checkpoints (is_quantized), pass unchanged."""
+    params = dict(params)
+    mix = params.pop("ernie_mix", True)
+    if name != "wint4" or not mix or params.get("is_quantized") or "_packed" in params:
+        return name, params        # only online quantization: a pre-quantized checkpoint's layout is what it is
+    return "mix_quant", {"dense_quant_type": "wint8", "moe_quant_type": "wint4", **params}

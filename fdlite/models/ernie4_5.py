@@ -21,7 +21,7 @@ Checkpoint layouts (weights become (N, K) = (out, in) for make_linear):
   load. Pre-quantized Paddle tensors (quant_weight, weight_scale, ...) are rejected: their kernel layouts are not
   pinned down (spec §4.1) — quantize online instead.
 
-Quantization: ``resolve_quantization`` applies FastDeploy's ERNIE rule (spec §3.1.3): "wint4" means mix_quant with
+Quantization: ``resolve_quantization`` (fdlite.quant_config.ernie_wint4_rule) applies FastDeploy's ERNIE rule (spec §3.1.3): the 4-bit name means mix_quant with
 wint8 for every dense linear (attention, dense MLPs, shared experts) and wint4 for the routed experts (roles
 "moe_gate_up" / "moe_down"). The router weight never goes through make_linear: it stays dense fp32.
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import CheckpointError, ConfigError
+from ..quant_config import ernie_wint4_rule
 from ..moe import MoE, Experts, moe_forward
 from .llama import TensorFetcher, attention_block, mlp_block
 
@@ -101,17 +102,9 @@ def moe_settings(cfg) -> MoeSettings | None:
     return s
 
 
-def resolve_quantization(cfg, name: str, params: dict) -> tuple[str, dict]:
-    """FastDeploy's ERNIE rule (PR #2664; it applies to every ERNIE architecture, the dense 0.3B included, where it
-    makes every linear int8): "wint4" -> mix_quant(dense_quant_type="wint8", moe_quant_type="wint4", **params).
-    Other params (e.g. group_size=-1 for FastDeploy's per-channel int4) pass through to mix_quant. The flag
-    ``ernie_mix=False`` in a quantization dict keeps plain wint4 on every linear. Other names, and pre-quantized
-    checkpoints (is_quantized), pass unchanged."""
-    params = dict(params)
-    mix = params.pop("ernie_mix", True)
-    if name != "wint4" or not mix or params.get("is_quantized") or "_packed" in params:
-        return name, params        # only online quantization: a pre-quantized checkpoint's layout is what it is
-    return "mix_quant", {"dense_quant_type": "wint8", "moe_quant_type": "wint4", **params}
+# FastDeploy's ERNIE quantization rule lives with the other quantization-config rules (the forward and this
+# file never name a format); the family exposes it as its resolve_quantization hook.
+resolve_quantization = ernie_wint4_rule
 
 
 def tensor_shapes(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
