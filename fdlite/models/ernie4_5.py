@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import ops
 from ..errors import CheckpointError, ConfigError
 from ..quant_config import ernie_wint4_rule
 from ..moe import MoE, Experts, moe_forward
-from .llama import TensorFetcher, attention_block, mlp_block
+from .llama import TensorFetcher, mlp_block
+from .llama import forward as llama_forward
 
 _COMMON = {"rope_theta": 500000.0, "rope_interleaved": True, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
            "use_bias": False, "max_position_embeddings": 131072}
@@ -249,15 +249,11 @@ def load_params(cfg, tensors, make_linear, backend) -> dict:
             "lm_head": make_linear("lm_head", "lm_head", lm_w, f.optional("lm_head.bias", (V,), False))}
 
 
+def _ffn(lp, x, xp):
+    """A dense layer's MLP or an MoE layer's experts: x (N, hidden) normed -> (N, hidden)."""
+    return moe_forward(lp["moe"], x, xp) if "moe" in lp else mlp_block(lp, x, xp)
+
+
 def forward(params, cfg, ids, meta, cache, rope, xp):
-    """ids: (N,) new token ids of all sequences, flattened -> (S, vocab) logits of meta.logit_rows."""
-    x = params["embed"][xp.asarray(ids)]                                       # (N, hidden)
-    cos, sin = rope.cos_sin(meta.positions, meta.rope_lens)                    # (N, D/2) host float32
-    cos, sin = xp.asarray(cos), xp.asarray(sin)
-    eps = cfg.rms_norm_eps
-    for i, lp in enumerate(params["layers"]):
-        x = x + attention_block(lp, cfg, ops.rms_norm(x, lp["attn_norm"], eps, xp), meta, cache, i, cos, sin, xp)
-        h = ops.rms_norm(x, lp["mlp_norm"], eps, xp)
-        x = x + (moe_forward(lp["moe"], h, xp) if "moe" in lp else mlp_block(lp, h, xp))
-    x = x[xp.asarray(meta.logit_rows)]                                         # (S, hidden)
-    return params["lm_head"](ops.rms_norm(x, params["norm"], eps, xp))
+    """The Llama-family forward (pre-norm blocks, ERNIE's rope via cfg) with MoE layers where configured."""
+    return llama_forward(params, cfg, ids, meta, cache, rope, xp, ffn=_ffn)

@@ -115,14 +115,15 @@ def mlp_block(lp, x, xp):
     return lp["w2"](ops.silu_mul(gu[:, :inter], gu[:, inter:], xp))
 
 
-def forward(params, cfg, ids, meta, cache, rope, xp):
-    """ids: (N,) new token ids of all sequences, flattened -> (S, vocab) logits of meta.logit_rows."""
+def forward(params, cfg, ids, meta, cache, rope, xp, ffn=mlp_block):
+    """ids: (N,) new token ids of all sequences, flattened -> (S, vocab) logits of meta.logit_rows.
+    ffn(lp, x, xp): the feed-forward of a layer (families with MoE layers pass their own)."""
     x = params["embed"][xp.asarray(ids)]                                       # (N, hidden)
     cos, sin = rope.cos_sin(meta.positions, meta.rope_lens)                    # (N, D/2) host float32
     cos, sin = xp.asarray(cos), xp.asarray(sin)
     eps = cfg.rms_norm_eps
     for i, lp in enumerate(params["layers"]):
         x = x + attention_block(lp, cfg, ops.rms_norm(x, lp["attn_norm"], eps, xp), meta, cache, i, cos, sin, xp)
-        x = x + mlp_block(lp, ops.rms_norm(x, lp["mlp_norm"], eps, xp), xp)
+        x = x + ffn(lp, ops.rms_norm(x, lp["mlp_norm"], eps, xp), xp)
     x = x[xp.asarray(meta.logit_rows)]                                         # (S, hidden)
     return params["lm_head"](ops.rms_norm(x, params["norm"], eps, xp))
