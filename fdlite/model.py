@@ -40,17 +40,23 @@ def _parse_quantization(q):
 
 class Model:
     def __init__(self, *, cfg, params, family, backend, tokenizer, kv_format, kv_options, num_blocks, block_size,
-                 max_model_len, max_num_seqs, max_num_batched_tokens, source):
+                 max_model_len, max_num_seqs, max_num_batched_tokens, source, cuda_graphs=True):
         self.config, self.params, self.family, self.backend = cfg, params, family, backend
         self.tokenizer = tokenizer
         self.max_model_len, self.source = max_model_len, source
         self._kv_format, self._kv_options = kv_format, kv_options
         self.rope = Rope(cfg)
-        self.cache = kv_format(cfg, num_blocks, block_size, backend, **kv_options)
+        self.rope.table_len = max_model_len
+        # GPU: one block more than the engine hands out, the scratch block CUDA-graph padding rows write to
+        self.cache = kv_format(cfg, num_blocks + int(backend.is_gpu), block_size, backend, **kv_options)
         self._stop_ids = frozenset(cfg.eos_token_ids) | frozenset(tokenizer.eos_token_ids if tokenizer else ())
         self.engine = Engine(self._run, BlockManager(num_blocks, block_size), tokenizer, max_num_seqs,
                              max_num_batched_tokens, max_model_len)
-        if not backend.is_gpu:      # the CPU reference is batch-invariant (fdlite/engine/invariant.py)
+        if backend.is_gpu:          # decode steps from CUDA graphs; logits stay on the GPU for its sampler
+            from .engine.cuda_graph import GraphRunner  # noqa: PLC0415
+
+            self.engine.runner = GraphRunner(self, enabled=cuda_graphs)
+        else:                       # the CPU reference is batch-invariant (fdlite/engine/invariant.py)
             invariant.apply(self)
         self._lock = threading.RLock()
         self._closed = False
@@ -62,7 +68,7 @@ class Model:
              max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
              kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9, calibration=None,
              quantize_lm_head: bool = False, kv_scales=None, enable_prefix_caching: bool = True,
-             batch_invariant: bool = True) -> "Model":
+             batch_invariant: bool = True, cuda_graphs: bool = True) -> "Model":
         """Load an HF directory, a .gguf file or a preset name (e.g. "smollm2-135m").
 
         quantization: a method name, dict / JSON string, or WxAyCz scheme (fdlite.quant_config); its KV part
@@ -74,7 +80,8 @@ class Model:
         fdlite/kv_scales.py).
         Engine: max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes (CPU) / gpu_memory_utilization
         (GPU) as FastDeploy; enable_prefix_caching reuses full KV blocks of shared prompt prefixes;
-        batch_invariant (CPU) makes each request's output independent of its batch (fdlite/engine/invariant.py)."""
+        batch_invariant (CPU) makes each request's output independent of its batch (fdlite/engine/invariant.py);
+        cuda_graphs (GPU) replays decode steps from CUDA graphs (fdlite/engine/cuda_graph.py)."""
         backend = get_backend(device)
         if dtype is not None and np.dtype(dtype) != backend.compute_dtype:
             raise InputError(f"dtype={dtype!r} is not available on {backend.name}; it computes in "
@@ -95,7 +102,7 @@ class Model:
             kv_options = kv_scale_io.options_for(kv_format, cfg, ckpt.tensors, kv_scales)
             model = cls._build(cfg, tensors, ckpt.tokenizer, str(ckpt.path), backend, quant, kv_format,
                                max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
-                               kv_cache_bytes, gpu_memory_utilization, kv_options)
+                               kv_cache_bytes, gpu_memory_utilization, kv_options, cuda_graphs)
             model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
             if not batch_invariant:
                 invariant.disable(model)
@@ -108,7 +115,8 @@ class Model:
                     kv_cache: str | None = None, max_model_len: int | None = None, max_num_seqs: int = 8,
                     max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                     kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
-                    enable_prefix_caching: bool = True, batch_invariant: bool = True, **overrides) -> "Model":
+                    enable_prefix_caching: bool = True, batch_invariant: bool = True, cuda_graphs: bool = True,
+                    **overrides) -> "Model":
         """A model with random weights (normal, std = initializer_range; norms at 1), drawn on the device, for a
         preset of fdlite.model_configs ("llama-3-8b", "ernie-4.5-0.3b", ...) or an HF config.json dict;
         ``overrides`` replace config keys (e.g. num_hidden_layers=4). No tokenizer: prompts are token ids."""
@@ -122,7 +130,7 @@ class Model:
         tensors = random_weights.RandomWeights(cfg, backend, seed)
         model = cls._build(cfg, tensors, None, f"{source} (random weights, seed {seed})", backend, quant,
                            kv_format, max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
-                           kv_cache_bytes, gpu_memory_utilization)
+                           kv_cache_bytes, gpu_memory_utilization, cuda_graphs=cuda_graphs)
         model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
         if not batch_invariant:
             invariant.disable(model)
@@ -130,8 +138,8 @@ class Model:
 
     @classmethod
     def _build(cls, cfg, tensors, tokenizer, source, backend, quant, kv_format, max_model_len, max_num_seqs,
-               max_num_batched_tokens, block_size, kv_cache_bytes, gpu_memory_utilization, kv_options=None
-               ) -> "Model":
+               max_num_batched_tokens, block_size, kv_cache_bytes, gpu_memory_utilization, kv_options=None,
+               cuda_graphs=True) -> "Model":
         """Shared by load and from_config: quantize + place the weights, size the paged KV cache."""
         family, _ = models.lookup(cfg.architecture)
         # A family may map a method name to what it means there (ERNIE: "wint4" -> mix_quant wint8 + wint4).
@@ -170,7 +178,7 @@ class Model:
         return cls(cfg=cfg, params=params, family=family, backend=backend, tokenizer=tokenizer,
                    kv_format=kv_format, kv_options=kv_options or {}, num_blocks=num_blocks, block_size=block_size,
                    max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                   max_num_batched_tokens=max_num_batched_tokens, source=source)
+                   max_num_batched_tokens=max_num_batched_tokens, source=source, cuda_graphs=cuda_graphs)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def _check_open(self):

@@ -1,14 +1,48 @@
 """Reference math on any array module (numpy or cupy). Shapes are commented where they change."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _fused(xp, *arrays):
+    """fdlite_kernels.fused_ops when the arrays are bf16 on the GPU, else None (this module's math runs)."""
+    if xp is np or any(a.dtype != _BF16 for a in arrays):
+        return None
+    from fdlite_kernels import fused_ops  # noqa: PLC0415
+
+    return fused_ops
 
 
 def rms_norm(x, weight, eps: float, xp):
     """x: (..., D); weight: (D,). Statistics in float32, as transformers' LlamaRMSNorm."""
+    k = _fused(xp, x, weight)
+    if k is not None:
+        return k.rms_norm(xp.ascontiguousarray(x).reshape(-1, x.shape[-1]), weight, eps).reshape(x.shape)
     xf = x.astype(xp.float32, copy=False)
     var = (xf * xf).mean(axis=-1, keepdims=True)
     return ((xf / xp.sqrt(var + np.float32(eps))) * weight).astype(x.dtype, copy=False)
+
+
+def add_rms_norm(x, delta, weight, eps: float, xp):
+    """The residual add fused with the next norm: returns (x + delta, rms_norm(x + delta)); x, delta: (M, D).
+    On the GPU x is updated in place (one kernel); callers use the returned array either way."""
+    k = _fused(xp, x, delta, weight)
+    if k is not None and x.flags.c_contiguous:
+        return x, k.add_rms_norm(x, xp.ascontiguousarray(delta), weight, eps)
+    x = x + delta
+    return x, rms_norm(x, weight, eps, xp)
+
+
+def swiglu(gu, xp):
+    """gu: (M, 2I) gate and up halves side by side (the fused gate_up projection) -> (M, I) silu(gate) * up."""
+    k = _fused(xp, gu)
+    if k is not None:
+        return k.silu_mul(xp.ascontiguousarray(gu))
+    inter = gu.shape[1] // 2
+    return silu_mul(gu[:, :inter], gu[:, inter:], xp)
 
 
 def silu_mul(gate, up, xp):

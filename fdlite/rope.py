@@ -6,6 +6,7 @@ transformers' ``modeling_rope_utils``, so CPU logits match its float32 forward t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,6 +95,40 @@ class Rope:
             ang = np.outer(pos, self.inv_freq)                                       # (N, dim/2)
         s = np.float32(self.attention_scaling)
         return (np.cos(ang) * s).astype(np.float32), (np.sin(ang) * s).astype(np.float32)
+
+    table_len = 0      # positions the device table covers; the Model sets it to max_model_len
+
+    def step(self, meta, xp) -> RotaryStep:
+        """The RotaryStep of a forward step (meta: fdlite.kv.StepMeta)."""
+        dynamic = self.cfg.rope.type == "dynamic"
+        if xp is not np and not dynamic and self.table_len and int(meta.positions.max(initial=0)) < self.table_len:
+            tab = self.__dict__.get("_device_table")
+            if tab is None or tab[0] is not xp:
+                cos, sin = self.cos_sin(np.arange(self.table_len))                   # (table_len, dim/2)
+                tab = self._device_table = (xp, xp.asarray(cos), xp.asarray(sin))
+            return RotaryStep(tab[1], tab[2], meta.on_device(xp)["positions"], self.interleaved)
+        cos, sin = self.cos_sin(meta.positions, meta.rope_lens)                     # (N, dim/2) host float32
+        return RotaryStep(xp.asarray(cos), xp.asarray(sin), None, self.interleaved)
+
+
+@dataclass
+class RotaryStep:
+    """The rotation of one forward step: token n turns by row ``idx[n]`` of (cos, sin) (idx None: row n).
+
+    cos, sin: (T, dim/2) float32 on the step's backend. The GPU keeps one table for every position up to the
+    model's max_model_len and indexes it with the positions already on the device, so a captured CUDA graph
+    needs no host work; the CPU (and dynamic scaling, whose angles depend on the sequence length) computes
+    the N rows of the step directly."""
+
+    cos: object
+    sin: object
+    idx: object
+    interleaved: bool
+
+    def apply(self, x, xp):
+        """x: (N, heads, dim) -> rotated (reference path)."""
+        c, s = (self.cos, self.sin) if self.idx is None else (self.cos[self.idx], self.sin[self.idx])
+        return apply_rope(x, c, s, self.interleaved, xp)
 
 
 def apply_rope(x, cos, sin, interleaved: bool, xp):

@@ -42,7 +42,7 @@ __device__ __forceinline__ float e4m3_to_f32(unsigned b) {
 
 // float -> e4m3fn bits, round to nearest even, saturating at +-448 (as the NumPy twins, which clip first).
 __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
-  const unsigned sign = v < 0.f ? 0x80u : 0u;
+  const unsigned sign = signbit(v) ? 0x80u : 0u;   // -0 keeps its sign, as ml_dtypes
   float a = fminf(fabsf(v), 448.f);
   unsigned code;
   if (a < 0.015625f) {                       // below 2^-6: subnormal steps of 2^-9 (q = 8 is the first normal)

@@ -13,6 +13,7 @@ from .bf16 import Format as BF16
 
 class Format(BF16):
     name = "_record"
+    kernel_code = None      # the reference write path, which this format records
 
     def _check_options(self, opts):
         self.seen: list[dict[str, list[np.ndarray]]] = [{"k": [], "v": [], "pos": []}

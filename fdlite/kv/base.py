@@ -24,6 +24,7 @@ class StepMeta:
     q_pos: (B, max_q) position of each padded query (padding repeats a valid position);
     block_tables: (B, max_blocks) int32; kv_lens: (B,) tokens in cache after this step;
     logit_rows: (S,) indices of the tokens whose logits are wanted.
+    device: the int32 device copies GPU kernels read (``on_device``), or None until a GPU step asks.
     """
 
     positions: np.ndarray
@@ -35,10 +36,32 @@ class StepMeta:
     block_tables: np.ndarray
     kv_lens: np.ndarray
     logit_rows: np.ndarray
+    device: dict | None = None
 
     @property
     def batch(self) -> int:
         return self.q_pos.shape[0]
+
+    def on_device(self, xp) -> dict:
+        """positions, slots, rows (the sequence row of each token), block_tables as int32 device arrays (one
+        host-to-device copy), and max_len (the longest context, which sizes the attention grid). A captured
+        CUDA graph sets its own static buffers here instead (fdlite.engine.cuda_graph)."""
+        if self.device is None:
+            parts = [self.positions, self.slots, self.rows, self.block_tables.reshape(-1)]
+            flat = xp.asarray(np.concatenate(parts).astype(np.int32))
+            ends = np.cumsum([len(a) for a in parts])
+            self.device = {"positions": flat[:ends[0]], "slots": flat[ends[0]:ends[1]],
+                           "rows": flat[ends[1]:ends[2]],
+                           "block_tables": flat[ends[2]:].reshape(self.block_tables.shape),
+                           "max_len": int(self.kv_lens.max(initial=1))}
+        return self.device
+
+    def logit_index(self, xp):
+        """None when every token's logits are wanted in order (decode steps), else the rows on the backend."""
+        n = len(self.positions)
+        if len(self.logit_rows) == n and np.array_equal(self.logit_rows, np.arange(n)):
+            return None
+        return xp.asarray(self.logit_rows)
 
     @staticmethod
     def build(seqs: list[tuple[int, int, list[int]]], block_size: int, logits: str = "last") -> "StepMeta":
@@ -81,6 +104,7 @@ class KVFormat:
 
     name = ""
     options: dict = {}   # option name -> default: what the format accepts (static scales, flags)
+    kernel_code: int | None = None   # the format's code in fdlite_kernels/kv_codec.cuh; None: reference only
     # The attention ``attend`` runs after ``read``; a CPU Model sets fdlite.engine.invariant.attention here.
     attention = staticmethod(ops.attention)
 
@@ -120,10 +144,61 @@ class KVFormat:
         """Bytes of K+V (scales included) one token occupies, summed over layers."""
         raise NotImplementedError
 
+    def kernel_cache(self, layer: int) -> dict:
+        """The layer's arrays and scales as fdlite_kernels.kv_cache reads them (formats with a kernel_code)."""
+        raise NotImplementedError
+
+    # --- the attention prologue and attention (GPU kernels where the format has them) --------------------
+    def _kernel_cache(self, layer: int) -> dict:
+        memo = self.__dict__.setdefault("_kernel_memo", {})     # scales and storage are fixed once built
+        if layer not in memo:
+            memo[layer] = self.kernel_cache(layer)
+        return memo[layer]
+
+    def _use_kernels(self, n_heads: int) -> bool:
+        if not self.backend.is_gpu or self.kernel_code is None:
+            return False
+        from fdlite_kernels.kv_cache import GMAX, HEAD_DIMS  # noqa: PLC0415
+
+        c = self.cfg
+        return (c.head_dim in HEAD_DIMS
+                and n_heads % c.num_key_value_heads == 0 and n_heads // c.num_key_value_heads <= GMAX[-1])
+
+    def store(self, layer: int, qkv, meta: StepMeta, rot, eps: float, q_norm=None, k_norm=None):
+        """qkv: (N, (nh + 2 nkv) D) output of the fused QKV projection -> q: (N, nh, D), normed (q_norm) and
+        rotated; K (normed with k_norm, rotated) and V are written at meta.slots. rot: fdlite.rope.RotaryStep.
+        On the GPU one kernel does all of it (fdlite_kernels/kv_write.cu); the reference below defines it."""
+        xp, c = self.xp, self.cfg
+        N, nh, nkv, D = qkv.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        if self._use_kernels(nh) and qkv.dtype == self.backend.compute_dtype:
+            from fdlite_kernels.kv_cache import rope_kv_write  # noqa: PLC0415
+
+            dev = meta.on_device(xp)
+            idx = rot.idx if rot.idx is not None else xp.arange(N, dtype=np.int32)
+            return rope_kv_write(xp.ascontiguousarray(qkv), nh, nkv, D, rot.cos, rot.sin, idx, dev["slots"],
+                                 self._kernel_cache(layer), q_norm=q_norm, k_norm=k_norm, eps=eps,
+                                 interleaved=rot.interleaved)
+        q = qkv[:, :nh * D].reshape(N, nh, D)                                      # (N, nh, D)
+        k = qkv[:, nh * D:(nh + nkv) * D].reshape(N, nkv, D)                       # (N, nkv, D)
+        v = qkv[:, (nh + nkv) * D:].reshape(N, nkv, D)
+        if q_norm is not None:
+            q = ops.rms_norm(q, q_norm, eps, xp)
+            k = ops.rms_norm(k, k_norm, eps, xp)
+        q, k = rot.apply(q, xp), rot.apply(k, xp)
+        self.write(layer, k, v, meta)
+        return q
+
     # --- shared ------------------------------------------------------------------------------------
     def attend(self, layer: int, q, meta: StepMeta, window: int | None, scale: float):
         """q: (N, H, D) new queries -> (N, H, D) attention output over each sequence's cached context."""
         xp = self.xp
+        if self._use_kernels(q.shape[1]) and q.dtype == self.backend.compute_dtype:
+            from fdlite_kernels.kv_cache import paged_attention  # noqa: PLC0415
+
+            dev = meta.on_device(xp)
+            return paged_attention(xp.ascontiguousarray(q), self._kernel_cache(layer), dev["block_tables"],
+                                   dev["rows"], dev["positions"], window=window, scale=scale,
+                                   max_len=dev["max_len"])
         k, v = self.read(layer, meta)                                            # (B, L, Hkv, D)
         B, max_q = meta.q_pos.shape
         rows, cols = xp.asarray(meta.rows), xp.asarray(meta.cols)
@@ -149,3 +224,4 @@ class KVFormat:
 
     def close(self) -> None:
         self.layers = []
+        self.__dict__.pop("_kernel_memo", None)

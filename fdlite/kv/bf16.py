@@ -10,6 +10,7 @@ from .base import KVFormat
 
 class Format(KVFormat):
     name = "bf16"
+    kernel_code = 0
 
     def _alloc(self):
         dt = self.backend.compute_dtype
@@ -24,6 +25,10 @@ class Format(KVFormat):
     def read(self, layer, meta):
         store = self.layers[layer]
         return self.gather_blocks(store["k"], meta), self.gather_blocks(store["v"], meta)
+
+    def kernel_cache(self, layer):
+        store = self.layers[layer]
+        return {"fmt": self.kernel_code, "k": store["k"], "v": store["v"]}
 
     def bytes_per_token(self):
         c = self.cfg

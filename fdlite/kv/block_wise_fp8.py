@@ -21,6 +21,7 @@ from .base import KVFormat
 
 class Format(KVFormat):
     name = "block_wise_fp8"
+    kernel_code = 3
     options = {"fp8_kv_round_to_int": False}
 
     def _alloc(self):
@@ -53,6 +54,11 @@ class Format(KVFormat):
             s = gather_tokens(store[name + "_scale"], meta, xp)                              # (B, L, Hkv)
             out.append((q * s[..., None]).astype(dt, copy=False))
         return out[0], out[1]
+
+    def kernel_cache(self, layer):
+        store = self.layers[layer]
+        return {"fmt": self.kernel_code, "k": store["k"], "v": store["v"], "k_tok": store["k_scale"],
+                "v_tok": store["v_scale"], "round_to_int": bool(self.opts["fp8_kv_round_to_int"])}
 
     def bytes_per_token(self):
         c = self.cfg

@@ -18,6 +18,7 @@ from ._quant import FP8_MAX, StaticScales, e4m3_decode, e4m3_encode
 
 class Format(StaticScales):
     name = "float8_e4m3fn"
+    kernel_code = 2
     granularity = "head"
     options = {"k_scale": None, "v_scale": None, "fp8_kv_round_to_int": False}
 
@@ -43,6 +44,16 @@ class Format(StaticScales):
             q = e4m3_decode(self.gather_blocks(store[name], meta), self.xp)                 # (B, L, Hkv, D)
             out.append((q * step).astype(dt, copy=False))
         return out[0], out[1]
+
+    def kernel_cache(self, layer):
+        """Write scales 448 / A and read steps A / 448 per kv head (float32, as _quantize / read)."""
+        store = self.layers[layer]
+        out = {"fmt": self.kernel_code, "round_to_int": bool(self.opts["fp8_kv_round_to_int"])}
+        for name in ("k", "v"):
+            amax = self.layer_scale(name + "_scale", layer).reshape(-1)
+            out.update({name: store[name], name + "_w": np.float32(FP8_MAX) / amax,
+                        name + "_r": amax / np.float32(FP8_MAX)})
+        return out
 
     def bytes_per_token(self):
         c = self.cfg

@@ -35,6 +35,7 @@ def unpack(b, xp):
 
 class Format(StaticScales):
     name = "int4_zp"
+    kernel_code = 4
     granularity = "channel"
     scale_names = ("k_scale", "v_scale", "k_zero_point", "v_zero_point")
     options = {n: None for n in scale_names}
@@ -70,6 +71,15 @@ class Format(StaticScales):
             q = unpack(self.gather_blocks(store[name], meta), self.xp)                      # (B, L, Hkv, D)
             out.append(((q.astype(np.float32) - zp) * s).astype(dt, copy=False))
         return out[0], out[1]
+
+    def kernel_cache(self, layer):
+        """Steps s and zero points zp per channel (the kernel divides by s on write, as _quantize)."""
+        store, out = self.layers[layer], {"fmt": self.kernel_code}
+        for name in ("k", "v"):
+            s = self.layer_scale(name + "_scale", layer).reshape(-1)
+            zp = self.layer_scale(name + "_zero_point", layer).reshape(-1)
+            out.update({name: store[name], name + "_w": s, name + "_r": s, name + "_z": zp})
+        return out
 
     def bytes_per_token(self):
         c = self.cfg

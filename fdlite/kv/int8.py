@@ -19,6 +19,7 @@ QMAX = 127.0
 
 class Format(StaticScales):
     name = "int8"
+    kernel_code = 1
     granularity = "channel"
     options = {"k_scale": None, "v_scale": None}
 
@@ -45,6 +46,14 @@ class Format(StaticScales):
             q = self.gather_blocks(store[name], meta)                                       # (B, L, Hkv, D)
             out.append((q.astype(np.float32) * step).astype(dt, copy=False))
         return out[0], out[1]
+
+    def kernel_cache(self, layer):
+        """Write scales 127 / A and read steps A / 127 per channel, in float32 as _quantize / read compute them."""
+        store, out = self.layers[layer], {"fmt": self.kernel_code}
+        for name in ("k", "v"):
+            amax = self.layer_scale(name + "_scale", layer).reshape(-1)
+            out.update({name: store[name], name + "_w": np.float32(QMAX) / amax, name + "_r": amax / np.float32(QMAX)})
+        return out
 
     def bytes_per_token(self):
         c = self.cfg

@@ -10,7 +10,6 @@ import numpy as np
 
 from .. import ops
 from ..errors import CheckpointError
-from ..rope import apply_rope
 
 ARCHITECTURES = {
     "LlamaForCausalLM": {},
@@ -92,38 +91,32 @@ def load_params(cfg, tensors, make_linear, backend) -> dict:
     }
 
 
-def attention_block(lp, cfg, x, meta, cache, layer, cos, sin, xp):
-    """x: (N, hidden) normed -> (N, hidden) attention output (before the residual add)."""
-    N, nh, nkv, D = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+def attention_block(lp, cfg, x, meta, cache, layer, rot, xp):
+    """x: (N, hidden) normed -> (N, hidden) attention output (before the residual add).
+    rot: the step's fdlite.rope.RotaryStep. The KV format owns the prologue (q/k norm, RoPE, quantize-on-write;
+    one kernel on the GPU) and the attention."""
+    N, nh, D = x.shape[0], cfg.num_attention_heads, cfg.head_dim
     qkv = lp["wqkv"](x)                                                        # (N, (nh + 2 nkv) D)
-    q = qkv[:, :nh * D].reshape(N, nh, D)                                      # (N, nh, D)
-    k = qkv[:, nh * D:(nh + nkv) * D].reshape(N, nkv, D)                       # (N, nkv, D)
-    v = qkv[:, (nh + nkv) * D:].reshape(N, nkv, D)
-    if "q_norm" in lp:
-        q = ops.rms_norm(q, lp["q_norm"], cfg.rms_norm_eps, xp)
-        k = ops.rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, xp)
-    q = apply_rope(q, cos, sin, cfg.rope.interleaved, xp)
-    k = apply_rope(k, cos, sin, cfg.rope.interleaved, xp)
-    cache.write(layer, k, v, meta)
+    q = cache.store(layer, qkv, meta, rot, cfg.rms_norm_eps, lp.get("q_norm"), lp.get("k_norm"))  # (N, nh, D)
     o = cache.attend(layer, q, meta, cfg.window(layer), D ** -0.5)             # (N, nh, D)
     return lp["wo"](o.reshape(N, nh * D))
 
 
 def mlp_block(lp, x, xp):
-    gu = lp["w13"](x)                                                          # (N, 2 I)
-    inter = gu.shape[1] // 2
-    return lp["w2"](ops.silu_mul(gu[:, :inter], gu[:, inter:], xp))
+    return lp["w2"](ops.swiglu(lp["w13"](x), xp))                              # (N, 2 I) -> (N, I) -> (N, hidden)
 
 
 def forward(params, cfg, ids, meta, cache, rope, xp, ffn=mlp_block):
     """ids: (N,) new token ids of all sequences, flattened -> (S, vocab) logits of meta.logit_rows.
-    ffn(lp, x, xp): the feed-forward of a layer (families with MoE layers pass their own)."""
+    ffn(lp, x, xp): the feed-forward of a layer (families with MoE layers pass their own).
+    Each residual add is fused with the norm after it (ops.add_rms_norm: one kernel on the GPU)."""
     x = params["embed"][xp.asarray(ids)]                                       # (N, hidden)
-    cos, sin = rope.cos_sin(meta.positions, meta.rope_lens)                    # (N, D/2) host float32
-    cos, sin = xp.asarray(cos), xp.asarray(sin)
-    eps = cfg.rms_norm_eps
-    for i, lp in enumerate(params["layers"]):
-        x = x + attention_block(lp, cfg, ops.rms_norm(x, lp["attn_norm"], eps, xp), meta, cache, i, cos, sin, xp)
-        x = x + ffn(lp, ops.rms_norm(x, lp["mlp_norm"], eps, xp), xp)
-    x = x[xp.asarray(meta.logit_rows)]                                         # (S, hidden)
-    return params["lm_head"](ops.rms_norm(x, params["norm"], eps, xp))
+    rot = rope.step(meta, xp)
+    eps, layers = cfg.rms_norm_eps, params["layers"]
+    h = ops.rms_norm(x, layers[0]["attn_norm"], eps, xp)
+    for i, lp in enumerate(layers):
+        x, h = ops.add_rms_norm(x, attention_block(lp, cfg, h, meta, cache, i, rot, xp), lp["mlp_norm"], eps, xp)
+        nxt = layers[i + 1]["attn_norm"] if i + 1 < len(layers) else params["norm"]
+        x, h = ops.add_rms_norm(x, ffn(lp, h, xp), nxt, eps, xp)
+    rows = meta.logit_index(xp)
+    return params["lm_head"](h if rows is None else h[rows])                   # (S, vocab)

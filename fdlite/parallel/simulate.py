@@ -164,12 +164,11 @@ def forward(ranks: list[Rank], ids, meta: StepMeta, caches: list, rope, xp=np, r
         e[mine] = rk.params["embed"][ids[mine] - v0]
         embeds.append(e)
     x = reduce(embeds)
-    cos, sin = rope.cos_sin(meta.positions, meta.rope_lens)
-    cos, sin = xp.asarray(cos), xp.asarray(sin)
+    rot = rope.step(meta, xp)
     for i in range(len(ranks[0].params["layers"])):
         lps = [rk.params["layers"][i] for rk in ranks]
         x = x + reduce([attention_block(lp, rk.cfg, ops.rms_norm(x, lp["attn_norm"], eps, xp), meta, c, i,
-                                        cos, sin, xp) for lp, rk, c in zip(lps, ranks, caches)])
+                                        rot, xp) for lp, rk, c in zip(lps, ranks, caches)])
         hs = [ops.rms_norm(x, lp["mlp_norm"], eps, xp) for lp in lps]          # the same on every rank
         x = x + reduce([lp["moe"](h, xp) if "moe" in lp else mlp_block(lp, h, xp) for lp, h in zip(lps, hs)])
     x = x[xp.asarray(meta.logit_rows)]                                         # (S, hidden)

@@ -8,6 +8,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack) | gemv_packed | mma_wq | one weight copy for every M |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: the NumPy-twin formula on CuPy (dequantize + cuBLAS, a stop-gap) |
+| dense (bf16) | as stored | gemv_bf16 (M <= 16) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): gemv_bf16 in 16-row pieces |
 """
 from __future__ import annotations
 
@@ -71,3 +72,18 @@ def _bf16_padded(x, K_pad: int, xp):
     if x.shape[1] < K_pad:
         x = xp.pad(x, ((0, 0), (0, K_pad - x.shape[1])))
     return x
+
+
+def matmul_dense(x, w, xp):
+    """x: (M, K) bf16, w: (N, K) bf16 on the GPU -> (M, N); None when the kernel cannot take the shapes."""
+    from fdlite_kernels.gemv_bf16 import MAX_M, gemv_bf16  # noqa: PLC0415
+
+    M, K = x.shape
+    if K % 8 or not w.flags.c_contiguous:
+        return None
+    x = xp.ascontiguousarray(x)
+    if M <= MAX_M:
+        return gemv_bf16(x, w)
+    if not xp.cuda.get_current_stream().is_capturing():
+        return None                                    # cuBLAS (the caller's x @ w.T) is faster here
+    return xp.concatenate([gemv_bf16(x[i:i + MAX_M], w) for i in range(0, M, MAX_M)])

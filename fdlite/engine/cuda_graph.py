@@ -1,0 +1,164 @@
+"""The engine's GPU runner: decode steps replayed from CUDA graphs, one graph per batch-size bucket.
+
+A decode step (every sequence brings one token) of B sequences runs the graph of the smallest bucket >= B
+(1, 2, 4, 8, ..., up to max_num_seqs); rows past B are padding that writes into a scratch KV block no sequence
+owns (the cache holds one block more than the block manager hands out) and whose logits are dropped. Prefill
+and mixed steps run eagerly. Each launch costs the host one 4-byte-per-entry input copy and one graph launch
+instead of ~10 CuPy launches per layer.
+
+What a captured step needs, and how it gets it:
+- fixed input addresses: ids, positions, slots, sequence rows and block tables live in one static int32 buffer
+  per bucket (``StepMeta.device`` points into it), refilled by one host-to-device copy before each launch;
+- no host work inside the forward: RoPE reads the device table by position (``Rope.step``), attention sizes
+  its split grid for max_model_len, logits of every row are kept (decode wants them all);
+- memory that outlives the capture: every allocation made while warming up or capturing comes from a memory
+  pool owned by this runner (the graphs' private arena; graphs run one at a time on one stream, so they may
+  share it), and the graph's output array stays referenced;
+- capturable kernels only: fdlite's own kernels and CuPy elementwise ops. A step that needs anything else
+  (cuBLAS through CuPy, MoE routing's host-side expert counts, dynamic RoPE) fails to capture; the runner
+  logs why once and runs every step eagerly from then on.
+
+Everything runs on the runner's stream; the logits it returns are made visible to the caller's stream with an
+event, so the sampler may read them at once.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..kv.base import StepMeta
+
+log = logging.getLogger("fdlite")
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _Graph:
+    __slots__ = ("bucket", "graph", "host", "static", "views", "meta", "logits")
+
+
+class GraphRunner:
+    """runner(ids (N,), meta) -> logits (S, V) float32 on the GPU (the engine's runner on a GPU model)."""
+
+    def __init__(self, model, enabled: bool = True, host_logits: bool = True):
+        self.model = model
+        self.host_logits = host_logits      # False: logits stay on the GPU for the engine's GPU sampler
+        self.xp = xp = model.backend.xp
+        cfg = model.config
+        self.block_size = model.cache.block_size
+        self.max_len = model.max_model_len
+        self.max_blocks = -(-self.max_len // self.block_size)
+        self._cache, self.scratch = None, None
+        cap = model.engine.max_num_seqs if model.engine is not None else BUCKETS[-1]
+        self.buckets = [b for b in BUCKETS if b < cap] + [next((b for b in BUCKETS if b >= cap), BUCKETS[-1])]
+        self.graphs: dict[int, _Graph] = {}
+        self.reason = None if enabled else "disabled (cuda_graphs=False)"
+        if cfg.rope.type == "dynamic":
+            self.reason = "dynamic RoPE scaling depends on each step's sequence lengths"
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        self.pool = xp.cuda.MemoryPool()
+        self.num_replays = self.num_eager = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.reason is None
+
+    # --- the runner ----------------------------------------------------------------------------------
+    def __call__(self, ids: np.ndarray, meta: StepMeta):
+        xp = self.xp
+        self.stream.wait_event(xp.cuda.get_current_stream().record())   # after whatever the caller queued
+        B = meta.batch
+        decode = len(ids) == B
+        self._bind()
+        if self.enabled and decode and B <= self.buckets[-1] and self.scratch is not None:
+            bucket = next(b for b in self.buckets if b >= B)
+            g = self.graphs.get(bucket) or self._capture(bucket)
+            if g is not None:
+                out = self._replay(g, ids, meta)
+                self.num_replays += 1
+                return self._handoff(out)
+        self.num_eager += 1
+        with self.stream:
+            out = self._forward(xp.asarray(ids), meta)
+        return self._handoff(out)
+
+    def _bind(self) -> None:
+        """Graphs hold the cache's addresses: a swapped cache (KV calibration runs on a temporary one) drops
+        them. Padding rows need the scratch block past the block manager's range."""
+        m = self.model
+        if m.cache is not self._cache:
+            self.graphs.clear()
+            self._cache = m.cache
+            spare = m.cache.num_blocks > m.engine.blocks.num_blocks
+            self.scratch = m.cache.num_blocks - 1 if spare else None
+
+    def _handoff(self, out):
+        self.xp.cuda.get_current_stream().wait_event(self.stream.record())
+        return out.get() if self.host_logits else out
+
+    def _forward(self, ids_dev, meta):
+        m = self.model
+        return m.family.forward(m.params, m.config, ids_dev, meta, m.cache, m.rope, self.xp).astype(np.float32)
+
+    # --- graphs --------------------------------------------------------------------------------------
+    def _layout(self, bucket: int) -> dict[str, slice]:
+        b, mb = bucket, self.max_blocks
+        ends = np.cumsum([b, b, b, b, b * mb])
+        names = ("ids", "positions", "slots", "rows", "block_tables")
+        return {n: slice(int(e - w), int(e)) for n, e, w in zip(names, ends, (b, b, b, b, b * mb))}
+
+    def _fill(self, g: _Graph, ids, meta: StepMeta | None) -> None:
+        """Host side of the static inputs: real rows first, padding rows on the scratch block."""
+        lay, h, B = self._layout(g.bucket), g.host, 0 if meta is None else meta.batch
+        tables = h[lay["block_tables"]].reshape(g.bucket, self.max_blocks)
+        h[lay["ids"]] = 0
+        h[lay["positions"]] = 0
+        h[lay["slots"]] = self.scratch * self.block_size
+        h[lay["rows"]] = np.arange(g.bucket)
+        tables[:] = self.scratch
+        if B:
+            h[lay["ids"]][:B] = ids
+            h[lay["positions"]][:B] = meta.positions
+            h[lay["slots"]][:B] = meta.slots
+            nb = meta.block_tables.shape[1]
+            tables[:B, :nb] = meta.block_tables
+
+    def _capture(self, bucket: int) -> _Graph | None:
+        xp = self.xp
+        g = _Graph()
+        g.bucket = bucket
+        lay = self._layout(bucket)
+        g.host = np.zeros(lay["block_tables"].stop, np.int32)
+        g.static = xp.zeros(g.host.size, np.int32)            # default pool: lives as long as the runner
+        v = {n: g.static[s] for n, s in lay.items()}
+        v["block_tables"] = v["block_tables"].reshape(bucket, self.max_blocks)
+        g.views = v
+        g.meta = StepMeta.build([(0, 1, [self.scratch])] * bucket, self.block_size)
+        g.meta.device = {"positions": v["positions"], "slots": v["slots"], "rows": v["rows"],
+                         "block_tables": v["block_tables"], "max_len": self.max_len}
+        self._fill(g, None, None)
+        try:
+            with xp.cuda.using_allocator(self.pool.malloc), self.stream:
+                g.static.set(g.host, stream=self.stream)
+                self._forward(v["ids"], g.meta)                  # warm-up: compiles kernels, fills the pool
+                self.stream.synchronize()
+                self.stream.begin_capture()
+                try:
+                    g.logits = self._forward(v["ids"], g.meta)
+                finally:
+                    g.graph = self.stream.end_capture()
+        except Exception as e:   # noqa: BLE001 - any capture failure means: run this model eagerly
+            self.reason = f"capture failed ({type(e).__name__}: {e})"
+            log.warning("fdlite: CUDA-graph decode off, steps run eagerly: %s", self.reason)
+            self.stream.synchronize()
+            return None
+        self.graphs[bucket] = g
+        log.info("fdlite: captured the decode step for batch bucket %d", bucket)
+        return g
+
+    def _replay(self, g: _Graph, ids, meta: StepMeta):
+        self._fill(g, ids, meta)
+        g.static.set(g.host, stream=self.stream)
+        g.graph.launch(self.stream)
+        return g.logits[:meta.batch]

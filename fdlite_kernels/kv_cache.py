@@ -1,0 +1,125 @@
+"""Launchers for the paged KV cache kernels: kv_write.cu (RoPE + quantize-on-write) and paged_attention.cu.
+
+A cache layer is described by a dict (built by each format in fdlite/kv, which hold the twins):
+    fmt: format code of kv_codec.cuh (0 bf16, 1 int8, 2 float8_e4m3fn, 3 block_wise_fp8, 4 int4_zp)
+    k, v: the layer's element arrays (num_blocks, kv_heads, block_size, D or D // 2 for int4)
+    k_tok, v_tok: float32 (num_blocks, kv_heads, block_size) token scales (block_wise_fp8) or None
+    k_w, v_w: write-side scales, k_r, v_r: read-side scales, k_z, v_z: zero points (kv_codec.cuh), or None
+    round_to_int: bool (fp8 formats: round before the cast, as FastDeploy)
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check, expect
+
+FORMATS = {0: "bf16", 1: "int8", 2: "float8_e4m3fn", 3: "block_wise_fp8", 4: "int4_zp"}
+HEAD_DIMS = (8, 16, 32, 64, 128, 256)     # what paged_attention takes (rope_kv_write: any even D <= 256)
+GMAX = (1, 2, 4, 8, 16)
+CHUNK = 256                                # keys per split of paged attention
+
+
+@functools.lru_cache(maxsize=None)
+def _null(device_id: int):
+    import cupy as cp  # noqa: PLC0415
+
+    with cp.cuda.Device(device_id):
+        return cp.zeros(1, np.float32)       # stands for an absent pointer argument; never read
+
+
+def _ptr(a):
+    import cupy as cp  # noqa: PLC0415
+
+    return _null(cp.cuda.Device().id) if a is None else a
+
+
+def _check_cache(c: dict, nkv: int, D: int):
+    check(c["fmt"] in FORMATS, f"cache fmt = {c['fmt']}, expected one of {sorted(FORMATS)}")
+    width = D // 2 if c["fmt"] == 4 else D
+    for name in ("k", "v"):
+        a = c[name]
+        check(a.ndim == 4 and a.shape[1] == nkv and a.shape[3] == width,
+              f"cache {name} has shape {a.shape}, expected (blocks, {nkv}, block_size, {width})")
+        check(a.flags.c_contiguous, f"cache {name} is not C-contiguous")
+    if c["fmt"] == 3:
+        for name in ("k_tok", "v_tok"):
+            check(c.get(name) is not None and c[name].shape == c["k"].shape[:3],
+                  f"block_wise_fp8 needs {name} of shape {c['k'].shape[:3]}")
+
+
+def rope_kv_write(qkv, nh: int, nkv: int, D: int, cos_t, sin_t, rope_idx, slots, cache: dict, *,
+                  q_norm=None, k_norm=None, eps: float = 1e-6, interleaved: bool = False, out=None):
+    """qkv: bf16 [N, (nh + 2 nkv) D]; cos_t, sin_t: float32 [T, D/2]; rope_idx, slots: int32 [N].
+    Writes K (normed if k_norm, rotated) and V into ``cache`` at ``slots``; returns q: bf16 [N, nh, D]."""
+    import cupy as cp  # noqa: PLC0415
+
+    expect(qkv, "qkv", BF16, 2)
+    N = qkv.shape[0]
+    check(qkv.shape[1] == (nh + 2 * nkv) * D, f"qkv has {qkv.shape[1]} columns, expected (nh + 2 nkv) D = "
+          f"({nh} + 2*{nkv}) * {D} = {(nh + 2 * nkv) * D}")
+    check(D % 2 == 0 and D <= 256, f"head_dim = {D} must be even and <= 256")
+    for name, a in (("cos_t", cos_t), ("sin_t", sin_t)):
+        expect(a, name, np.float32, 2)
+        check(a.shape[1] == D // 2, f"{name} has {a.shape[1]} columns, expected D/2 = {D // 2}")
+    for name, a in (("rope_idx", rope_idx), ("slots", slots)):
+        expect(a, name, np.int32, 1)
+        check(a.shape[0] == N, f"{name} has {a.shape[0]} entries for N = {N} tokens")
+    check((q_norm is None) == (k_norm is None), "q_norm and k_norm come together")
+    _check_cache(cache, nkv, D)
+    q = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
+    fmt = cache["fmt"]
+    fn = load("kv_write", name_expressions=(f"rope_kv_write<{fmt}>",)).get_function(f"rope_kv_write<{fmt}>")
+    if N:
+        c, p = cache, _ptr
+        fn((-(-N * (nh + 2 * nkv) // 4),), (128,),
+           (qkv, np.int32(N), np.int32(nh), np.int32(nkv), np.int32(D), cos_t, sin_t, rope_idx, slots,
+            p(q_norm), p(k_norm), np.int32(q_norm is not None), np.float32(eps), np.int32(bool(interleaved)), q,
+            c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")), p(c.get("k_w")), p(c.get("v_w")),
+            p(c.get("k_z")), p(c.get("v_z")), np.int32(bool(c.get("round_to_int"))), np.int32(c["k"].shape[2])))
+    return q
+
+
+def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: int | None, scale: float,
+                    max_len: int, out=None):
+    """q: bf16 [N, nh, D]; block_tables: int32 [B, max_blocks]; row_seq, row_pos: int32 [N] (sequence row and
+    position of each query). max_len bounds every row's visible keys (it sizes the split grid, so a captured
+    graph stays valid for any context up to it). Returns o: bf16 [N, nh, D]."""
+    import cupy as cp  # noqa: PLC0415
+
+    expect(q, "q", BF16, 3)
+    N, nh, D = q.shape
+    nkv = cache["k"].shape[1]
+    check(D in HEAD_DIMS, f"head_dim = {D}: paged attention takes {HEAD_DIMS}")
+    check(nh % nkv == 0 and nh // nkv <= GMAX[-1], f"{nh} query heads over {nkv} kv heads: the group must be "
+          f"a whole number <= {GMAX[-1]}")
+    _check_cache(cache, nkv, D)
+    expect(block_tables, "block_tables", np.int32, 2)
+    for name, a in (("row_seq", row_seq), ("row_pos", row_pos)):
+        expect(a, name, np.int32, 1)
+        check(a.shape[0] == N, f"{name} has {a.shape[0]} entries for N = {N} rows")
+    g = nh // nkv
+    gmax = next(x for x in GMAX if x >= g)
+    visible = min(max_len, window) if window else max_len
+    S = max(1, -(-visible // CHUNK))
+    po = cp.empty((N, nh, S, D), np.float32)
+    pm = cp.empty((N, nh, S), np.float32)
+    pl = cp.empty((N, nh, S), np.float32)
+    o = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
+    if not N:
+        return o
+    fmt = cache["fmt"]
+    name = f"paged_attn<{fmt}, {gmax}>"
+    mod = load("paged_attention", name_expressions=(name, "paged_attn_merge"))
+    smem = 4 * gmax * (D + CHUNK + 128)
+    c, p = cache, _ptr
+    mod.get_function(name)((S, nkv, N), (128,), (
+        q, np.int32(nh), np.int32(nkv), np.int32(D), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
+        p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
+        np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq, row_pos, np.int32(window or 0),
+        np.float32(scale), np.int32(CHUNK), np.int32(S), po, pm, pl), shared_mem=smem)
+    mod.get_function("paged_attn_merge")((N * nh,), (128,), (
+        po, pm, pl, row_pos, np.int32(nh), np.int32(D), np.int32(window or 0), np.int32(CHUNK), np.int32(S), o))
+    return o
