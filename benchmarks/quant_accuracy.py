@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fdlite import Model
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))                   # runs from a checkout without installing
+from fdlite import Model  # noqa: E402
 DENSE_PPL = 30.356
 # label -> (quantization, calibration, goal ratio or None)
 CASES = {

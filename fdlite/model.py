@@ -161,7 +161,7 @@ class Model:
         probe = kv_format(cfg, 1, block_size, backend)
         per_token = probe.bytes_per_token()
         probe.close()
-        need = max_num_seqs * max_model_len * per_token
+        need = max_num_seqs * -(-max_model_len // block_size) * block_size * per_token   # whole blocks
         if kv_cache_bytes is None:
             if backend.is_gpu:
                 free, _total = backend.xp.cuda.runtime.memGetInfo()

@@ -16,6 +16,11 @@ DST layout:
                        tokenizer.model) + tokenizer_config.json (special tokens, add_bos_token, chat_template).
 HF checkpoints with quant_method "fp8" + weight_block_size load as block_wise_fp8 (weight e4m3 [N, K] +
 weight_scale_inv per projection; fused here when the parts' N are multiples of the block).
+GGUF files loaded without quantization=: a linear whose parts are all Q8_0 / Q4_0 keeps its codes and block
+scales (fdlite/weights/gguf.py codes): all Q4_0 -> wint4, else (Q8_0, or Q8_0 and Q4_0 mixed: Q4_0 codes widened
+to int8, exactly) -> wint8, both with groups of 32; any other type among the parts (F32, F16, Q4_1, K-quants)
+dequantizes the linear to the compute dtype as before. The lm_head stays dense unless quantize_lm_head=True.
+An explicit quantization= re-quantizes every linear from the dequantized float weights.
 """
 from __future__ import annotations
 
@@ -28,13 +33,25 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, ConfigError
+from .quant import get as get_method
 from .quant.base import Packed
 
 log = logging.getLogger("fdlite")
 
 _FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_FUSED_INTO = {part: fused for fused, parts in _FUSED.items() for part in parts}      # "q_proj" -> "qkv_proj"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                     "generation_config.json", "chat_template.jinja")
+
+
+def _linear_of(hf: str) -> str | None:
+    """HF weight name -> the fdlite linear that holds it ("...q_proj.weight" -> "...qkv_proj"); None if none."""
+    if hf == "lm_head.weight":
+        return "lm_head"
+    if not hf.endswith("_proj.weight"):
+        return None
+    head, _, proj = hf.removesuffix(".weight").rpartition(".")
+    return f"{head}.{_FUSED_INTO.get(proj, proj)}"
 
 
 def hf_parts(name: str) -> list[str]:
@@ -55,6 +72,10 @@ class PackedSource:
 
     def has(self, name: str) -> bool:
         return name in self.linears or (self.hf_fp8 and all(p + "_scale_inv" in self.tensors for p in hf_parts(name)))
+
+    def method(self, name: str, m):
+        """The method that reads linear ``name``: the config's (the checkpoint was written by it)."""
+        return m
 
     def _get(self, key: str):
         if key not in self.tensors:
@@ -92,6 +113,35 @@ class PackedSource:
                       {"weight_block_size": [bn, bk]})
 
 
+class GGUFPackedSource:
+    """The Q8_0 / Q4_0 linears of a GGUF file, read into wint8 / wint4 group-32 layouts (module docstring)."""
+
+    def __init__(self, gguf):
+        self.gguf = gguf
+        self.methods = {k: get_method(k)(group_size=32) for k in ("wint8", "wint4")}
+        kinds = {lin: {gguf.qtype(p) if p in gguf else None for p in hf_parts(lin)}
+                 for lin in filter(None, map(_linear_of, gguf.keys()))}
+        self.linears = {lin: "wint4" if k == {"Q4_0"} else "wint8" for lin, k in kinds.items()
+                        if k <= {"Q8_0", "Q4_0"}}                                 # linear -> method
+        # the lm_head is read as float too: whether it stays packed is decided later (quantize_lm_head)
+        self.replaced = {p: gguf.shape(p) for lin in self.linears if lin != "lm_head" for p in hf_parts(lin)}
+
+    def has(self, name: str) -> bool:
+        return name in self.linears
+
+    def method(self, name: str, m):
+        return self.methods[self.linears[name]]
+
+    def packed(self, name: str, m, shape) -> Packed:
+        parts = [self.gguf.codes(p) for p in hf_parts(name)]
+        q = np.concatenate([c for c, _ in parts])                                  # (N, K) int8
+        s = np.concatenate([s for _, s in parts])                                  # (N, K / 32) float32
+        if q.shape != tuple(shape):
+            raise CheckpointError(f"{self.gguf.path}: linear {name!r} reads as {list(q.shape)} from the GGUF file "
+                                  f"but the config needs {list(shape)}")
+        return m.pack(q, s, shape)
+
+
 class _Tensors:
     """The checkpoint's tensors plus zero-size stand-ins (int8 zeros, broadcast) for the replaced HF weights,
     so an architecture's load_params runs unchanged; its make_linear then reads the packed tensors."""
@@ -123,9 +173,15 @@ class _Tensors:
 
 def checkpoint_quantization(ckpt, quant, explicit: bool):
     """Model.load's hook -> (quant, tensors). A config.json quantization_config wins: quantized weights are read
-    packed; a config without is_quantized quantizes online with the config's method."""
+    packed; a config without is_quantized quantizes online with the config's method. A GGUF file without an
+    explicit quantization keeps its Q8_0 / Q4_0 linears packed (GGUFPackedSource)."""
     from .quant_config import parse  # noqa: PLC0415
 
+    if ckpt.kind == "gguf":
+        src = None if explicit else GGUFPackedSource(ckpt.tensors)
+        if src is None or not src.linears:
+            return quant, ckpt.tensors
+        return (quant[0], {**quant[1], "_packed": src}), _Tensors(ckpt.tensors, src.replaced)
     qc = ckpt.config.get("quantization_config") if ckpt.kind == "safetensors" else None
     if not qc:
         return quant, ckpt.tensors

@@ -139,8 +139,8 @@ class Planner(QuantMethod):
         m = self.inner.for_layer(role, name)
         if m is None:
             return None
-        if self.packed is not None and self.packed.has(name):
-            return Bound(m, name, packed=self.packed)
+        if self.packed is not None and self.packed.has(name):      # the checkpoint may name the method (GGUF)
+            return Bound(self.packed.method(name, m), name, packed=self.packed)
         h = self.hessians.pop(name, None) if self.hessians is not None else None
         return Bound(m, name, hessian=h) if h is not None and m.needs_calibration else Bound(m, name)
 

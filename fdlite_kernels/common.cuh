@@ -30,6 +30,8 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }   // NVRTC has no INFINITY
+
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // e4m3fn bits -> float, exact for every finite code (NaN codes are never produced by the quantizers).

@@ -12,7 +12,7 @@ import numpy as np
 from . import load
 from ._launch import BF16, check, expect
 
-_NORMS = ("rms_norm<false>", "rms_norm<true>")
+_NAMES = ("rms_norm<false>", "rms_norm<true>", "silu_mul")   # C++ names: all listed for NVRTC
 
 
 def _norm(x, d, w, eps: float, out):
@@ -26,7 +26,7 @@ def _norm(x, d, w, eps: float, out):
         expect(d, "d", BF16, 2)
         check(d.shape == x.shape, f"d has shape {d.shape}, x has {x.shape}")
     y = out if out is not None else cp.empty_like(x)
-    fn = load("fused_ops", name_expressions=_NORMS).get_function(_NORMS[d is not None])
+    fn = load("fused_ops", name_expressions=_NAMES).get_function(_NAMES[d is not None])
     if M:
         fn((M,), (256,), (x, x if d is None else d, w, y, np.int32(H), np.float32(eps)))
     return y
@@ -49,6 +49,6 @@ def silu_mul(gu, out=None):
     y = out if out is not None else cp.empty((M, I2 // 2), dtype=BF16)
     total = M * (I2 // 2)
     if total:
-        fn = load("fused_ops", name_expressions=_NORMS).get_function("silu_mul")
+        fn = load("fused_ops", name_expressions=_NAMES).get_function("silu_mul")
         fn((min(-(-total // 256), 132 * 32),), (256,), (gu, y, np.int32(M), np.int32(I2 // 2)))
     return y

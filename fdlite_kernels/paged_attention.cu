@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   // softmax pieces per head: a warp per head
   const int lane = tid & 31, wid = tid >> 5;
   for (int i = wid; i < g; i += THREADS / 32) {
-    float m = -INFINITY;
+    float m = neg_inf();
     for (int t = lane; t < ntok; t += 32) m = fmaxf(m, sc[i * chunk + t]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn_merge(const float* __restr
   const int pos = row_pos[n];
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
   const int ns = min(S, (pos - lo) / chunk + 1);              // splits that held keys
-  float M = -INFINITY;
+  float M = neg_inf();
   for (int s = 0; s < ns; ++s) M = fmaxf(M, pm[base + s]);
   float L = 0.f;
   for (int s = 0; s < ns; ++s) L += __expf(pm[base + s] - M) * pl[base + s];

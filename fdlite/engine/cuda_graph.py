@@ -41,7 +41,7 @@ class _Graph:
 class GraphRunner:
     """runner(ids (N,), meta) -> logits (S, V) float32 on the GPU (the engine's runner on a GPU model)."""
 
-    def __init__(self, model, enabled: bool = True, host_logits: bool = True):
+    def __init__(self, model, enabled: bool = True, host_logits: bool = False):
         self.model = model
         self.host_logits = host_logits      # False: logits stay on the GPU for the engine's GPU sampler
         self.xp = xp = model.backend.xp

@@ -28,7 +28,8 @@ from .sequence import FINISHED, RUNNING, WAITING, Sequence
 
 
 class Engine:
-    """runner(ids (N,), meta) -> logits (S, V) host float32 for meta.logit_rows."""
+    """runner(ids (N,), meta) -> logits (S, V) float32 for meta.logit_rows: a NumPy array (sampled row by row
+    on the host) or a CuPy array (sampled on the GPU by gpu_sampler; only the chosen ids come back)."""
 
     def __init__(self, runner, blocks: BlockManager, tokenizer, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int):
@@ -137,6 +138,9 @@ class Engine:
         logits = self.runner(ids.astype(np.int64), meta)                          # (B, V)
         self.num_steps += 1
         self.peak_batch = max(self.peak_batch, len(batch))
+        on_host = isinstance(logits, np.ndarray)           # else a cupy array: sample every row at once there
+        picked = {} if on_host else self._choose_on_device(
+            logits, [(row, seq) for row, (seq, n) in enumerate(batch) if seq.pending == n])
         touched = []
         for row, (seq, n) in enumerate(batch):
             seq.num_computed += n
@@ -145,17 +149,34 @@ class Engine:
                 self.blocks.commit(seq.block_table, seq.block_hashes, seq.all_ids, seq.num_computed)
             if seq.pending:                                   # mid-prompt chunk: nothing to sample yet
                 continue
-            self._append(seq, logits[row])
+            tok, raw = (self._choose(seq, logits[row]), logits[row]) if on_host else picked[row]
+            self._record(seq, tok, raw)
             touched.append(seq)
         return touched
 
-    def _append(self, seq: Sequence, raw: np.ndarray) -> None:
+    @staticmethod
+    def _banned(seq: Sequence) -> np.ndarray:
         p = seq.params
         banned = list(p.bad_words_token_ids or ())
         if len(seq.output_ids) < p.min_tokens:
             banned += list(seq.stop_ids) + list(p.stop_token_ids or ())
-        x = process_logits(raw, seq, np.asarray(banned, np.int64))
-        tok = choose(x, seq)
+        return np.asarray(banned, np.int64)
+
+    def _choose(self, seq: Sequence, raw: np.ndarray) -> int:
+        return choose(process_logits(raw, seq, self._banned(seq)), seq)
+
+    def _choose_on_device(self, logits, rows: list[tuple[int, Sequence]]) -> dict:
+        """{row: (token, host copy of the raw row if the sequence wants logprobs, else None)}; only those rows
+        and the chosen ids cross to the host."""
+        from .gpu_sampler import sample  # noqa: PLC0415 - GPU only: cupy is imported there
+
+        seqs, raws = [seq for _, seq in rows], {}
+        toks = sample(logits, seqs, [self._banned(seq) for seq in seqs], [row for row, _ in rows], raws)
+        return {row: (int(toks[i]), raws.get(i)) for i, (row, _) in enumerate(rows)}
+
+    def _record(self, seq: Sequence, tok: int, raw: np.ndarray | None) -> None:
+        """Append the chosen token: logprobs from raw, stop ids and strings, length limits."""
+        p = seq.params
         self.num_generated += 1
         now = time.time()
         if seq.metrics.first_token_time is None:

@@ -11,6 +11,8 @@ Math, per row n and group j (amax = max |w| over the group):
     s[n, j] = amax / qmax                      (amax = 0 -> s = 0, codes 0)
     q       = clip(round_half_away(w / amax * qmax), qmin, qmax)     (Paddle's W/amax*Q, lroundf)
     w_hat   = grid[q] * s      (uniform grids: grid[q] = q; nf4: grid = the 16 NF4 levels, qmax = 1)
+``pack(q, s, shape)`` takes codes made elsewhere (GPTQ; GGUF Q8_0 / Q4_0 blocks, fdlite/weights/gguf.py):
+dequantize reads every code the storage holds (int8 -128..127, nibbles -8..7), not only qmin..qmax.
 """
 from __future__ import annotations
 

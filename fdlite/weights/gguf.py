@@ -2,7 +2,14 @@
 
 llama.cpp stores Q and K projection rows of ``llama`` models permuted for its interleaved RoPE
 (convert_hf_to_gguf's ``permute``); we undo it per head so the HF half-split RoPE applies.
-Quantized tensors (Q8_0, Q4_0, Q4_1, K-quants, ...) are dequantized to float32 at load.
+``get`` dequantizes any tensor type the ``gguf`` package knows (F16, Q4_1, K-quants, ...) to float32.
+``codes`` reads the two symmetric block types as they are, for Model.load to keep them packed (fdlite.offline):
+    Q8_0  34 bytes per 32 weights: d (fp16, little-endian) then 32 int8 q;            w = d * q
+    Q4_0  18 bytes per 32 weights: d (fp16) then 16 bytes, byte j = weight j (low nibble) and weight j + 16
+          (high nibble), unsigned 0..15;                                             w = d * (nibble - 8)
+-> codes int8 (N, K) (Q4_0: -8..7) and scales float32 (N, K / 32): fdlite's wint8 / wint4 layouts with groups
+of 32 (fdlite/quant/_grouped.py), whose dequantize (codes as float32 times scale) is gguf's, bit for bit.
+The Q/K un-permute is a row permutation, applied to whole rows of blocks (codes and scales together).
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ _LAYER_NAMES = {
 }
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                  "output.weight": "lm_head.weight"}
+BLOCK = 32                                       # weights per Q8_0 / Q4_0 block (one scale each)
+BLOCK_BYTES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2}
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -40,6 +49,21 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     rows = w.shape[0]
     w = w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:])
     return w.swapaxes(1, 2).reshape(rows, *w.shape[3:])
+
+
+def decode_blocks(blocks: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Raw blocks uint8 (N, G, BLOCK_BYTES[qtype]) of a Q8_0 / Q4_0 tensor -> codes int8 (N, 32 G) and scales
+    float32 (N, G), w[n, 32 j + i] = codes[n, 32 j + i] * scales[n, j]."""
+    N, G, _ = blocks.shape
+    d = np.ascontiguousarray(blocks[..., :2]).view("<f2")[..., 0].astype(np.float32)     # (N, G)
+    body = blocks[..., 2:]                                                                # (N, G, 32 | 16)
+    if qtype == "Q8_0":
+        q = body.view(np.int8)
+    elif qtype == "Q4_0":
+        q = np.concatenate([body & 0xF, body >> 4], axis=-1).astype(np.int8) - np.int8(8)  # (N, G, 32)
+    else:
+        raise ValueError(f"decode_blocks: {qtype!r} is not Q8_0 or Q4_0")
+    return q.reshape(N, G * BLOCK), d
 
 
 class GGUFCheckpoint:
@@ -120,22 +144,49 @@ class GGUFCheckpoint:
     def source(self, name) -> str:
         return str(self.path)
 
-    def get(self, name) -> np.ndarray:
-        import gguf  # noqa: PLC0415
+    def qtype(self, name) -> str:
+        """The GGML type name of a tensor ("F32", "Q8_0", "Q4_K", ...)."""
+        return self._tensors[name].tensor_type.name
 
+    def _tensor(self, name):
         t = self._tensors.get(name)
         if t is None:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the GGUF file")
+        return t
+
+    def _rows(self, name, a: np.ndarray) -> np.ndarray:
+        """Undo llama.cpp's Q/K row permutation (rows = axis 0; any trailing axes move with their row)."""
+        if self._permuted and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
+            kv = name.split(".")[-2] == "k_proj"
+            a = _unpermute(a, self.config["num_key_value_heads"] if kv else self.config["num_attention_heads"])
+        return a
+
+    def get(self, name) -> np.ndarray:
+        import gguf  # noqa: PLC0415
+
+        t = self._tensor(name)
         try:
             w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         except Exception as e:
             raise CheckpointError(f"{self.path}: cannot decode tensor {t.name!r} of type {t.tensor_type.name} "
                                   f"({type(e).__name__}: {e})") from None
-        w = w.reshape(self.shape(name))
-        if self._permuted and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
-            kv = name.split(".")[-2] == "k_proj"
-            w = _unpermute(w, self.config["num_key_value_heads"] if kv else self.config["num_attention_heads"])
-        return w
+        return self._rows(name, w.reshape(self.shape(name)))
+
+    def codes(self, name) -> tuple[np.ndarray, np.ndarray]:
+        """A 2-D Q8_0 / Q4_0 tensor, without dequantizing: (codes int8 (N, K), scales float32 (N, K / 32))."""
+        t = self._tensor(name)
+        kind, shape = t.tensor_type.name, self.shape(name)
+        if kind not in BLOCK_BYTES or len(shape) != 2:
+            raise CheckpointError(f"{self.path}: tensor {t.name!r} ({kind}, shape {list(shape)}) is not a 2-D "
+                                  "Q8_0 / Q4_0 tensor")
+        N, K = shape
+        blocks = np.asarray(t.data).view(np.uint8).reshape(N, K // BLOCK, BLOCK_BYTES[kind])   # (N, G, bytes)
+        q, s = decode_blocks(self._rows(name, blocks), kind)
+        if not np.isfinite(s).all():
+            n, j = np.argwhere(~np.isfinite(s))[0]
+            raise CheckpointError(f"{self.path}: tensor {t.name!r} ({kind}) has a non-finite block scale "
+                                  f"{s[n, j]} (row {n}, block {j})")
+        return q, s
 
     def close(self):
         self._tensors = {}
