@@ -204,17 +204,20 @@ def test_gemv_bf16(cp, N, K, M):
 
 @pytest.mark.parametrize("case", ["llama", "qwen3", "mistral_sliding", "ernie4_5"])
 @pytest.mark.parametrize("kv_cache", ["bf16", "int8", "block_wise_fp8"])
-def test_graph_decode_equals_eager(cp, case, kv_cache):
-    """CUDA-graph decode (buckets with padding rows) gives the eager steps' tokens exactly."""
+@pytest.mark.parametrize("quant,n", [("wint8", 3), (None, 1)])
+def test_graph_decode_equals_eager(cp, case, kv_cache, quant, n):
+    """CUDA-graph decode gives the eager steps' tokens exactly: wint8 with 3 sequences (bucket 4, one padding
+    row); bf16 weights with one sequence (dense-heavy models graph only batch 1, see cuda_graph.py)."""
     from fdlite import Model, SamplingParams
 
     d = FIXTURES / "hf" / case
     ids = dict(np.load(d / "reference.npz"))["input_ids"]
-    prompts = [ids[0, :4 + i].tolist() for i in range(3)]          # 3 sequences: bucket 4, one padding row
+    prompts = [ids[0, :4 + i].tolist() for i in range(n)]
     sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     outs = {}
     for graphs in (False, True):
-        with Model.load(d, device="cuda", kv_cache=kv_cache, cuda_graphs=graphs, max_num_seqs=4) as m:
+        with Model.load(d, device="cuda", kv_cache=kv_cache, quantization=quant, cuda_graphs=graphs,
+                        max_num_seqs=4) as m:
             outs[graphs] = [o.outputs.token_ids for o in m.generate(prompts, sp, use_tqdm=False)]
             runner = m.engine.runner
             if graphs:

@@ -17,7 +17,7 @@ FP8_TABLE = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(
 
 def check_weight(w, what: str = "weight") -> np.ndarray:
     """(N, K) finite float -> float32 host array; else InputError naming the tensor and quoting the shape."""
-    w = np.asarray(w)
+    w = w.get() if hasattr(w, "get") else np.asarray(w)      # a device array (random weights) comes to the host
     if w.ndim != 2 or 0 in w.shape:
         raise InputError(f"{what}: a linear weight must be a non-empty 2-D (N, K) array, got shape {w.shape}")
     w = w.astype(np.float32, copy=False)

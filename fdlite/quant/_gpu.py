@@ -8,7 +8,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack) | gemv_packed | mma_wq | one weight copy for every M |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: the NumPy-twin formula on CuPy (dequantize + cuBLAS, a stop-gap) |
-| dense (bf16) | as stored | gemv_bf16 (M <= 16) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): gemv_bf16 in 16-row pieces |
+| dense (bf16) | as stored | gemv_bf16 (M = 1) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): gemv_bf16 in 16-row pieces |
 """
 from __future__ import annotations
 
@@ -81,9 +81,14 @@ def matmul_dense(x, w, xp):
     M, K = x.shape
     if K % 8 or not w.flags.c_contiguous:
         return None
+    if M > DENSE_GEMV_MAX_M and not xp.cuda.get_current_stream().is_capturing():
+        return None                                    # cuBLAS (the caller's x @ w.T) is faster here
     x = xp.ascontiguousarray(x)
     if M <= MAX_M:
         return gemv_bf16(x, w)
-    if not xp.cuda.get_current_stream().is_capturing():
-        return None                                    # cuBLAS (the caller's x @ w.T) is faster here
     return xp.concatenate([gemv_bf16(x[i:i + MAX_M], w) for i in range(0, M, MAX_M)])
+
+
+# Measured on the H100 (Llama-3-8B, BENCHMARKS.md): gemv_bf16 re-reads x per 4 weight rows, so beyond one row
+# cuBLAS wins; the kernel runs above 1 row only inside a graph capture, where cuBLAS cannot.
+DENSE_GEMV_MAX_M = 1
