@@ -3,7 +3,7 @@
 
     python benchmarks/e2e.py [--quant dense,wint8] [--kv bf16,int8] [--batch 1,32] [--gen 256] [--layers N]
 
-Prints one table row per case and writes JSON lines to $OUT/e2e.jsonl when $OUT is set. Reported: time from
+One model load per (weights, KV) pair serves every batch size. Prints one table row per case and writes JSON lines to $OUT/e2e.jsonl when $OUT is set. Reported: time from
 Model.from_config to the first generated token, decode tok/s over the whole batch and ms per step (from the
 first-token time to the end), peak GPU memory held by CuPy's pool.
 """
@@ -17,21 +17,28 @@ import numpy as np
 from fdlite import Model, SamplingParams
 
 
-def case(name, quant, kv, batch, prompt, gen, over):
+def load(name, quant, kv, prompt, gen, max_batch, over):
+    """-> (model, seconds from Model.from_config to the first generated token of one prompt)."""
+    t0 = time.perf_counter()
+    m = Model.from_config(name, device="cuda", seed=0, quantization=None if quant == "dense" else quant,
+                          kv_cache=kv, max_model_len=prompt + gen + 8, max_num_seqs=max_batch, **over)
+    ids = np.random.default_rng(1).integers(0, m.config.vocab_size, prompt).tolist()
+    first = m.generate([ids], SamplingParams(temperature=0, max_tokens=1, ignore_eos=True), use_tqdm=False)
+    m.backend.synchronize()
+    assert len(first[0].outputs.token_ids) == 1
+    return m, time.perf_counter() - t0
+
+
+def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
     import cupy as cp
 
     pool = cp.get_default_memory_pool()
-    t0 = time.perf_counter()
-    m = Model.from_config(name, device="cuda", seed=0, quantization=None if quant == "dense" else quant,
-                          kv_cache=kv, max_model_len=prompt + gen + 8, max_num_seqs=max(batch, 1), **over)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, m.config.vocab_size, prompt).tolist() for _ in range(batch)]
-    first = m.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=1, ignore_eos=True), use_tqdm=False)
-    m.backend.synchronize()
-    ttft = time.perf_counter() - t0
-    assert len(first[0].outputs.token_ids) == 1
     sp = SamplingParams(temperature=0, max_tokens=gen, ignore_eos=True)
     m.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm
+    runner = m.engine.runner
+    r0, e0 = runner.num_replays, runner.num_eager
     t = time.perf_counter()
     outs = m.generate(prompts, sp, use_tqdm=False)
     m.backend.synchronize()
@@ -41,15 +48,13 @@ def case(name, quant, kv, batch, prompt, gen, over):
     decode_s = max(ends) - min(firsts)
     ntok = sum(len(o.outputs.token_ids) for o in outs)
     steps = gen - 1
-    runner = m.engine.runner
     row = {"model": name, "quant": quant, "kv": kv, "batch": batch, "prompt": prompt, "gen": gen,
            "load_to_first_token_s": round(ttft, 2), "total_s": round(total, 3),
            "decode_tok_s": round(batch * steps / decode_s, 1), "ms_per_step": round(1e3 * decode_s / steps, 3),
            "e2e_tok_s": round(ntok / total, 1), "gpu_mem_gib": round(pool.total_bytes() / 2**30, 2),
            "weights_gib": round(m.memory_report()["weights_bytes"] / 2**30, 2),
-           "graphs": runner.enabled, "graph_reason": runner.reason, "replays": runner.num_replays,
-           "eager_steps": runner.num_eager, **({"overrides": over} if over else {})}
-    m.close()
+           "graphs": runner.enabled, "graph_reason": runner.reason, "replays": runner.num_replays - r0,
+           "eager_steps": runner.num_eager - e0, **({"overrides": over} if over else {})}
     print(f"| {name} | {quant} | {kv} | {batch} | {row['decode_tok_s']} | {row['ms_per_step']} | "
           f"{row['load_to_first_token_s']} | {row['gpu_mem_gib']} | graphs={row['graphs']} "
           f"({row['replays']} replays, {row['eager_steps']} eager) |", flush=True)
@@ -72,13 +77,20 @@ def main():
     over = {"num_hidden_layers": a.layers} if a.layers else {}
     print("| model | weights | kv | batch | decode tok/s | ms/step | load->1st token s | GPU GiB | graphs |")
     print("|---|---|---|---|---|---|---|---|---|")
+    batches = [int(x) for x in a.batch.split(",")]
     for q in a.quant.split(","):
         for kv in a.kv.split(","):
-            for b in (int(x) for x in a.batch.split(",")):
+            try:
+                m, ttft = load(a.model, q, kv, a.prompt, a.gen, max(batches), over)
+            except Exception as e:  # noqa: BLE001 - report and go on to the next case
+                print(f"| {a.model} | {q} | {kv} | - | load FAILED {type(e).__name__}: {str(e)[:200]} |", flush=True)
+                continue
+            for b in batches:
                 try:
-                    case(a.model, q, kv, b, a.prompt, a.gen, over)
-                except Exception as e:  # noqa: BLE001 - report and go on to the next case
+                    case(m, a.model, q, kv, b, a.prompt, a.gen, ttft, over)
+                except Exception as e:  # noqa: BLE001
                     print(f"| {a.model} | {q} | {kv} | {b} | FAILED {type(e).__name__}: {str(e)[:200]} |", flush=True)
+            m.close()
 
 
 if __name__ == "__main__":
