@@ -56,22 +56,10 @@ class _StopHead:
 
 def collect_hessians(model, ids: list[list[int]]) -> dict[str, np.ndarray]:
     """name -> (K, K) float64 sum of x x^T for every named Linear of ``model`` (loaded with named linears)."""
-    from .quant.base import Linear  # noqa: PLC0415
+    from .quant.base import iter_linears  # noqa: PLC0415
 
     hessians: dict[str, np.ndarray] = {}
-    linears = []
-
-    def walk(x):
-        if isinstance(x, Linear) and getattr(x.method, "linear", None):
-            linears.append(x)
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-
-    walk(model.params)
+    linears = [x for x in iter_linears(model.params) if getattr(x.method, "linear", None)]
     head = model.params.get("lm_head")
     saved = [(lin, lin.method) for lin in linears] + ([(head, head.method)] if head is not None else [])
     try:

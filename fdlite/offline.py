@@ -238,7 +238,7 @@ def quantize_checkpoint(src, dst, quantization, calibration="self", quantize_lm_
     """Quantize SRC (HF dir, .gguf or preset) into DST; -> a report dict (bytes per method, seconds)."""
     from . import presets  # noqa: PLC0415
     from .model import Model  # noqa: PLC0415
-    from .quant.base import Linear  # noqa: PLC0415
+    from .quant.base import iter_linears  # noqa: PLC0415
     from .quant_config import make_method, parse  # noqa: PLC0415
     from .weights import open_checkpoint  # noqa: PLC0415
     from .weights.safetensors import write_safetensors  # noqa: PLC0415
@@ -256,8 +256,8 @@ def quantize_checkpoint(src, dst, quantization, calibration="self", quantize_lm_
     try:
         linears, replaced, tensors, per_method = {}, {}, {}, {}
 
-        def walk(x):
-            if isinstance(x, Linear) and getattr(x.method, "linear", None) and x.packed.method != "dense":
+        for x in iter_linears(model.params):
+            if getattr(x.method, "linear", None) and x.packed.method != "dense":
                 lin, p = x.method.linear, x.packed
                 linears[lin] = {"method": p.method, "shape": list(p.shape), "keys": sorted(p.arrays), "meta": p.meta}
                 for k, a in p.arrays.items():
@@ -266,11 +266,6 @@ def quantize_checkpoint(src, dst, quantization, calibration="self", quantize_lm_
                 for hf in hf_parts(lin):
                     if hf in ckpt.tensors:
                         replaced[hf] = list(ckpt.tensors.shape(hf))
-            elif isinstance(x, (dict, list)):
-                for v in (x.values() if isinstance(x, dict) else x):
-                    walk(v)
-
-        walk(model.params)
         for k in ckpt.tensors.keys():
             if k not in replaced:
                 tensors[k] = np.asarray(ckpt.tensors.get(k))

@@ -57,3 +57,9 @@ def smollm2_ref():
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def cp():
+    """cupy, for the GPU tests (skipped where it is not installed)."""
+    return pytest.importorskip("cupy")

@@ -5,21 +5,11 @@ from types import SimpleNamespace
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, rel_err as _rel
 
 pytestmark = pytest.mark.gpu
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FORMATS = ["bf16", "int8", "float8_e4m3fn", "block_wise_fp8", "int4_zp"]
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-@pytest.fixture(scope="module")
-def cp():
-    return pytest.importorskip("cupy")
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,6 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-@pytest.fixture(scope="module")
-def cp():
-    return pytest.importorskip("cupy")
-
-
 def _x(rng, M, K):
     return rng.standard_normal((M, K)).astype(BF16)
 

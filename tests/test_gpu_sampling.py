@@ -291,11 +291,6 @@ def test_engine_device_path_matches_host_path(monkeypatch):
 
 
 # ---- GPU ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cp():
-    return pytest.importorskip("cupy")
-
-
 def _run_kernel(cp, logits, seqs, banned, rows):
     from fdlite_kernels.sampling import sample_rows
 

@@ -36,24 +36,10 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 def _dense_share(params) -> float:
     """Fraction of linear-weight bytes held by unquantized (dense) linears."""
-    from ..quant.base import Linear  # noqa: PLC0415
+    from ..quant.base import iter_linears  # noqa: PLC0415
 
-    dense = total = 0
-
-    def walk(x):
-        nonlocal dense, total
-        if isinstance(x, Linear):
-            total += x.nbytes
-            dense += x.nbytes if x.method.name == "dense" else 0
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-
-    walk(params)
-    return dense / max(total, 1)
+    sizes = [(lin.nbytes, lin.method.name == "dense") for lin in iter_linears(params)]
+    return sum(n for n, d in sizes if d) / max(sum(n for n, _ in sizes), 1)
 
 
 class _Graph:

@@ -156,6 +156,14 @@ class KVFormat:
         return memo[layer]
 
     def _use_kernels(self, n_heads: int) -> bool:
+        """Called twice per layer per step: decided once per (instance, kernel_code, heads)."""
+        memo = self.__dict__.setdefault("_use_memo", {})
+        key = (self.kernel_code, n_heads)
+        if key not in memo:
+            memo[key] = self._kernels_take(n_heads)
+        return memo[key]
+
+    def _kernels_take(self, n_heads: int) -> bool:
         if not self.backend.is_gpu or self.kernel_code is None:
             return False
         from fdlite_kernels.kv_cache import GMAX, HEAD_DIMS  # noqa: PLC0415

@@ -64,6 +64,15 @@ class QuantMethod:
         return (x.astype(xp.float32, copy=False) @ w.T).astype(x.dtype, copy=False)
 
 
+def iter_linears(tree):
+    """Every Linear in a params tree of dicts and lists (the families' layout), depth first."""
+    if isinstance(tree, Linear):
+        yield tree
+    elif isinstance(tree, (dict, list, tuple)):
+        for v in (tree.values() if isinstance(tree, dict) else tree):
+            yield from iter_linears(v)
+
+
 class Linear:
     """y = x @ W.T (+ b) through a quantization method. x: (M, K) -> (M, N)."""
 
