@@ -1,6 +1,9 @@
-"""Decode GEMV kernels vs cuBLAS bf16 (cupy.matmul) on Llama-3-8B shapes; achieved GB/s of weight traffic.
+"""Weight kernels vs cuBLAS bf16 on Llama-3-8B shapes; achieved GB/s of weight traffic and the sum over one
+layer's four projections (the issue's measure).
 
-    python benchmarks/gpu_gemv.py   (on the GPU machine; prints a table, JSON lines to $OUT/gemv.jsonl)
+    GEMV_MS=1,16,64 python benchmarks/gpu_gemv.py   (on the GPU machine; JSON lines to $OUT/gemv.jsonl)
+    ROWMAJOR=1 adds the first row-major int8/int4 GEMVs (superseded by the packed layout); WINT2=0 skips wint2;
+    GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16.
 """
 import json
 import os
@@ -13,12 +16,14 @@ from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
 from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
 from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
-from fdlite_kernels.mma_wq import gemm_packed, mma_wq, repack
+from fdlite_kernels.gemv_bf16 import gemv_bf16
+from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 W2 = __import__("fdlite.quant", fromlist=["get"]).get("wint2")()
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
+WINT2 = os.environ.get("WINT2", "1") == "1"   # its host quantization (scale search) takes minutes per shape
 
 
 def bench(fn, calls=20, reps=10):
@@ -74,9 +79,19 @@ def bench_torch_bf16(M, N, K, calls=20, reps=10):
     return float(np.median(times)) * 1e3
 
 
+def copy_roof() -> float:
+    """GB/s of a device-to-device copy of 1 GiB (bytes read + written), the bandwidth reference."""
+    a = cp.empty(2**29, dtype=np.uint16)
+    b = cp.empty_like(a)
+    t = bench(lambda i: b.__setitem__(Ellipsis, a), calls=5)
+    return 2 * a.nbytes / t / 1e3
+
+
 def main():
     rng = np.random.default_rng(0)
     rows = []
+    nan = float("nan")
+    rowmajor = os.environ.get("ROWMAJOR") == "1"
     for name, (N, K) in SHAPES.items():
         q8 = [cp.asarray(rng.integers(-127, 128, (N, K), dtype=np.int8)) for _ in range(ROT)]
         s8 = cp.asarray(rng.random(N, dtype=np.float32))
@@ -88,36 +103,67 @@ def main():
         f8 = [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
                          .view(np.uint8)) for _ in range(ROT)]
         w2 = [{k: cp.asarray(v) for k, v in W2.quantize(rng.standard_normal((N, K), dtype=np.float32)).arrays.items()}
-              for _ in range(2)] * 2
+              for _ in range(2)] * 2 if WINT2 else None
         wsf = cp.asarray(rng.random((-(-N // 128), -(-K // 128)), dtype=np.float32))
+        wb = [cp.asarray((rng.standard_normal((N, K)) * 0.02).astype(BF16)) for _ in range(ROT)]
         for M in [int(v) for v in os.environ.get("GEMV_MS", "1,4,16,256").split(",")]:
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)
             gemv = M <= 16
-            t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv else float("nan")
-            t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv else float("nan")
-            t_f8 = bench(lambda i: gemv_block_fp8(x, f8[i], wsf, out=y)) if gemv else float("nan")
+            t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv and rowmajor else nan
+            t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv and rowmajor else nan
+            t_f8 = bench(lambda i: gemv_block_fp8(x, f8[i], wsf, out=y)) if gemv else nan
             t_w2 = bench(lambda i: gemv_wint2(x, w2[i]["quant_weight"], w2[i]["weight_scale"], w2[i]["super_scales"],
-                                              w2[i]["code_scale"], w2[i]["code_zp"], out=y)) if M <= 4 else float("nan")
+                                              w2[i]["code_scale"], w2[i]["code_zp"], out=y)) if M <= 4 and WINT2 else nan
             t_m8 = bench(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
             t_m4 = bench(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
+            t_t8 = bench(lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y)) if M == 1 else nan
+            t_t4 = bench(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y)) if M == 1 else nan
+            t_gb = bench(lambda i: gemv_bf16(x, wb[i], out=y)) if M == 1 else nan
+            t_mb = bench(lambda i: mma_bf16(x, wb[i], out=y))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
                                       ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
                                       ("block fp8", t_f8, N * K + 4 * N * K // 16384),
                                       ("wint2", t_w2, N * K // 4 + N * K // 128 + 10 * N),
                                       ("wint8 packed", t_m8, N * K + 4 * N),
-                                      ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128)):
-                rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
-                             "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+                                      ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128),
+                                      ("wint8 mma", t_t8, N * K + 4 * N),
+                                      ("wint4 mma", t_t4, N * K // 2 + 4 * N * K // 128),
+                                      ("bf16 gemv", t_gb, N * K * 2), ("bf16 mma", t_mb, N * K * 2)):
+                if t == t:                                  # skip the combinations not run (nan)
+                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
+                                 "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+            if M > 16 and os.environ.get("GEMV_CFGS") == "1":     # mma_wq's block shapes, to set _BY_M
+                from fdlite_kernels.mma_wq import _CONFIGS  # noqa: PLC0415
+                for cfg in _CONFIGS:
+                    for method, fn, nbytes in (
+                            ("wint8", lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y, cfg=cfg), N * K),
+                            ("wint4", lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y, cfg=cfg), N * K // 2),
+                            ("bf16", lambda i: mma_bf16(x, wb[i], out=y, cfg=cfg), 2 * N * K)):
+                        t = bench(fn)
+                        rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"{method} {cfg}",
+                                     "us": round(t, 2), "GB_s": round(nbytes / t / 1e3, 1),
+                                     "speedup_vs_bf16": round(t_bf16 / t, 2)})
+        del wb, q8, q4, p8, p4, f8, w2
+        cp.get_default_memory_pool().free_all_blocks()
+    roof = copy_roof()
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "gemv.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(f"device-to-device copy: {roof:.0f} GB/s (read + write)")
     print("* cuBLAS via torch in a CUDA graph (reference only; fdlite does not use torch)")
     print(f"{'shape':8} {'M':>4} {'method':12} {'us':>8} {'GB/s':>7} {'x bf16':>7}")
     for r in rows:
         print(f"{r['shape']:8} {r['M']:>4} {r['method']:12} {r['us']:>8} {r['GB_s']:>7} {r['speedup_vs_bf16']:>7}")
+    print("sum over the four projections of one layer (us):")
+    sums = {}
+    for r in rows:
+        sums.setdefault((r["M"], r["method"]), []).append(r["us"])
+    for (M, method), ts in sorted(sums.items()):
+        if len(ts) == len(SHAPES):
+            print(f"  M={M:<4} {method:12} {sum(ts):8.1f}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,16 @@ def cuda_available() -> bool:
     return _cupy() is not None
 
 
+def array_module(a):
+    """numpy, or cupy for a CuPy array: the module that owns ``a`` (cupy.get_array_module without importing
+    cupy for a host array, so the CPU path runs where cupy is not installed)."""
+    if not type(a).__module__.startswith("cupy"):
+        return np
+    import cupy  # noqa: PLC0415 - already loaded: ``a`` is one of its arrays
+
+    return cupy
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where arrays live and what dtype activations use there.

@@ -155,6 +155,11 @@ class Bound(QuantMethod):
     def accepts(self, shape):
         return self.m.accepts(shape)
 
+    @property
+    def quantizes_on_device(self) -> bool:
+        """Round-to-nearest only: GPTQ runs on the host, and a checkpoint's packed tensors do not read w."""
+        return self.packed is None and self.hessian is None and self.m.quantizes_on_device
+
     def quantize(self, w):
         if self.packed is not None:
             return self.packed.packed(self.linear, self.m, tuple(w.shape))

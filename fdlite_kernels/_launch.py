@@ -1,6 +1,8 @@
 """Shared launcher checks: every error quotes the numbers at fault."""
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import numpy as np
 
@@ -29,3 +31,18 @@ def mmax(M: int) -> int:
 def grid_for(N: int, warps: int = 8, rows: int = 4) -> int:
     # enough blocks to cover every row once, capped so each SM gets a few resident blocks
     return max(1, min(-(-N // (warps * rows)), 132 * 16))
+
+
+@functools.lru_cache(maxsize=None)
+def _null(device_id: int):
+    import cupy as cp  # noqa: PLC0415
+
+    with cp.cuda.Device(device_id):
+        return cp.zeros(1, np.float32)       # stands for an absent pointer argument; never read
+
+
+def ptr(a):
+    """a, or for None a valid never-read device pointer (kernels take every pointer argument)."""
+    import cupy as cp  # noqa: PLC0415
+
+    return _null(cp.cuda.Device().id) if a is None else a

@@ -32,6 +32,34 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }   // NVRTC has no INFINITY
 
+// Integer weight codes -> exact values without I2F (a quarter-rate conversion on sm_80/sm_90 that bounded the
+// int8/int4 kernels): place the code in a float's or bf16's mantissa under a fixed exponent, then subtract the
+// bias. Both give exactly q.
+// int8 (byte i of vx = v ^ 0x80808080, i.e. u = q + 128): bits 0x4B0000uu are 2^23 + u as a float.
+__device__ __forceinline__ float s8_to_f32(unsigned vx, int i) {
+  return __uint_as_float(__byte_perm(vx, 0x4B000000u, 0x7650 + i)) - 8388736.f;   // 2^23 + 128
+}
+
+// bf16x2 a * 1 + c, rounded to nearest (exact here: small integers)
+__device__ __forceinline__ unsigned bf16x2_add(unsigned a, unsigned c) {
+  unsigned d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(c));
+  return d;
+}
+
+// One 32-bit word of offset-binary int4 codes u = q + 8 (nibble n holds the code of element n) -> four
+// bf16x2 words: r[p] = (q[2p'], q[2p'+1]) for the pairs of nibbles (0,1), (2,3), (4,5), (6,7). The low
+// nibbles of byte b of w and of w >> 4 are elements 2b and 2b + 1; prmt puts them at bits 0 and 16, one lop3
+// masks and ORs in bf16's 128 (0x4300: 128 + u is exact), and one bf16x2 add subtracts 136.
+__device__ __forceinline__ void u4x8_to_bf16x2(unsigned w, unsigned* r) {
+  const unsigned w4 = w >> 4;
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    const unsigned p = __byte_perm(w, w4, 0x4400 + 0x1101 * b);                // bytes: w.b, -, w4.b, -
+    r[b] = bf16x2_add((p & 0x000F000Fu) | 0x43004300u, 0xC308C308u);           // -136, -136
+  }
+}
+
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // e4m3fn bits -> float, exact for every finite code (NaN codes are never produced by the quantizers).

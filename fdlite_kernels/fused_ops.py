@@ -12,7 +12,8 @@ import numpy as np
 from . import load
 from ._launch import BF16, check, expect
 
-_NAMES = ("rms_norm<false>", "rms_norm<true>", "silu_mul")   # C++ names: all listed for NVRTC
+_NAMES = ("rms_norm<false>", "rms_norm<true>", "rms_norm_v<false>", "rms_norm_v<true>", "silu_mul")   # all, for NVRTC
+_VEC_MAX_H = 8 * 256 * 4            # rms_norm_v: 16-byte vectors, THREADS 256, VPT 4
 
 
 def _norm(x, d, w, eps: float, out):
@@ -26,7 +27,9 @@ def _norm(x, d, w, eps: float, out):
         expect(d, "d", BF16, 2)
         check(d.shape == x.shape, f"d has shape {d.shape}, x has {x.shape}")
     y = out if out is not None else cp.empty_like(x)
-    fn = load("fused_ops", name_expressions=_NAMES).get_function(_NAMES[d is not None])
+    arrays = (x, w, y) if d is None else (x, d, w, y)
+    vec = H % 8 == 0 and H <= _VEC_MAX_H and all(a.flags.c_contiguous and a.data.ptr % 16 == 0 for a in arrays)
+    fn = load("fused_ops", name_expressions=_NAMES).get_function(_NAMES[2 * vec + (d is not None)])
     if M:
         fn((M,), (256,), (x, x if d is None else d, w, y, np.int32(H), np.float32(eps)))
     return y

@@ -47,18 +47,23 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restri
 #pragma unroll
     for (int j = 0; j < STEPS; ++j) {
       const int k = kt * KT + 16 * j + 2 * t;
-      float wf[NT][4];
+      float wf[NT][4];                                 // exact codes q (int4: the group scale comes after)
+      float sc[NT];
 #pragma unroll
       for (int h = 0; h < NT; ++h) {
         if (BITS == 8) {
-          const unsigned v = word_of(w[h], j);
+          const unsigned v = word_of(w[h], j) ^ 0x80808080u;
 #pragma unroll
-          for (int i = 0; i < 4; ++i) wf[h][i] = (float)(signed char)((v >> (8 * i)) & 0xff);
+          for (int i = 0; i < 4; ++i) wf[h][i] = s8_to_f32(v, i);
         } else {
-          const unsigned v = (word_of(w[h], j >> 1) >> (16 * (j & 1))) & 0xffffu;
-          const float s = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) wf[h][i] = (float)((int)((v >> (4 * i)) & 0xf) - 8) * s;
+          unsigned r[4];
+          u4x8_to_bf16x2(word_of(w[h], j >> 1), r);
+          const unsigned p0 = r[2 * (j & 1)], p1 = r[2 * (j & 1) + 1];
+          wf[h][0] = __uint_as_float(p0 << 16);
+          wf[h][1] = __uint_as_float(p0 & 0xffff0000u);
+          wf[h][2] = __uint_as_float(p1 << 16);
+          wf[h][3] = __uint_as_float(p1 & 0xffff0000u);
+          sc[h] = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
         }
       }
 #pragma unroll
@@ -69,9 +74,12 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restri
           const float xf[4] = {__uint_as_float(lo << 16), __uint_as_float(lo & 0xffff0000u),
                                __uint_as_float(hi << 16), __uint_as_float(hi & 0xffff0000u)};
 #pragma unroll
-          for (int h = 0; h < NT; ++h)
+          for (int h = 0; h < NT; ++h) {
+            float d = 0.f;                             // this step's 4 products, then one scale (a step is in one group)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m][h] = fmaf(xf[i], wf[h][i], acc[m][h]);
+            for (int i = 0; i < 4; ++i) d = fmaf(xf[i], wf[h][i], d);
+            acc[m][h] = BITS == 8 ? acc[m][h] + d : fmaf(d, sc[h], acc[m][h]);
+          }
         }
       }
     }

@@ -9,31 +9,24 @@ A cache layer is described by a dict (built by each format in fdlite/kv, which h
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect
+from ._launch import BF16, check, expect, ptr
 
 FORMATS = {0: "bf16", 1: "int8", 2: "float8_e4m3fn", 3: "block_wise_fp8", 4: "int4_zp"}
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)     # what paged_attention takes (rope_kv_write: any even D <= 256)
 GMAX = (1, 2, 4, 8, 16)
-CHUNK = 256                                # keys per split of paged attention
+CHUNKS = (32, 64, 128, 256)                # keys per split of paged attention (powers of two)
+THREADS = 128                              # paged_attention.cu's CTA size
 
 
-@functools.lru_cache(maxsize=None)
-def _null(device_id: int):
-    import cupy as cp  # noqa: PLC0415
-
-    with cp.cuda.Device(device_id):
-        return cp.zeros(1, np.float32)       # stands for an absent pointer argument; never read
-
-
-def _ptr(a):
-    import cupy as cp  # noqa: PLC0415
-
-    return _null(cp.cuda.Device().id) if a is None else a
+def split_chunk(visible: int) -> int:
+    """Keys per split for contexts up to ``visible``: about 16 splits, at least 32 keys each (a decode row then
+    spreads over many CTAs instead of a few long ones, each a short chain of loads; the merge's work grows with
+    the split count)."""
+    want = -(-visible // 16)
+    return next((c for c in CHUNKS if c >= want), CHUNKS[-1])
 
 
 def _check_cache(c: dict, nkv: int, D: int):
@@ -73,7 +66,7 @@ def rope_kv_write(qkv, nh: int, nkv: int, D: int, cos_t, sin_t, rope_idx, slots,
     fmt = cache["fmt"]
     fn = load("kv_write", name_expressions=(f"rope_kv_write<{fmt}>",)).get_function(f"rope_kv_write<{fmt}>")
     if N:
-        c, p = cache, _ptr
+        c, p = cache, ptr
         fn((-(-N * (nh + 2 * nkv) // 4),), (128,),
            (qkv, np.int32(N), np.int32(nh), np.int32(nkv), np.int32(D), cos_t, sin_t, rope_idx, slots,
             p(q_norm), p(k_norm), np.int32(q_norm is not None), np.float32(eps), np.int32(bool(interleaved)), q,
@@ -103,7 +96,8 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     g = nh // nkv
     gmax = next(x for x in GMAX if x >= g)
     visible = min(max_len, window) if window else max_len
-    S = max(1, -(-visible // CHUNK))
+    chunk = split_chunk(visible)
+    S = max(1, -(-visible // chunk))
     po = cp.empty((N, nh, S, D), np.float32)
     pm = cp.empty((N, nh, S), np.float32)
     pl = cp.empty((N, nh, S), np.float32)
@@ -113,13 +107,13 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     fmt = cache["fmt"]
     name = f"paged_attn<{fmt}, {gmax}>"
     mod = load("paged_attention", name_expressions=(name, "paged_attn_merge"))
-    smem = 4 * gmax * (D + CHUNK + 128)
-    c, p = cache, _ptr
+    smem = 4 * gmax * (D + chunk + 2 * THREADS)
+    c, p = cache, ptr
     mod.get_function(name)((S, nkv, N), (128,), (
         q, np.int32(nh), np.int32(nkv), np.int32(D), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
         p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
         np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq, row_pos, np.int32(window or 0),
-        np.float32(scale), np.int32(CHUNK), np.int32(S), po, pm, pl), shared_mem=smem)
+        np.float32(scale), np.int32(chunk), np.int32(S), po, pm, pl), shared_mem=smem)
     mod.get_function("paged_attn_merge")((N * nh,), (128,), (
-        po, pm, pl, row_pos, np.int32(nh), np.int32(D), np.int32(window or 0), np.int32(CHUNK), np.int32(S), o))
+        po, pm, pl, row_pos, np.int32(nh), np.int32(D), np.int32(window or 0), np.int32(chunk), np.int32(S), o))
     return o

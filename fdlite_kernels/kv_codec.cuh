@@ -73,6 +73,32 @@ __device__ __forceinline__ float kv_decode_one(const u8* __restrict__ row, int h
   return ((float)(nib - 8) - __ldg(z + c)) * __ldg(s + c);
 }
 
+// Decode channels d, d + 1 (d even) of a row: the V side's unit (bf16: a word, int8/fp8: two bytes, int4: a
+// byte), so neighbouring threads read neighbouring bytes and every format fits two accumulators per head.
+template <int FMT>
+__device__ __forceinline__ void kv_decode_pair(const u8* __restrict__ row, int h, int D, int d,
+                                               const float* __restrict__ s, const float* __restrict__ z, float tok,
+                                               float* out) {
+  if (FMT == KV_BF16) {
+    const unsigned w = __ldg(reinterpret_cast<const unsigned*>(row) + (d >> 1));
+    out[0] = __uint_as_float(w << 16);
+    out[1] = __uint_as_float(w & 0xffff0000u);
+  } else if (FMT == KV_INT4ZP) {
+    const unsigned b = __ldg(row + (d >> 1));
+    const int c = h * D + d;
+    out[0] = ((float)((int)(b & 0xfu) - 8) - __ldg(z + c)) * __ldg(s + c);
+    out[1] = ((float)((int)(b >> 4) - 8) - __ldg(z + c + 1)) * __ldg(s + c + 1);
+  } else {
+    const unsigned p = __ldg(reinterpret_cast<const unsigned short*>(row) + (d >> 1));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const unsigned b = (p >> (8 * i)) & 0xffu;
+      if (FMT == KV_INT8) out[i] = (float)(signed char)b * __ldg(s + h * D + d + i);
+      else out[i] = e4m3_to_f32(b) * (FMT == KV_FP8 ? __ldg(s + h) : tok);
+    }
+  }
+}
+
 // Quantize one element (bf16-rounded value x) of kv head h, channel d. qs: write scales (INT8: 127/A per
 // channel, FP8: 448/A per head, INT4ZP: the step s), z: INT4ZP zero points, inv_tok: BFP8's 448 / A of the
 // token (computed by the caller as the twin does: x / A * 448). Returns the stored code (byte or nibble).

@@ -1,6 +1,6 @@
 """Launcher for mma_wq.cu — tensor-core (mma.sync m16n8k16, bf16) GEMM for int8 / int4 weights.
 
-repack(q, bits) -> qp (host): q int codes [N, K] (int8: [-127, 127]; int4: [-8, 7]), N padded to a
+repack(q, bits) -> qp (where q lives): q int codes [N, K] (int8: [-127, 127]; int4: [-8, 7]), N padded to a
     multiple of 16 and K to a multiple of KT (64 for int8, 128 for int4) with zero codes, then laid out so
     each warp's 16-byte-per-lane load of an (8 x KT) tile holds every lane's mma B fragments (see the .cu).
 mma_wq(x, qp, scale, N, bits, group):
@@ -14,34 +14,65 @@ from __future__ import annotations
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect
+from ._launch import BF16, check, expect, ptr
 
 KT = {8: 64, 4: 128}
-# (MT m16 tiles, NT n8 tiles, warps): decode spreads N over many small blocks; prefill reuses B over 64 rows
-_CONFIGS = {1: (1, 2, 8), 4: (4, 2, 4)}
-_NAMES = tuple(f"mma_wq<{b}, {m}, {n}, {w}, {p}>" for b, ps in ((8, ("false",)), (4, ("false", "true")))
-               for p in ps for m, n, w in _CONFIGS.values())
+# (MT m16 tiles, NT n8 tiles, warps) compiled in mma_wq.cu. A block reads all of x for its K range, so x is
+# re-read N / (8 NT) times: more rows want more columns per block (NT), but fewer blocks leave SMs idle, and
+# MT * 16 < M re-reads the weights per 16-row block. _config's rule follows the per-shape timings of the four
+# Llama-3-8B projections on the H100 (BENCHMARKS.md, results_gemv_v3_h100_2026-11-24.jsonl), e.g. at M = 32 (µs,
+# int8): gate_up (2,8,4) 91 vs (1,2,8) 156; down (1,2,8) 74 vs (2,4,4) 119; qkv (2,4,4) 33 vs (1,2,8) 41.
+_CONFIGS = ((1, 2, 8), (2, 4, 4), (2, 8, 4), (4, 2, 4), (4, 4, 4))
+_NAMES = tuple(f"mma_wq<{b}, {m}, {n}, {w}, {p}>" for b, ps in ((16, ("false",)), (8, ("false",)),
+                                                                 (4, ("false", "true")))
+               for p in ps for m, n, w in _CONFIGS)
+
+
+def _kernel(name: str):
+    """One instantiation per compile (a module of all of them takes minutes under NVRTC)."""
+    check(name in _NAMES, f"{name} is not one of mma_wq.cu's configurations")
+    return load("mma_wq", name_expressions=(name,)).get_function(name)
+
+
+def _config(M: int, N: int, cfg=None) -> tuple[int, int, int]:
+    if cfg is not None:
+        check(tuple(cfg) in _CONFIGS, f"cfg {cfg} is not one of the compiled {_CONFIGS}")
+        return tuple(cfg)
+    if M > 64:
+        return 4, 4, 4
+    if M <= 16 or (M <= 32 and N <= 16 * 256):   # narrow N: 16 columns a block keeps >= 256 blocks busy
+        return 1, 2, 8
+    return (2, 8, 4) if N >= 64 * 150 else (2, 4, 4)
 
 
 def padded(N: int, K: int, bits: int) -> tuple[int, int]:
     return -(-N // 16) * 16, -(-K // KT[bits]) * KT[bits]
 
 
-def repack(q: np.ndarray, bits: int) -> np.ndarray:
-    """int codes [N, K] -> uint8 [Np * Kp * bits / 8] in the kernel's fragment order (host)."""
+def repack(q, bits: int):
+    """int codes [N, K] -> uint8 [Np * Kp * bits / 8] in the kernel's fragment order, on q's array module
+    (numpy, or cupy for a device q: no host round trip at load). Index/reshape/transpose/bit ops only: the
+    same bytes on either."""
     check(bits in KT, f"bits = {bits}, expected 8 or 4")
+    if type(q).__module__.startswith("cupy"):
+        import cupy as xp  # noqa: PLC0415 - already loaded: q is one of its arrays
+    else:
+        xp = np
     N, K = q.shape
     Np, Kp = padded(N, K, bits)
     kt = KT[bits]
-    qz = np.zeros((Np, Kp), np.int16)
+    qz = xp.zeros((Np, Kp), np.int16)
     qz[:N, :K] = q
     v = qz.reshape(Np // 8, 8, Kp // kt, kt // 16, 16)                        # (nt, g, kt, step, 16)
-    idx = np.array([[2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9] for t in range(4)])  # (t, 4) k offsets per lane
+    idx = xp.asarray([[2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9] for t in range(4)])  # (t, 4) k per lane
     sel = v[..., idx].transpose(0, 2, 1, 4, 3, 5)                             # (nt, kt, g, t, step, 4)
+    del qz, v
     if bits == 8:
-        return np.ascontiguousarray(sel.astype(np.int8)).view(np.uint8).reshape(-1)
+        return xp.ascontiguousarray(sel.astype(np.int8)).view(np.uint8).reshape(-1)
     u = (sel + 8).astype(np.uint8)
-    return np.ascontiguousarray(u[..., 0::2] | (u[..., 1::2] << 4)).reshape(-1)   # 2 bytes per step
+    del sel
+    # 2 bytes per step; the cast pins uint8 whatever a backend promotes ``<< 4`` to (high bits drop anyway)
+    return xp.ascontiguousarray((u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8, copy=False)).reshape(-1)
 
 
 def _validate(x, qp, scale, N: int, bits: int, group: int):
@@ -61,17 +92,40 @@ def _validate(x, qp, scale, N: int, bits: int, group: int):
     return M, K, Np, group
 
 
-def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None):
+def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None, cfg=None):
+    """cfg: (MT, NT, warps) from _CONFIGS, for benchmarks; default by M and N (_config)."""
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
-    mt = 1 if M <= 16 else 4
+    mt, nt, warps = _config(M, N, cfg)
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
-    _, nt, warps = _CONFIGS[mt]
     post = "true" if bits == 4 and group % KT[4] == 0 else "false"   # exact codes + per-tile scaling
-    fn = load("mma_wq", name_expressions=_NAMES).get_function(f"mma_wq<{bits}, {mt}, {nt}, {warps}, {post}>")
-    grid = (Np // (8 * nt), -(-M // (16 * mt)))
+    fn = _kernel(f"mma_wq<{bits}, {mt}, {nt}, {warps}, {post}>")
+    grid = (-(-Np // (8 * nt)), -(-M // (16 * mt)))
     fn(grid, (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
+    return y
+
+
+def mma_bf16(x, w, out=None, cfg=None):
+    """Dense bf16 on the tensor cores, reading w as stored (row-major, no repack): x bf16 [M, K], w bf16 [N, K]
+    C-contiguous with K % 32 == 0 -> y bf16 [M, N] = x @ w.T (fp32 accumulation). Graph-capturable (CuPy's
+    cuBLAS is not), for the decode buckets of dense models; its twin is the plain matmul."""
+    import cupy as cp  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(w, "w", BF16, 2)
+    M, K = x.shape
+    N = w.shape[0]
+    check(w.shape[1] == K, f"w has K = {w.shape[1]}, x has K = {K}")
+    check(K % 32 == 0, f"K = {K} must be a multiple of 32")
+    check(x.flags.c_contiguous and w.flags.c_contiguous, "x and w must be C-contiguous")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    if M == 0:
+        return y
+    mt, nt, warps = _config(M, N, cfg)
+    fn = _kernel(f"mma_wq<16, {mt}, {nt}, {warps}, false>")
+    grid = (-(-N // (8 * nt)), -(-M // (16 * mt)))
+    fn(grid, (32 * warps,), (x, w, ptr(None), y, np.int32(M), np.int32(N), np.int32(K), np.int32(K)))
     return y
 
 

@@ -38,36 +38,78 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   const int rb = kv_row_bytes<FMT>(D);
   float* qs = smem;                       // [g][D] queries, pre-scaled
   float* sc = smem + GMAX * D;            // [g][chunk] scores, then probabilities
-  float* red = sc + GMAX * chunk;         // [g][THREADS] V partial sums
+  float* red = sc + GMAX * chunk;         // [g][2][THREADS] V partial sums
+#pragma unroll 4
   for (int i = tid; i < g * D; i += THREADS)
     qs[i] = bf16_to_f32(q[((size_t)n * nh + hk * g + i / D) * D + i % D]) * scale;
   __syncthreads();
 
-  // pass 1: scores. A thread takes whole keys: it decodes the key's row one 32-bit word at a time and
-  // dots it with every query head of the group.
+  // pass 1: scores. tpk adjacent threads share a key (chunk < THREADS leaves threads to spare at decode),
+  // each dotting a contiguous span of the key's words with every query head of the group; their loads are
+  // issued together (16 bytes each where the span allows) so one memory latency covers the whole row.
   constexpr int EPW = kv_per_word<FMT>();
-  for (int t = tid; t < ntok; t += THREADS) {
-    const int j = start + t;
-    const size_t row = ((size_t)table[j / block_size] * nkv + hk) * block_size + j % block_size;
-    const unsigned* kw = reinterpret_cast<const unsigned*>(kc + row * rb);
-    const float tok = FMT == KV_BFP8 ? kts[row] : 0.f;
+  const int nw = rb / 4;
+  const int tpk = min(max(THREADS / chunk, 1), nw);          // powers of two: divides nw and 32
+  const int span = nw / tpk, part = tid % tpk, kpi = THREADS / tpk;
+  for (int base = 0; base < ntok; base += kpi) {             // uniform over the block: shuffles below are safe
+    const int t = base + tid / tpk;
     float acc[GMAX];
 #pragma unroll
     for (int i = 0; i < GMAX; ++i) acc[i] = 0.f;
-    for (int w = 0; w < rb / 4; ++w) {
-      float kf[EPW];
-      kv_decode_word<FMT>(__ldg(kw + w), hk, D, w * EPW, ks, kz, tok, kf);
+    if (t < ntok) {
+      const int j = start + t;
+      const size_t row = ((size_t)table[j / block_size] * nkv + hk) * block_size + j % block_size;
+      const unsigned* kw = reinterpret_cast<const unsigned*>(kc + row * rb) + part * span;
+      const float tok = FMT == KV_BFP8 ? kts[row] : 0.f;
+      const float* qp = qs + part * span * EPW;
+      if ((span & 3) == 0) {
+        const uint4* k4 = reinterpret_cast<const uint4*>(kw);
+        for (int v0 = 0; v0 < span / 4; v0 += 8) {
+          uint4 buf[8];
 #pragma unroll
-      for (int i = 0; i < GMAX; ++i) {
-        if (i < g) {
+          for (int u = 0; u < 8; ++u)
+            if (v0 + u < span / 4) buf[u] = __ldg(k4 + v0 + u);
 #pragma unroll
-          for (int e = 0; e < EPW; ++e) acc[i] = fmaf(qs[i * D + w * EPW + e], kf[e], acc[i]);
+          for (int u = 0; u < 8; ++u) {
+            if (v0 + u < span / 4) {
+              const unsigned ws[4] = {buf[u].x, buf[u].y, buf[u].z, buf[u].w};
+#pragma unroll
+              for (int c = 0; c < 4; ++c) {
+                const int w = 4 * (v0 + u) + c;
+                float kf[EPW];
+                kv_decode_word<FMT>(ws[c], hk, D, (part * span + w) * EPW, ks, kz, tok, kf);
+#pragma unroll
+                for (int i = 0; i < GMAX; ++i)
+                  if (i < g) {
+#pragma unroll
+                    for (int e = 0; e < EPW; ++e) acc[i] = fmaf(qp[i * D + w * EPW + e], kf[e], acc[i]);
+                  }
+              }
+            }
+          }
+        }
+      } else {
+#pragma unroll 4
+        for (int w = 0; w < span; ++w) {
+          float kf[EPW];
+          kv_decode_word<FMT>(__ldg(kw + w), hk, D, (part * span + w) * EPW, ks, kz, tok, kf);
+#pragma unroll
+          for (int i = 0; i < GMAX; ++i)
+            if (i < g) {
+#pragma unroll
+              for (int e = 0; e < EPW; ++e) acc[i] = fmaf(qp[i * D + w * EPW + e], kf[e], acc[i]);
+            }
         }
       }
     }
+    for (int o = 1; o < tpk; o <<= 1)
 #pragma unroll
-    for (int i = 0; i < GMAX; ++i)
-      if (i < g) sc[i * chunk + t] = acc[i];
+      for (int i = 0; i < GMAX; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    if (t < ntok && part == 0) {
+#pragma unroll
+      for (int i = 0; i < GMAX; ++i)
+        if (i < g) sc[i * chunk + t] = acc[i];
+    }
   }
   __syncthreads();
 
@@ -93,38 +135,68 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   }
   __syncthreads();
 
-  // pass 2: P @ V. Threads map to channels d; with D < THREADS, TG = THREADS / D groups split the keys.
-  const int DW = min(D, THREADS), TG = THREADS / DW;
-  const int d0 = tid % DW, tg = tid / DW;
-  for (int dd = d0; dd < D; dd += THREADS) {
-    float acc[GMAX];
+  // pass 2: P @ V. A thread owns a channel pair (D / 2 <= THREADS pairs); TG = THREADS / (D / 2) groups split
+  // the keys, 16 keys' loads in flight per thread at a time.
+  const int UW = D / 2, TG = THREADS / UW;
+  const int u0 = tid % UW, tg = tid / UW, d = 2 * u0;
+  float acc[GMAX][2];
 #pragma unroll
-    for (int i = 0; i < GMAX; ++i) acc[i] = 0.f;
-    for (int t = tg; t < ntok; t += TG) {
-      const int j = start + t;
-      const size_t row = ((size_t)table[j / block_size] * nkv + hk) * block_size + j % block_size;
-      const float v = kv_decode_one<FMT>(vc + row * rb, hk, D, dd, vs, vz, FMT == KV_BFP8 ? vts[row] : 0.f);
+  for (int i = 0; i < GMAX; ++i) acc[i][0] = acc[i][1] = 0.f;
+  if (tg < TG) {
+    for (int t0 = tg; t0 < ntok; t0 += 16 * TG) {
+      float v[16][2];
 #pragma unroll
-      for (int i = 0; i < GMAX; ++i)
-        if (i < g) acc[i] = fmaf(sc[i * chunk + t], v, acc[i]);
-    }
-    if (TG > 1) {
-#pragma unroll
-      for (int i = 0; i < GMAX; ++i)
-        if (i < g) red[i * THREADS + tid] = acc[i];
-      __syncthreads();
-      if (tg == 0) {
-        for (int i = 0; i < g; ++i) {
-          float a = 0.f;
-          for (int r = 0; r < TG; ++r) a += red[i * THREADS + r * DW + d0];
-          po[(((size_t)n * nh + hk * g + i) * S + s) * D + dd] = a;
+      for (int u = 0; u < 16; ++u) {
+        const int t = t0 + u * TG;
+        v[u][0] = v[u][1] = 0.f;
+        if (t < ntok) {
+          const int j = start + t;
+          const size_t row = ((size_t)table[j / block_size] * nkv + hk) * block_size + j % block_size;
+          kv_decode_pair<FMT>(vc + row * rb, hk, D, d, vs, vz, FMT == KV_BFP8 ? vts[row] : 0.f, v[u]);
         }
       }
-    } else {
 #pragma unroll
-      for (int i = 0; i < GMAX; ++i)
-        if (i < g) po[(((size_t)n * nh + hk * g + i) * S + s) * D + dd] = acc[i];
+      for (int u = 0; u < 16; ++u) {
+        const int t = t0 + u * TG;
+        if (t < ntok) {
+#pragma unroll
+          for (int i = 0; i < GMAX; ++i)
+            if (i < g) {
+              const float p = sc[i * chunk + t];
+              acc[i][0] = fmaf(p, v[u][0], acc[i][0]);
+              acc[i][1] = fmaf(p, v[u][1], acc[i][1]);
+            }
+        }
+      }
     }
+  }
+  const size_t ob = ((size_t)n * nh + hk * g) * S + s;       // (row n, head hk g + i, split s) = ob + i S
+  if (TG > 1) {
+#pragma unroll
+    for (int i = 0; i < GMAX; ++i)
+      if (i < g) {
+        red[(2 * i) * THREADS + tid] = acc[i][0];
+        red[(2 * i + 1) * THREADS + tid] = acc[i][1];
+      }
+    __syncthreads();
+    if (tg == 0) {
+      for (int i = 0; i < g; ++i) {
+        float a0 = 0.f, a1 = 0.f;
+        for (int r = 0; r < TG; ++r) {
+          a0 += red[(2 * i) * THREADS + r * UW + u0];
+          a1 += red[(2 * i + 1) * THREADS + r * UW + u0];
+        }
+        po[(ob + (size_t)i * S) * D + d] = a0;
+        po[(ob + (size_t)i * S) * D + d + 1] = a1;
+      }
+    }
+  } else if (tg == 0) {
+#pragma unroll
+    for (int i = 0; i < GMAX; ++i)
+      if (i < g) {
+        po[(ob + (size_t)i * S) * D + d] = acc[i][0];
+        po[(ob + (size_t)i * S) * D + d + 1] = acc[i][1];
+      }
   }
 }
 
@@ -150,6 +222,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn_merge(const float* __restr
   }
 }
 
+#ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
 #define INST(F, G) template __global__ void paged_attn<F, G>(PAGED_ATTN_PARAMS);
 #define INST_F(F) INST(F, 1) INST(F, 2) INST(F, 4) INST(F, 8) INST(F, 16)
 INST_F(KV_BF16)
@@ -157,3 +230,4 @@ INST_F(KV_INT8)
 INST_F(KV_FP8)
 INST_F(KV_BFP8)
 INST_F(KV_INT4ZP)
+#endif

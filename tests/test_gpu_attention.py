@@ -131,10 +131,19 @@ def test_rope_norm_write_vs_twin(cp, gpu, fmt, interleaved, qk_norm):
 @pytest.mark.parametrize("window", [None, 40])
 def test_paged_attention_vs_twin(cp, gpu, fmt, nh, nkv, D, window):
     """Decode rows and prefill chunks over shuffled paged blocks, contexts of 1..700 keys (several splits)."""
-    rng = np.random.default_rng(nh * 7 + nkv + D + (window or 0))
-    cfg, bs, nb = _cfg(nh, nkv, D), 16, 160
-    start = [0, 300, 683, 0, 64]
-    lens = [1, 1, 17, 40, 5]
+    _check_paged(cp, gpu, fmt, nh, nkv, D, window, [0, 300, 683, 0, 64], [1, 1, 17, 40, 5], 160)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("nh,nkv,D", [(32, 8, 128), (8, 2, 256), (4, 4, 8)])
+def test_paged_attention_long_contexts(cp, gpu, fmt, nh, nkv, D):
+    """Contexts past 1024 and 2048 keys: the launcher's 128- and 256-key splits."""
+    _check_paged(cp, gpu, fmt, nh, nkv, D, None, [2900, 1500, 0], [1, 3, 2], 300)
+
+
+def _check_paged(cp, gpu, fmt, nh, nkv, D, window, start, lens, nb):
+    rng = np.random.default_rng(nh * 7 + nkv + D + (window or 0) + len(start))
+    cfg, bs = _cfg(nh, nkv, D), 16
     cache = _cache(fmt, cfg, nb, bs, gpu, rng)
     meta = _meta(lens, bs, nb, rng, start)
     # fill every position each sequence sees (context + new tokens) through the reference write
@@ -155,7 +164,7 @@ def test_paged_attention_vs_twin(cp, gpu, fmt, nh, nkv, D, window):
     assert np.isfinite(got).all() and _rel(got, want) < 2e-2
 
 
-@pytest.mark.parametrize("M,H", [(1, 576), (7, 4096), (64, 5120), (3, 64)])
+@pytest.mark.parametrize("M,H", [(1, 576), (7, 4096), (64, 5120), (3, 64), (2, 100), (1, 9000)])
 def test_fused_norms_and_swiglu(cp, M, H):
     from fdlite import ops
     from fdlite_kernels import fused_ops
@@ -194,11 +203,15 @@ def test_gemv_bf16(cp, N, K, M):
 
 @pytest.mark.parametrize("case", ["llama", "qwen3", "mistral_sliding", "ernie4_5"])
 @pytest.mark.parametrize("kv_cache", ["bf16", "int8", "block_wise_fp8"])
-@pytest.mark.parametrize("quant,n", [("wint8", 3), (None, 1)])
-def test_graph_decode_equals_eager(cp, case, kv_cache, quant, n):
-    """CUDA-graph decode gives the eager steps' tokens exactly: wint8 with 3 sequences (bucket 4, one padding
-    row); bf16 weights with one sequence (dense-heavy models graph only batch 1, see cuda_graph.py)."""
+@pytest.mark.parametrize("quant,n", [("wint8", 3), (None, 1), (None, 3)])
+def test_graph_decode_equals_eager(cp, monkeypatch, case, kv_cache, quant, n):
+    """CUDA-graph decode gives the eager steps' tokens exactly: 3 sequences (bucket 4, one padding row) and one,
+    wint8 and bf16 weights. The graph's dense layers run mma_bf16; eager steps are made to run it too (instead of
+    cuBLAS) so both paths round alike and the tokens must match exactly."""
     from fdlite import Model, SamplingParams
+    from fdlite.quant import _gpu
+
+    monkeypatch.setattr(_gpu, "DENSE_MMA_MAX_M", 1 << 30)
 
     d = FIXTURES / "hf" / case
     ids = dict(np.load(d / "reference.npz"))["input_ids"]

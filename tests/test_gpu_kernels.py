@@ -111,7 +111,7 @@ def test_act_quant_fp8_bits(cp, M, K):
 
 @pytest.mark.parametrize("N,K", SHAPES)
 @pytest.mark.parametrize("M", [1, 2, 4, 9, 16, 17, 64, 300])
-@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, -1)])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, 32), (4, -1)])
 @pytest.mark.parametrize("entry", ["mma_wq", "gemm_packed"])
 def test_mma_wq(cp, N, K, M, bits, group, entry):
     """Packed int8/int4 GEMM (tensor cores; gemm_packed: CUDA-core GEMV for M <= 4) vs the NumPy formula."""
@@ -126,7 +126,7 @@ def test_mma_wq(cp, N, K, M, bits, group, entry):
     if Kp % g:
         pytest.skip("group does not divide the padded K")
     rng = np.random.default_rng(N * 7 + K + M * 3 + bits + g)
-    lo, hi = (-127, 128) if bits == 8 else (-8, 8)
+    lo, hi = (-128, 128) if bits == 8 else (-8, 8)          # every code the storage holds (GGUF uses -128)
     q = rng.integers(lo, hi, (N, K))
     G = 1 if bits == 8 else Kp // g
     s = np.zeros((Np, G), np.float32)
@@ -141,6 +141,32 @@ def test_mma_wq(cp, N, K, M, bits, group, entry):
     getattr(mod, entry)(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (128256, 4096), (576, 576), (40, 64),
+                                 (1000, 96)])
+@pytest.mark.parametrize("M", [1, 2, 5, 16, 17, 32, 64, 200])
+def test_mma_bf16(cp, N, K, M):
+    """Dense bf16 on the tensor cores, w read row-major (the graph's dense kernel) vs float32 matmul."""
+    from fdlite_kernels.mma_wq import mma_bf16
+
+    rng = np.random.default_rng(N + K * 3 + M)
+    x = _x(rng, M, K)
+    w = (rng.standard_normal((N, K)) * 0.02).astype(BF16)
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    mma_bf16(cp.asarray(x), cp.asarray(w), out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, x.astype(np.float32) @ w.astype(np.float32).T) < 1e-2
+
+
+def test_mma_bf16_errors(cp):
+    from fdlite_kernels.mma_wq import mma_bf16
+
+    x = cp.zeros((2, 48), dtype=BF16)
+    with pytest.raises(ValueError, match="K = 48 must be a multiple of 32"):
+        mma_bf16(x, cp.zeros((8, 48), dtype=BF16))
+    with pytest.raises(ValueError, match="w has K = 64, x has K = 48"):
+        mma_bf16(x, cp.zeros((8, 64), dtype=BF16))
 
 
 @pytest.mark.parametrize("N,K", [(4096, 4096), (576, 576), (1536, 576), (96, 160), (4096, 14336)])

@@ -34,14 +34,6 @@ log = logging.getLogger("fdlite")
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def _dense_share(params) -> float:
-    """Fraction of linear-weight bytes held by unquantized (dense) linears."""
-    from ..quant.base import iter_linears  # noqa: PLC0415
-
-    sizes = [(lin.nbytes, lin.method.name == "dense") for lin in iter_linears(params)]
-    return sum(n for n, d in sizes if d) / max(sum(n for n, _ in sizes), 1)
-
-
 class _Graph:
     __slots__ = ("bucket", "graph", "host", "static", "views", "meta", "logits")
 
@@ -59,10 +51,6 @@ class GraphRunner:
         self.max_blocks = -(-self.max_len // self.block_size)
         self._cache, self.scratch = None, None
         cap = model.engine.max_num_seqs if model.engine is not None else BUCKETS[-1]
-        if _dense_share(model.params) > 0.5:
-            # bf16 linears: inside a graph they run fdlite's GEMV, which beats cuBLAS only for one row; larger
-            # batches run eagerly on cuBLAS (measured: Llama-3-8B at 32 rows, 79 ms/step graphed vs eager below)
-            cap = 1
         self.buckets = [b for b in BUCKETS if b < cap] + [next((b for b in BUCKETS if b >= cap), BUCKETS[-1])]
         self.graphs: dict[int, _Graph] = {}
         self.reason = None if enabled else "disabled (cuda_graphs=False)"

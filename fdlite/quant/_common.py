@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from ..backend import array_module
 from ..errors import InputError
 
 FP8_MAX = 448.0                      # largest finite float8_e4m3fn
@@ -15,17 +16,22 @@ FP8_MAX = 448.0                      # largest finite float8_e4m3fn
 FP8_TABLE = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
 
 
-def check_weight(w, what: str = "weight") -> np.ndarray:
-    """(N, K) finite float -> float32 host array; else InputError naming the tensor and quoting the shape."""
-    w = w.get() if hasattr(w, "get") else np.asarray(w)      # a device array (random weights) comes to the host
+def check_weight(w, what: str = "weight", on_device: bool = False):
+    """(N, K) finite float -> float32 array; else InputError naming the tensor and quoting the shape.
+    A device (CuPy) weight stays on the device when ``on_device`` (round-to-nearest quantizes it there); else
+    it comes to the host, for the quantizers that run on NumPy only (GPTQ, nf4, the fp8 and 2-bit methods)."""
+    xp = array_module(w)
+    if xp is not np and not on_device:
+        w, xp = w.get(), np                                 # device -> host for the NumPy-only quantizers
+    w = xp.asarray(w)
     if w.ndim != 2 or 0 in w.shape:
         raise InputError(f"{what}: a linear weight must be a non-empty 2-D (N, K) array, got shape {w.shape}")
-    w = w.astype(np.float32, copy=False)
-    bad = ~np.isfinite(w)
-    if bad.any():
-        n, k = np.argwhere(bad)[0]
+    w = w.astype(xp.float32, copy=False)
+    if not bool(xp.isfinite(w).all()):                      # on the device: one sync for the verdict
+        bad = ~xp.isfinite(w)
+        n, k = (int(i) for i in xp.argwhere(bad)[0])
         raise InputError(f"{what}: weight of shape {w.shape} holds {int(bad.sum())} NaN/Inf values "
-                         f"(first at [{n}, {k}] = {w[n, k]}); refusing to quantize it")
+                         f"(first at [{n}, {k}] = {float(w[n, k])}); refusing to quantize it")
     return w
 
 
@@ -42,11 +48,12 @@ def pad_cols(w: np.ndarray, multiple: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ int4 nibbles
 
-def pack_nibbles(q: np.ndarray) -> np.ndarray:
+def pack_nibbles(q):
     """(N, K) ints in [-8, 15] (K even) -> (N, K/2) uint8: low nibble = even k, high nibble = odd k.
-    Negative values are stored as two's-complement nibbles (FastDeploy's int4 order before its permute)."""
+    Negative values are stored as two's-complement nibbles (FastDeploy's int4 order before its permute).
+    Runs where q lives (numpy or cupy); the final cast pins uint8 whatever a backend promotes ``<< 4`` to."""
     u = (q.astype(np.int16) & 0xF).astype(np.uint8)
-    return u[:, 0::2] | (u[:, 1::2] << 4)
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8, copy=False)
 
 
 def unpack_nibbles(p, signed: bool, xp=np):

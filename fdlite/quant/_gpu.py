@@ -8,12 +8,13 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack) | gemv_packed | mma_wq | one weight copy for every M |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: the NumPy-twin formula on CuPy (dequantize + cuBLAS, a stop-gap) |
-| dense (bf16) | as stored | gemv_bf16 (M = 1) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): gemv_bf16 in 16-row pieces |
+| dense (bf16) | as stored | gemv_bf16 (M = 1) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (tensor cores, row-major w) |
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..backend import array_module
 from .base import Packed
 
 
@@ -26,17 +27,22 @@ def grouped_supported(method, p: Packed) -> bool:
 
 
 def prepare_grouped(method, p: Packed, backend) -> Packed:
+    """Repack where the packed arrays live: on the device when quantize ran there (no host round trip), on
+    the host for a checkpoint's packed tensors (then uploaded). Same bytes either way (xp-generic repack)."""
     from fdlite_kernels.mma_wq import padded, repack  # noqa: PLC0415
 
     N, K = p.shape
     bits = method.bits
-    q = np.asarray(method.unpack(p, np))                                          # (N, Kq) int codes
+    xp = array_module(p.arrays["quant_weight"])
+    q = method.unpack(p, xp)                                                      # (N, Kq) int8 codes
     Np, Kk = padded(N, q.shape[1], bits)
-    s = np.asarray(p.arrays["weight_scale"], np.float32)                          # (N, G)
+    s = xp.asarray(p.arrays["weight_scale"], dtype=np.float32)                    # (N, G)
     group = Kk if bits == 8 else p.meta["group_size"]
-    scale = np.zeros((Np, 1 if bits == 8 else Kk // group), np.float32)
+    scale = xp.zeros((Np, 1 if bits == 8 else Kk // group), np.float32)
     scale[:N, :s.shape[1]] = s                                                   # padded groups: zero codes
-    arrays = {"qp": backend.asarray(repack(q, bits)), "scale": backend.asarray(scale)}
+    qp = repack(q, bits)                                                          # (Np * Kk * bits / 8,)
+    del q                                                           # int4: an (N, Kq) int8 copy, not kept
+    arrays = {"qp": backend.asarray(qp), "scale": backend.asarray(scale)}
     return Packed(p.method, p.shape, arrays, {**p.meta, "gpu": "mma_wq", "bits": bits, "group": group, "K_pad": Kk})
 
 
@@ -75,20 +81,29 @@ def _bf16_padded(x, K_pad: int, xp):
 
 
 def matmul_dense(x, w, xp):
-    """x: (M, K) bf16, w: (N, K) bf16 on the GPU -> (M, N); None when the kernel cannot take the shapes."""
-    from fdlite_kernels.gemv_bf16 import MAX_M, gemv_bf16  # noqa: PLC0415
+    """x: (M, K) bf16, w: (N, K) bf16 on the GPU -> (M, N); None when cuBLAS (the caller's x @ w.T) should run.
+
+    One row: mma_bf16 (2.2-2.8 TB/s on the 8B layer shapes, ahead of gemv_bf16 there), gemv_bf16 for a
+    vocabulary-sized N (3.0 TB/s on the 128256 x 4096 lm_head). More rows: cuBLAS when eager; inside a graph
+    capture (where CuPy refuses cuBLAS) mma_bf16, the tensor-core kernel reading w as stored."""
+    from fdlite_kernels.gemv_bf16 import gemv_bf16  # noqa: PLC0415
+    from fdlite_kernels.mma_wq import mma_bf16  # noqa: PLC0415
 
     M, K = x.shape
     if K % 8 or not w.flags.c_contiguous:
         return None
-    if M > DENSE_GEMV_MAX_M and not xp.cuda.get_current_stream().is_capturing():
-        return None                                    # cuBLAS (the caller's x @ w.T) is faster here
+    capturing = xp.cuda.get_current_stream().is_capturing()
     x = xp.ascontiguousarray(x)
-    if M <= MAX_M:
+    if M == 1 and (w.shape[0] >= GEMV_MIN_N or K % 32):
         return gemv_bf16(x, w)
-    return xp.concatenate([gemv_bf16(x[i:i + MAX_M], w) for i in range(0, M, MAX_M)])
+    if (capturing or M <= DENSE_MMA_MAX_M) and K % 32 == 0:
+        return mma_bf16(x, w)
+    if capturing:
+        raise RuntimeError(f"dense linear K = {K} is not a multiple of 32: no capturable kernel for {M} rows")
+    return None
 
 
-# Measured on the H100 (Llama-3-8B, BENCHMARKS.md): gemv_bf16 re-reads x per 4 weight rows, so beyond one row
-# cuBLAS wins; the kernel runs above 1 row only inside a graph capture, where cuBLAS cannot.
-DENSE_GEMV_MAX_M = 1
+# Eager steps above one row take cuBLAS (faster at every M measured on the H100, BENCHMARKS.md); mma_bf16 is the
+# graph's kernel. Raise this if a measurement shows mma_bf16 ahead at small M.
+DENSE_MMA_MAX_M = 1
+GEMV_MIN_N = 65536      # one row of a vocabulary projection: gemv_bf16 measured faster (H100, BENCHMARKS.md)

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import array_module
 from ..errors import ConfigError
 from ._common import check_weight, pack_nibbles, round_half_away, unpack_nibbles
 from . import _gpu
 from .base import Packed, QuantMethod
+
+
+SLAB = 1 << 24      # elements of float32 temporaries per quantize step (64 MiB): bounds device memory at load
 
 
 class Grouped(QuantMethod):
@@ -29,6 +33,7 @@ class Grouped(QuantMethod):
     qmin, qmax = -7, 7
     levels: np.ndarray | None = None   # non-uniform grid (nf4); None = the integers qmin..qmax
     default_group = 128
+    quantizes_on_device = True   # round-to-nearest on a uniform grid runs on CuPy too (nf4: host only)
     needs_calibration = True     # 4-bit: activation-aware rounding (GPTQ) helps a lot; 8-bit sets False
 
     def __init__(self, group_size: int | None = None, **unknown):
@@ -51,12 +56,16 @@ class Grouped(QuantMethod):
         return K + K % 2 if self.group_size == -1 else self.group_size
 
     def codes(self, v, amax):
-        """v: (N, c) values of one or more columns of a group, amax: (N, 1) -> (N, c) int codes."""
-        safe = np.where(amax > 0, amax, 1.0).astype(np.float32)
-        t = v / safe * np.float32(self.qmax)
+        """v: (N, ..., c) values of one or more columns of a group, amax: broadcastable -> int8 codes, on the
+        array module of v. Float32 throughout, in Paddle's order (w / amax * qmax, then the rounding): each
+        step is one IEEE-rounded float32 operation, so NumPy and CuPy give the same codes bit for bit."""
+        xp = array_module(v)
+        safe = xp.where(amax > 0, amax, xp.float32(1)).astype(xp.float32)
+        t = v / safe
+        t *= xp.float32(self.qmax)                        # in place: one float32 temporary, not two
         if self.levels is None:
-            return np.clip(round_half_away(t), self.qmin, self.qmax).astype(np.int8)
-        return np.abs(t[..., None] - self.levels).argmin(-1).astype(np.int8)
+            return xp.clip(round_half_away(t, xp), self.qmin, self.qmax).astype(xp.int8)
+        return xp.abs(t[..., None] - xp.asarray(self.levels)).argmin(-1).astype(xp.int8)
 
     def values(self, q, s, xp=np):
         """codes (N, ..., c) and scales broadcastable to them -> float32 values."""
@@ -64,23 +73,37 @@ class Grouped(QuantMethod):
         return g * s
 
     def scale_of(self, amax):
-        return (amax / np.float32(self.qmax)).astype(np.float32)
+        return (amax / np.float32(self.qmax)).astype(np.float32)      # any xp: a NumPy scalar keeps float32
 
     # --- quantize / pack -----------------------------------------------------------------------------
     def quantize(self, w, what: str = "weight") -> Packed:
-        w = check_weight(w, what)
+        """(N, K) float weight -> Packed, computed where w lives: a device (CuPy) weight is quantized on the
+        device (Model.from_config's random weights; checkpoint weights that _linear_factory uploads first)
+        with the same float32 steps as NumPy, so the result is bit-identical to the host path."""
+        w = check_weight(w, what, on_device=self.quantizes_on_device)
+        xp = array_module(w)
         N, K = w.shape
         g = self.group_of(K)
         G = -(-K // g)
-        wg = np.zeros((N, G * g), np.float32)
-        wg[:, :K] = w
-        wg = wg.reshape(N, G, g)                                                   # (N, G, g)
-        amax = np.abs(wg).max(-1, keepdims=True)                                   # (N, G, 1)
-        q = self.codes(wg, amax).reshape(N, G * g)                                 # (N, Kp)
+        if G * g != K:                                     # a partial last group: zero-pad it (a copy)
+            wp = xp.zeros((N, G * g), xp.float32)
+            wp[:, :K] = w
+            w = wp
+        wg = w.reshape(N, G, g)                                                    # (N, G, g)
+        amax = xp.empty((N, G, 1), np.float32)                                     # (N, G, 1)
+        q = xp.empty((N, G * g), np.int8)                                          # (N, Kp)
+        # Row slabs: the rounding's float32 temporaries stay at SLAB elements each instead of one (N, Kp) copy
+        # apiece (the 8B gate_up is 28672 x 4096); every row is independent, so the codes do not change.
+        rows = max(1, SLAB // (G * g))
+        for r in range(0, N, rows):
+            x = wg[r:r + rows]                                                     # (rows, G, g)
+            amax[r:r + rows] = xp.abs(x).max(-1, keepdims=True)
+            q[r:r + rows] = self.codes(x, amax[r:r + rows]).reshape(-1, G * g)
+        del w, wg, x                                       # the float32 copy goes before packing
         return self.pack(q, self.scale_of(amax[..., 0]), (N, K))
 
-    def pack(self, q: np.ndarray, scale: np.ndarray, shape) -> Packed:
-        """codes (N, Kp) int + scales (N, G) float32 -> Packed."""
+    def pack(self, q, scale, shape) -> Packed:
+        """codes (N, Kp) int + scales (N, G) float32 -> Packed, where q lives (numpy dtypes are cupy's)."""
         qw = pack_nibbles(q) if self.bits == 4 else q.astype(np.int8)
         return Packed(self.name, tuple(shape), {"quant_weight": qw, "weight_scale": scale.astype(np.float32)},
                       {"group_size": self.group_of(shape[1])})

@@ -38,6 +38,9 @@ class QuantMethod:
     quantize_lm_head = False
     # True when activation-aware rounding (calibration="self" | path) changes what quantize produces.
     needs_calibration = False
+    # True when quantize(w) of a device (CuPy) weight runs on the device; Model.load then uploads host
+    # checkpoint weights before quantizing them (fdlite/model.py _linear_factory). False: w comes to the host.
+    quantizes_on_device = False
 
     def for_layer(self, role: str, name: str) -> "QuantMethod | None":
         """The method that quantizes linear ``name`` of ``role``; None keeps it dense. Default: every role

@@ -26,6 +26,7 @@ class Method(Grouped):
     qmin, qmax = 0, 1
     levels = NF4_LEVELS
     default_group = 64
+    quantizes_on_device = False   # the argmin over 16 levels holds an (N, K, 16) float32 temporary: host only
 
     def __init__(self, group_size: int | None = None, activation: str = "bf16", **unknown):
         super().__init__(group_size, **unknown)
