@@ -14,7 +14,8 @@ __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-template <int BITS, int MMAX>
+// POST (int4, groups covering whole K tiles): one scale load and multiply per tile instead of per step.
+template <int BITS, int MMAX, bool POST>
 __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                           const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                           int M, int N, int K, int group) {
@@ -44,6 +45,11 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restri
       wn[0][h] = wn[1][h];
       if (kt + 2 * WARPS < ktiles) wn[1][h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + kt + 2 * WARPS) * 32 + lane);
     }
+    float tacc[MMAX][NT];                              // POST: this tile's unscaled sums
+#pragma unroll
+    for (int m = 0; m < MMAX; ++m)
+#pragma unroll
+      for (int h = 0; h < NT; ++h) tacc[m][h] = 0.f;
 #pragma unroll
     for (int j = 0; j < STEPS; ++j) {
       const int k = kt * KT + 16 * j + 2 * t;
@@ -63,7 +69,7 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restri
           wf[h][1] = __uint_as_float(p0 & 0xffff0000u);
           wf[h][2] = __uint_as_float(p1 << 16);
           wf[h][3] = __uint_as_float(p1 & 0xffff0000u);
-          sc[h] = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
+          if (!POST) sc[h] = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
         }
       }
 #pragma unroll
@@ -78,9 +84,18 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restri
             float d = 0.f;                             // this step's 4 products, then one scale (a step is in one group)
 #pragma unroll
             for (int i = 0; i < 4; ++i) d = fmaf(xf[i], wf[h][i], d);
-            acc[m][h] = BITS == 8 ? acc[m][h] + d : fmaf(d, sc[h], acc[m][h]);
+            if (BITS == 8 || POST) tacc[m][h] += d;
+            else acc[m][h] = fmaf(d, sc[h], acc[m][h]);
           }
         }
+      }
+    }
+    if (BITS == 8 || POST) {
+#pragma unroll
+      for (int h = 0; h < NT; ++h) {
+        const float st = BITS == 8 ? 1.f : __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + kt * KT / group);
+#pragma unroll
+        for (int m = 0; m < MMAX; ++m) acc[m][h] = fmaf(tacc[m][h], st, acc[m][h]);
       }
     }
   }
@@ -106,7 +121,11 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restri
   }
 }
 
-template __global__ void gemv_packed<8, 1>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<8, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<4, 1>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<4, 4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+#ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
+template __global__ void gemv_packed<8, 1, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void gemv_packed<8, 4, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void gemv_packed<4, 1, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void gemv_packed<4, 4, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void gemv_packed<4, 1, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+template __global__ void gemv_packed<4, 4, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+#endif

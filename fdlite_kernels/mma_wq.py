@@ -130,7 +130,8 @@ def mma_bf16(x, w, out=None, cfg=None):
 
 
 GEMV_MAX_M = 1   # measured on the H100: mma_wq v2 beats gemv_packed from M = 2 (BENCHMARKS.md)
-_GEMV_NAMES = tuple(f"gemv_packed<{b}, {m}>" for b in (8, 4) for m in (1, 4))
+_GEMV_NAMES = tuple(f"gemv_packed<{b}, {m}, {p}>" for b, ps in ((8, ("false",)), (4, ("false", "true")))
+                    for p in ps for m in (1, 4))
 
 
 def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
@@ -143,6 +144,8 @@ def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
         return mma_wq(x, qp, scale, N, bits, group, out=out)
     _, K, Np, group = _validate(x, qp, scale, N, bits, group)
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
-    fn = load("gemv_packed", name_expressions=_GEMV_NAMES).get_function(f"gemv_packed<{bits}, {1 if M == 1 else 4}>")
+    post = "true" if bits == 4 and group % KT[4] == 0 else "false"     # one scale per tile
+    name = f"gemv_packed<{bits}, {1 if M == 1 else 4}, {post}>"
+    fn = load("gemv_packed", name_expressions=(name,)).get_function(name)
     fn((Np // 16,), (256,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
     return y
