@@ -12,8 +12,11 @@ Ties in ``p + bias`` go to the lower expert index (a stable sort; torch.topk pro
 
 Execution is grouped, not per token: the N*k (token, slot) pairs are sorted by expert id, each expert runs one
 matmul over its contiguous block of rows, and the rows are scattered back and combined. ``Experts.__call__``
-(rows sorted by expert + per-expert counts -> rows) is exactly the interface of a grouped GEMM, so a GPU kernel
-can replace the Python loop over experts without touching routing or combining.
+(rows sorted by expert + per-expert counts -> rows) is exactly the interface of a grouped GEMM.
+
+On the GPU, a block whose experts were stacked at load (``MoE.gpu``, fdlite/moe_gpu.py) runs the routed experts
+through fdlite_kernels/moe.cu instead (same math, no host sync: CUDA-graph capturable); the grouped path above
+stays the CPU reference and the fallback.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import moe_gpu, ops
 
 
 def route(x, router_w, correction_bias, top_k: int, norm_min: float, xp):
@@ -92,6 +95,7 @@ class MoE:
     top_k: int
     norm_min: float = 1e-12
     shared: dict | None = None
+    gpu: object = None            # moe_gpu.GpuExperts: the experts stacked for the GPU kernels (moe_gpu.prepare)
 
     @property
     def nbytes(self) -> int:
@@ -103,6 +107,16 @@ class MoE:
 
 def moe_forward(m: MoE, x, xp):
     """x: (N, hidden) normed hidden states -> (N, hidden): routed experts combined, plus the shared experts."""
+    out = moe_gpu.routed(m, x, xp) if moe_gpu.use_kernels(m, x, xp) else _grouped(m, x, xp)
+    if m.shared is not None:
+        gu = m.shared["w13"](x)                                                # (N, 2 I_shared)
+        inter = gu.shape[1] // 2
+        out = out + m.shared["w2"](ops.silu_mul(gu[:, :inter], gu[:, inter:], xp))
+    return out
+
+
+def _grouped(m: MoE, x, xp):
+    """The routed experts by the reference path: x (N, hidden) -> (N, hidden) in x's dtype."""
     N, H, k = x.shape[0], x.shape[1], m.top_k
     w, ids = route(x, m.router_w, m.correction_bias, k, m.norm_min, xp)       # (N, k) each
     order, counts = group_by_expert(ids, len(m.experts), xp)
@@ -110,9 +124,4 @@ def moe_forward(m: MoE, x, xp):
     y = xp.empty_like(ys)
     y[order] = ys                                                              # back to (token, slot) order
     out = (y.reshape(N, k, H).astype(xp.float32, copy=False) * w[:, :, None]).sum(axis=1)   # (N, H)
-    out = out.astype(x.dtype, copy=False)
-    if m.shared is not None:
-        gu = m.shared["w13"](x)                                                # (N, 2 I_shared)
-        inter = gu.shape[1] // 2
-        out = out + m.shared["w2"](ops.silu_mul(gu[:, :inter], gu[:, inter:], xp))
-    return out
+    return out.astype(x.dtype, copy=False)

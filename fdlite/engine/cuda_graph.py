@@ -14,9 +14,10 @@ What a captured step needs, and how it gets it:
 - memory that outlives the capture: every allocation made while warming up or capturing comes from a memory
   pool owned by this runner (the graphs' private arena; graphs run one at a time on one stream, so they may
   share it), and the graph's output array stays referenced;
-- capturable kernels only: fdlite's own kernels and CuPy elementwise ops. A step that needs anything else
-  (cuBLAS through CuPy, MoE routing's host-side expert counts, dynamic RoPE) fails to capture; the runner
-  logs why once and runs every step eagerly from then on.
+- capturable kernels only: fdlite's own kernels (MoE layers included: fdlite/moe_gpu.py) and CuPy elementwise
+  ops. A step that needs anything else (cuBLAS through CuPy, the host-side expert counts of the grouped MoE
+  fallback for expert kinds moe.cu lacks, dynamic RoPE) fails to capture; the runner logs why once and runs
+  every step eagerly from then on.
 
 Everything runs on the runner's stream; the logits it returns are made visible to the caller's stream with an
 event, so the sampler may read them at once.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .. import moe_gpu
 from ..errors import CheckpointError, ConfigError
 from ..quant_config import ernie_wint4_rule
 from ..moe import MoE, Experts, moe_forward
@@ -210,7 +211,9 @@ def _moe(r: _Reader, p: str, s: MoeSettings, H: int, bias: bool, make_linear, ba
         gu, bgu, down, bd = r.mlp(p + "shared_experts.", s.num_shared * s.intermediate_size, H, bias)
         shared = {"w13": make_linear("mlp_gate_up", p + "shared_experts.up_gate_proj", gu, bgu),
                   "w2": make_linear("mlp_down", p + "shared_experts.down_proj", down, bd)}
-    return MoE(router, corr, _experts(r, p, s, H, make_linear), s.top_k, s.norm_min, shared)
+    m = MoE(router, corr, _experts(r, p, s, H, make_linear), s.top_k, s.norm_min, shared)
+    m.gpu = moe_gpu.prepare(m, backend.xp) if backend.is_gpu else None    # stacked experts for fdlite_kernels/moe.cu
+    return m
 
 
 def load_params(cfg, tensors, make_linear, backend) -> dict:
