@@ -95,6 +95,7 @@ def use_kernels(m, x, xp) -> bool:
 
 def routed(m, x, xp):
     """x: (N, H) bf16 on the GPU -> (N, H) bf16, the routed experts combined (shared experts: the caller)."""
+    from fdlite_kernels.fused_ops import silu_mul  # noqa: PLC0415
     from fdlite_kernels.moe import moe_align, moe_combine, moe_gemm, moe_route  # noqa: PLC0415
 
     g, k = m.gpu, m.top_k
@@ -102,7 +103,10 @@ def routed(m, x, xp):
     w, ids = moe_route(x, m.router_w, m.correction_bias, k, m.norm_min)           # (N, k) f32, (N, k) int32
     plan = moe_align(ids, g.gate_up.num_experts)
     gu = moe_gemm(x, g.gate_up, plan, k)                                          # (N k, 2 I)
-    y = moe_gemm(gu, g.down, plan, 1, swiglu=True)                               # (N k, H)
+    # SwiGLU once per row (the same bf16 rounding as moe_gemm's fused swiglu=True, which recomputes it in every
+    # 16-column block: on ERNIE-21B at 32 tokens that down projection took 1445 us a layer against gate_up's 721
+    # us for twice the bytes; H100, BENCHMARKS.md)
+    y = moe_gemm(silu_mul(gu), g.down, plan, 1)                                   # (N k, H)
     return moe_combine(y, w)                                                      # (N, H)
 
 

@@ -232,7 +232,9 @@ __device__ __forceinline__ void load_x4(const bf16_t* row, int k, int Kx, float*
 // The gemv_packed.cu body per group of up to MMAX rows of one expert: lane l = 4 g + t of warp w reads the
 // 16-byte chunk of tile (n-tile, K tile w, w + WARPS, ...), two tiles in flight; the 4 lanes of an output row
 // and the warps are reduced through shared memory; int8's channel scale multiplies the sum, int4's group scale
-// each weight. A row's arithmetic does not depend on which rows share its group (determinism across batches).
+// each step's (or, for groups covering whole tiles, each tile's) partial sum. A row's arithmetic does not depend
+// on which rows share its group (determinism across batches). Tried on the H100: warps owning 16 columns over
+// all of K, 128 columns a block (8x fewer blocks): no faster at 32 tokens, slower at 1.
 template <int BITS, int MMAX, bool SWIGLU>
 __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __restrict__ x,
                                                               const uint4* __restrict__ qp,
@@ -254,6 +256,7 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
   const uint4* qe = qp + (size_t)e * (Np / 8) * ktiles * 32;        // 512-byte tiles, 32 lanes x 16 bytes
   const float* se = scale + (size_t)e * Np * G;
   const int xs = SWIGLU ? 2 * Kx : Kx;                              // x row stride
+  const bool post = BITS == 4 && group % KT == 0;                  // int4 groups cover whole tiles: scale per tile
   __shared__ float red[WARPS][MMAX * NT][8];
   for (int g0 = lo; g0 < hi; g0 += MMAX) {
     const int M = min(MMAX, hi - g0);
@@ -280,21 +283,31 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
         wn[0][h] = wn[1][h];
         if (kt + 2 * WARPS < ktiles) wn[1][h] = __ldg(qe + ((size_t)(nt0 + h) * ktiles + kt + 2 * WARPS) * 32 + lane);
       }
+      float tacc[MMAX][NT];                              // post: this tile's unscaled sums
+#pragma unroll
+      for (int m = 0; m < MMAX; ++m)
+#pragma unroll
+        for (int h = 0; h < NT; ++h) tacc[m][h] = 0.f;
 #pragma unroll
       for (int j = 0; j < STEPS; ++j) {
         const int k = kt * KT + 16 * j + 2 * t;
-        float wf[NT][4];
+        float wf[NT][4];                                 // exact codes (common.cuh decoders), scaled below
+        float sc[NT];
 #pragma unroll
         for (int h = 0; h < NT; ++h) {
           if (BITS == 8) {
-            const unsigned v = word_of(w[h], j);
+            const unsigned v = word_of(w[h], j) ^ 0x80808080u;
 #pragma unroll
-            for (int i = 0; i < 4; ++i) wf[h][i] = (float)(signed char)((v >> (8 * i)) & 0xff);
+            for (int i = 0; i < 4; ++i) wf[h][i] = s8_to_f32(v, i);
           } else {
-            const unsigned v = (word_of(w[h], j >> 1) >> (16 * (j & 1))) & 0xffffu;
-            const float sc = __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) wf[h][i] = (float)((int)((v >> (4 * i)) & 0xf) - 8) * sc;
+            unsigned r[4];
+            u4x8_to_bf16x2(word_of(w[h], j >> 1), r);
+            const unsigned p0 = r[2 * (j & 1)], p1 = r[2 * (j & 1) + 1];
+            wf[h][0] = __uint_as_float(p0 << 16);
+            wf[h][1] = __uint_as_float(p0 & 0xffff0000u);
+            wf[h][2] = __uint_as_float(p1 << 16);
+            wf[h][3] = __uint_as_float(p1 & 0xffff0000u);
+            if (!post) sc[h] = __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
           }
         }
 #pragma unroll
@@ -303,10 +316,22 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
             float xf[4];
             load_x4<SWIGLU>(xr[m], k, Kx, xf);
 #pragma unroll
-            for (int h = 0; h < NT; ++h)
+            for (int h = 0; h < NT; ++h) {
+              float d = 0.f;                             // a step lies in one group: one scale per step
 #pragma unroll
-              for (int i = 0; i < 4; ++i) acc[m][h] = fmaf(xf[i], wf[h][i], acc[m][h]);
+              for (int i = 0; i < 4; ++i) d = fmaf(xf[i], wf[h][i], d);
+              if (BITS == 8 || post) tacc[m][h] += d;
+              else acc[m][h] = fmaf(d, sc[h], acc[m][h]);
+            }
           }
+        }
+      }
+      if (BITS == 8 || post) {
+#pragma unroll
+        for (int h = 0; h < NT; ++h) {
+          const float st = BITS == 8 ? 1.f : __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + kt * KT / group);
+#pragma unroll
+          for (int m = 0; m < MMAX; ++m) acc[m][h] = fmaf(tacc[m][h], st, acc[m][h]);
         }
       }
     }
