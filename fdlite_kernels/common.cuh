@@ -63,10 +63,13 @@ __device__ __forceinline__ void u4x8_to_bf16x2(unsigned w, unsigned* r) {
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // e4m3fn bits -> float, exact for every finite code (NaN codes are never produced by the quantizers).
-// Placing the 7 exponent+mantissa bits at float bits 20..26 gives 2^(e-127)(1 + m/8) (or a float subnormal
-// for e = 0); multiplying by 2^120 rebases the exponent bias from 127 to 7, exactly.
+// Normal codes: the 7 exponent+mantissa bits at float bits 20..26 give 2^(e-127)(1 + m/8); multiplying by
+// 2^120 rebases the exponent bias from 127 to 7, exactly. Subnormal codes (e = 0, value m/8 * 2^-6) are
+// computed as m * 2^-9 instead: the shifted bits would be a float subnormal, which a flush-to-zero multiply
+// turns into 0 (seen on the H100: the decoded weights differed from ml_dtypes' for those codes).
 __device__ __forceinline__ float e4m3_to_f32(unsigned b) {
-  const float mag = __uint_as_float((b & 0x7fu) << 20) * 1.329227995784916e36f;  // 2^120
+  const float mag = (b & 0x78u) ? __uint_as_float((b & 0x7fu) << 20) * 1.329227995784916e36f   // 2^120
+                                : (float)(b & 7u) * 0.001953125f;                                // 2^-9
   return (b & 0x80u) ? -mag : mag;
 }
 

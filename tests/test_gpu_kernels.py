@@ -90,6 +90,45 @@ def test_gemv_block_fp8_vs_twin(cp, N, K, M):
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
 
 
+@pytest.mark.parametrize("N,K", [(4096, 4096), (576, 576), (96, 160), (300, 1008)])
+@pytest.mark.parametrize("M", [17, 64, 300])
+def test_block_fp8_above_16_rows(cp, N, K, M):
+    """The stop-gap above the GEMV: each expanded element equals the twin's float32 value rounded to bf16, and
+    the product (eager: cuBLAS; captured: mma_bf16) matches the method's NumPy matmul."""
+    from fdlite.backend import get_backend
+    from fdlite.quant import _gpu, get
+    from fdlite.quant._common import act_fp8
+    from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
+
+    rng = np.random.default_rng(N + 5 * K + M)
+    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
+    x = _x(rng, M, K)
+    method = get("block_wise_fp8")()
+    p = method.quantize(w)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"])
+    wd = cp.full((N, K), np.nan, dtype=BF16)
+    dequant_w(q, ws, out=wd)
+    assert (cp.asnumpy(wd).view(np.uint16) == method.dequantize(p).astype(BF16).view(np.uint16)).all()
+    xd = cp.asnumpy(dequant_x(cp.asarray(x)))
+    assert (xd.view(np.uint16) == act_fp8(x.astype(np.float32), 128).astype(BF16).view(np.uint16)).all()
+    ref = method.matmul(x.astype(np.float32), p, np)
+    gp = method.prepare(p, get_backend("cuda"))
+    eager = cp.asnumpy(_gpu.matmul_block_fp8(method, cp.asarray(x), gp, cp)).astype(np.float32)
+    assert np.isfinite(eager).all() and _rel(eager, ref) < 1e-2
+    if K % 32 == 0:                                   # the captured path: mma_bf16
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            xg = cp.asarray(x)
+            _gpu.matmul_block_fp8(method, xg, gp, cp)
+            stream.begin_capture()
+            y = _gpu.matmul_block_fp8(method, xg, gp, cp)
+            graph = stream.end_capture()
+            graph.launch(stream)
+            stream.synchronize()
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
 @pytest.mark.parametrize("M,K", [(1, 128), (3, 576), (16, 4096), (2, 200 - 200 % 16)])
 def test_act_quant_fp8_bits(cp, M, K):
     """Activation codes and scales equal the NumPy twin's (ml_dtypes round-to-nearest-even)."""

@@ -7,7 +7,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack) | gemv_packed | mma_wq | one weight copy for every M |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
-| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: the NumPy-twin formula on CuPy (dequantize + cuBLAS, a stop-gap) |
+| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then mma_bf16 (in a graph) or cuBLAS |
 | dense (bf16) | as stored | gemv_bf16 (M = 1) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (tensor cores, row-major w) |
 """
 from __future__ import annotations
@@ -57,9 +57,26 @@ def matmul_block_fp8(method, x, p: Packed, xp):
     from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8  # noqa: PLC0415
 
     M, K = x.shape
-    if M <= 16 and K % 16 == 0 and method.activation == "fp8" and tuple(method.block) == (128, 128):
-        return gemv_block_fp8(_bf16_padded(x, K, xp), p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
-    return None     # the caller runs the reference formula on the device
+    if not (K % 16 == 0 and method.activation == "fp8" and tuple(method.block) == (128, 128)):
+        return None     # the caller runs the reference formula on the device
+    xb = _bf16_padded(x, K, xp)
+    if M <= 16:
+        return gemv_block_fp8(xb, p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
+    return _block_fp8_as_bf16(xb, p, xp)
+
+
+def _block_fp8_as_bf16(x, p: Packed, xp):
+    """Above the GEMV's 16 rows, a stop-gap (no fp8 tensor-core kernel yet): weight and fp8-quantized activation
+    expanded to bf16 (dequant_block_fp8.cu), then mma_bf16 inside a graph capture (cuBLAS is not capturable)
+    or cuBLAS bf16 eagerly. Each expanded element is rounded once to bf16 (the twin keeps float32)."""
+    from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x  # noqa: PLC0415
+    from fdlite_kernels.mma_wq import mma_bf16  # noqa: PLC0415
+
+    w = dequant_w(p.arrays["quant_weight"], p.arrays["weight_scale_inv"])          # (N, K) bf16, per call
+    xh = dequant_x(x)                                                             # (M, K) bf16
+    if xp.cuda.get_current_stream().is_capturing() and x.shape[1] % 32 == 0:
+        return mma_bf16(xh, w)
+    return xh @ w.T
 
 
 def matmul_wint2(x, p: Packed, xp):
