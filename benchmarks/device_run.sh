@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call (see /work/.library/device): install the carried wheels, then run the named stages in order.
+# Each stage has its own time limit, so a slow one cannot eat the call; logs and JSON rows go to $OUT.
+#   bash benchmarks/device_run.sh tests gemv e2e       (stages below; carry [".whl"] with gguf's wheel)
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD
+T() { local s=$1; shift; timeout "$s" "$@"; local rc=$?; [ $rc = 124 ] && echo "TIMEOUT after ${s}s: $*"; return 0; }
+PT="python3 -m pytest -m gpu -q --maxfail=10 --no-header -p no:cacheprovider"
+NCU="ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --cache-control all --clock-control none"
+
+for stage in "$@"; do
+  echo "== $stage $(date +%T)"
+  case $stage in
+    tests)          # every GPU test file (the kernels file is large: its mma matrix on four shapes)
+      T 240 $PT tests/test_gpu_attention.py 2>&1 | tail -3
+      T 150 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py tests/test_quant_device_path.py 2>&1 | tail -3
+      T 120 $PT tests/test_moe_gpu_path.py 2>&1 | tail -2
+      T 240 $PT tests/test_gpu_kernels.py -k "not mma and not gemm_packed" 2>&1 | tail -2
+      T 240 $PT tests/test_gpu_kernels.py -k "(mma or gemm_packed) and (4096-4096 or 576-576 or 96-160 or 4096-14336)" \
+        2>&1 | tail -2 ;;
+    gemv)           # weight kernels vs cuBLAS on the 8B projections, every mma_wq block shape above 16 rows
+      T 300 env GEMV_MS=1,16,32,64 GEMV_CFGS=1 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A80 "sum over" $OUT/gemv.log ;;
+    e2e)            # the full 8B shape, every weight format that loads on the device, and the HF peer
+      T 150 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|"
+      T 150 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 64 2>&1 | grep "^|"
+      T 150 python3 benchmarks/e2e.py --quant block_wise_fp8 --kv bf16 --batch 1,32 --gen 64 --layers 8 2>&1 | grep "^|"
+      T 90 python3 benchmarks/hf_peer.py --batch 1,32 --gen 64 2>&1 | grep "^|\|skipped" ;;
+    ernie)          # the MoE shape end to end
+      T 200 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4,dense --kv bf16 --batch 1,32 --gen 64 \
+        2>&1 | grep "^|" ;;
+    profile)        # where a decode step goes: host vs graph time, then per-kernel durations under Nsight Compute
+      T 60 python3 benchmarks/step_profile.py --quant wint8 --layers 32 --batch 1 --steps 48 2>&1 | tail -4
+      T 120 $NCU python3 benchmarks/step_profile.py --quant wint8 --layers 2 --batch 1 --steps 4 --ncu \
+        > $OUT/ncu_llama.csv 2>$OUT/ncu_llama.err
+      python3 benchmarks/ncu_summary.py $OUT/ncu_llama.csv > $OUT/ncu_llama.txt; head -12 $OUT/ncu_llama.txt
+      T 120 $NCU python3 benchmarks/step_profile.py --model ernie-4.5-21b-a3b --quant wint4 --layers 3 --batch 32 \
+        --steps 4 --ncu > $OUT/ncu_ernie.csv 2>$OUT/ncu_ernie.err
+      python3 benchmarks/ncu_summary.py $OUT/ncu_ernie.csv > $OUT/ncu_ernie.txt; head -12 $OUT/ncu_ernie.txt ;;
+    *) echo "unknown stage $stage (tests gemv e2e ernie profile)" ;;
+  esac
+done
