@@ -3,12 +3,12 @@
 Kept beside the methods (underscore: not a method) so each method file stays the definition of its math and
 only calls in here when its arrays live on a GPU. Which path runs:
 
-| method | layout on the GPU | M <= 4 | 4 < M | kernel |
+| method | layout on the GPU | few rows | more rows | kernel |
 |---|---|---|---|---|
-| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack) | gemv_packed | mma_wq | one weight copy for every M |
+| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (M = 1) | mma_wq (block shape by M, N) | one weight copy for every M |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then mma_bf16 (in a graph) or cuBLAS |
-| dense (bf16) | as stored | gemv_bf16 (M = 1) | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (tensor cores, row-major w) |
+| dense (bf16) | as stored | M = 1: mma_bf16, gemv_bf16 for N >= 65536 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (tensor cores, row-major w) |
 """
 from __future__ import annotations
 
