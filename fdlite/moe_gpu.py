@@ -46,7 +46,7 @@ def _kind(lin) -> tuple | None:
     p = lin.packed
     if lin.bias is not None:
         return None
-    # the group must divide the padded K (not so for int4 per channel with K = 48: group 48, K_pad 128)
+    # the group must divide the padded K (prepare_grouped makes it so; a guard for hand-built Packed)
     if p.meta.get("gpu") == "mma_wq" and p.meta["K_pad"] % p.meta["group"] == 0:
         return ("packed", p.shape[0], p.meta["K_pad"], p.meta["bits"], p.meta["group"],
                 tuple(p.arrays["qp"].shape), tuple(p.arrays["scale"].shape))

@@ -85,11 +85,12 @@ def _legacy_repack(q, bits):
 
 
 def _legacy_prepare(m, qw, s, N, group_size):
-    """prepare_grouped's arrays -> (qp, scale)."""
+    """prepare_grouped's arrays -> (qp, scale). Per channel (one scale column) is one group over the padded K
+    for int4 too (was group = K, which the kernels reject when K is not a multiple of 128)."""
     q = unpack_nibbles(qw, True, np) if m.bits == 4 else qw
     Np, Kk = padded(N, q.shape[1], m.bits)
-    group = Kk if m.bits == 8 else group_size
-    scale = np.zeros((Np, 1 if m.bits == 8 else Kk // group), np.float32)
+    group = Kk if s.shape[1] == 1 else group_size
+    scale = np.zeros((Np, Kk // group), np.float32)
     scale[:N, :s.shape[1]] = s
     return _legacy_repack(q, m.bits), scale
 
@@ -191,7 +192,7 @@ def test_prepare_grouped_numpy_equals_legacy(bits_group, N, K, seed):
     m = _method("wint8" if bits == 8 else "wint4", group)
     p = m.quantize(_weights(np.random.default_rng(seed), N, K, m, "mixed", np.float32))
     if not _gpu.grouped_supported(m, p):
-        return                                  # per-channel int4 with K not a multiple of 16: reference path
+        return                                  # a group that does not divide the 128-padded K: reference path
     r = _gpu.prepare_grouped(m, p, _HostBackend())
     a = p.arrays
     qp, scale = _legacy_prepare(m, a["quant_weight"], a["weight_scale"], N, p.meta["group_size"])
@@ -498,3 +499,31 @@ def test_gpu_from_config_quantizes_on_device_fast(cp, monkeypatch):
         assert t2 - t0 < 30.0, f"{q}: load -> first token took {t2 - t0:.1f} s for 2 layers"
         where.clear()
     assert t1 - t0 < 10.0, f"warm from_config took {t1 - t0:.1f} s for 2 layers"
+
+
+@settings(max_examples=40, deadline=None)
+@given(group=st.sampled_from([-1, 32, 48, 64, 96, 128]), N=st.integers(1, 40), K=st.integers(2, 700),
+       seed=st.integers(0, 2**31 - 1))
+def test_prepared_int4_means_the_method(group, N, K, seed):
+    """What the kernels compute from prepare_grouped's arrays, y = x @ (q * scale[n, k // group]).T over the
+    padded K, equals the method's own matmul; shapes the kernels cannot take are refused (reference path)."""
+    from fdlite.moe_gpu import unpack_codes
+
+    m = _method("wint4", group)
+    rng = np.random.default_rng(seed)
+    p = m.quantize(_weights(rng, N, K, m, "mixed", np.float32))
+    G = p.arrays["weight_scale"].shape[1]
+    Kq = G * p.meta["group_size"]
+    ok = _gpu.grouped_supported(m, p)
+    assert ok == (G == 1 or (group % 16 == 0 and (-(-Kq // 128) * 128) % group == 0))
+    if not ok:
+        return
+    r = _gpu.prepare_grouped(m, p, _HostBackend())
+    Kk, g = r.meta["K_pad"], r.meta["group"]
+    assert Kk % 128 == 0 and Kk % g == 0 and r.arrays["scale"].shape[1] == Kk // g
+    q = unpack_codes(r.arrays["qp"], N, Kk, 4)[:N].astype(np.float64)                  # (N, Kk)
+    w = q * np.repeat(r.arrays["scale"][:N].astype(np.float64), g, axis=1)
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    want = m.matmul(x, p, np).astype(np.float64)
+    got = np.pad(x, ((0, 0), (0, Kk - K))).astype(np.float64) @ w.T
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))

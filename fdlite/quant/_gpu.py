@@ -19,11 +19,15 @@ from .base import Packed
 
 
 def grouped_supported(method, p: Packed) -> bool:
-    """wint8 per channel or int4 with a uniform grid and groups that are multiples of 16."""
+    """Uniform grids: int8 or int4 per channel (one scale column, whatever K), or int4 groups that are multiples
+    of 16 and divide K padded to the kernel's 128-column tiles (else the reference path runs on the device)."""
     if method.levels is not None or method.bits not in (4, 8):
         return False
     G = p.arrays["weight_scale"].shape[1]
-    return G == 1 if method.bits == 8 else p.meta["group_size"] % 16 == 0
+    if G == 1:
+        return True
+    g = p.meta["group_size"]
+    return method.bits == 4 and g % 16 == 0 and (-(-(G * g) // 128) * 128) % g == 0
 
 
 def prepare_grouped(method, p: Packed, backend) -> Packed:
@@ -37,8 +41,9 @@ def prepare_grouped(method, p: Packed, backend) -> Packed:
     q = method.unpack(p, xp)                                                      # (N, Kq) int8 codes
     Np, Kk = padded(N, q.shape[1], bits)
     s = xp.asarray(p.arrays["weight_scale"], dtype=np.float32)                    # (N, G)
-    group = Kk if bits == 8 else p.meta["group_size"]
-    scale = xp.zeros((Np, 1 if bits == 8 else Kk // group), np.float32)
+    # per channel: one group spanning the padded K (the padding codes are 0), so it fits the kernel's tiles
+    group = Kk if s.shape[1] == 1 else p.meta["group_size"]
+    scale = xp.zeros((Np, Kk // group), np.float32)
     scale[:N, :s.shape[1]] = s                                                   # padded groups: zero codes
     qp = repack(q, bits)                                                          # (Np * Kk * bits / 8,)
     del q                                                           # int4: an (N, Kq) int8 copy, not kept
