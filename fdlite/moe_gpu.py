@@ -2,11 +2,11 @@
 
 At load (``prepare``), each projection of the routed experts is stacked into one array per tensor (an
 ``ExpertStack``) and every expert's Linear is pointed at its slice of the stack (views: no second copy). The
-forward (``routed``) is then six launches whose shapes depend only on the token count, with no host sync, so
+forward (``routed``) is then seven launches whose shapes depend only on the token count, with no host sync, so
 the CUDA-graph runner can capture MoE decode steps:
 
     route (router GEMV + softmax + top-k) -> align (rows sorted by expert, on the device) -> gate_up GEMM
-    -> down GEMM (SwiGLU fused into its input) -> combine (fp32 weighted sum over slots, bf16 out)
+    -> SwiGLU (fused_ops.silu_mul) -> down GEMM -> combine (fp32 weighted sum over slots, bf16 out)
 
 Which path ``fdlite.moe.moe_forward`` takes:
 
@@ -103,9 +103,8 @@ def routed(m, x, xp):
     w, ids = moe_route(x, m.router_w, m.correction_bias, k, m.norm_min)           # (N, k) f32, (N, k) int32
     plan = moe_align(ids, g.gate_up.num_experts)
     gu = moe_gemm(x, g.gate_up, plan, k)                                          # (N k, 2 I)
-    # SwiGLU once per row (the same bf16 rounding as moe_gemm's fused swiglu=True, which recomputes it in every
-    # 16-column block: on ERNIE-21B at 32 tokens that down projection took 1445 us a layer against gate_up's 721
-    # us for twice the bytes; H100, BENCHMARKS.md)
+    # SwiGLU once per row: fused into the down GEMM it was recomputed in every 16-column block (on ERNIE-21B at
+    # 32 tokens that down projection took 1445 us a layer against gate_up's 721 us for twice the bytes; H100)
     y = moe_gemm(silu_mul(gu), g.down, plan, 1)                                   # (N k, H)
     return moe_combine(y, w)                                                      # (N, H)
 
@@ -153,8 +152,9 @@ def dequantize_stack(stack) -> np.ndarray:
 
 
 def gemm_ref(x, w_all, ids, xdiv: int, swiglu: bool = False):
-    """Twin of moe_gemm. x: (R / xdiv, Kx) or gu (R / xdiv, 2 Kx); w_all: (E, N, K >= Kx) float32; ids: (N, k)
-    -> (R, N) in x's dtype. The SwiGLU is rounded to x's dtype first, as fused_ops.silu_mul does."""
+    """Twin of moe_gemm (swiglu: of fused_ops.silu_mul then moe_gemm, as routed runs the down projection).
+    x: (R / xdiv, Kx) or gu (R / xdiv, 2 Kx); w_all: (E, N, K >= Kx) float32; ids: (N, k) -> (R, N) in x's dtype.
+    The SwiGLU is rounded to x's dtype first, as fused_ops.silu_mul does."""
     flat = np.asarray(ids).reshape(-1)                                         # (R,)
     a = np.asarray(x)[np.arange(flat.size) // xdiv]                            # (R, cols)
     if swiglu:

@@ -1,6 +1,6 @@
 // Mixture-of-experts on the GPU without a host round trip (twins: fdlite/moe.py route, fdlite/moe_gpu.py).
-// A decode step's MoE layer is six launches whose grids depend only on (tokens N, top-k, E), so the CUDA-graph
-// runner can capture it:
+// A decode step's MoE layer is six launches here plus fused_ops' SwiGLU, whose grids depend only on (tokens N,
+// top-k, E), so the CUDA-graph runner can capture it:
 //   moe_logits  logits[t, e] = x[t] . router[e]        fp32 router GEMV; grid (E, N / LTOK), 8 warps split H
 //   moe_topk    one warp per token: softmax, top-k of p + bias (ties -> lower e), w = p[id] / max(sum, norm_min)
 //   moe_align   one block: the N k (token, slot) rows r = t k + j sorted by expert (stable), the used experts
@@ -14,8 +14,8 @@
 //   packed experts (moe_gemm_packed): qp = E copies of the mma_wq.cu fragment order stacked, uint8 [E, Np K BITS/8]
 //     (Np = N rounded up to 16, K the padded K), scale f32 [E, Np, G] (int8: G = 1; int4: G = K / group)
 //   bf16 experts (moe_gemm_bf16): w bf16 [E, N, K] row-major
-//   SWIGLU: the GEMM's x is the gate_up output gu [R, 2 Kx] and it multiplies bf16(silu(gu[:, k]) gu[:, Kx + k])
-//     (fused_ops.cu silu_mul, rounded to bf16 as there), so the down projection needs no separate SwiGLU pass.
+//   the down projection's x is silu_mul(gate_up output), computed once per row by fused_ops.cu (fusing it here
+//     recomputed it in every 16-column block: measured 2x slower on ERNIE-21B at 32 tokens, H100)
 #include "common.cuh"
 
 #define MAX_E 1024       // experts (moe_topk keeps MAX_E / 32 probabilities per lane in registers)
@@ -32,11 +32,6 @@ __device__ __forceinline__ float warp_max(float v) {
 
 __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-// SwiGLU of one element rounded to bf16, exactly as fused_ops.cu silu_mul writes it
-__device__ __forceinline__ float swiglu1(float g, float u) {
-  return bf16_to_f32(f32_to_bf16(g / (1.f + expf(-g)) * u));
 }
 
 // ---- routing -------------------------------------------------------------------------------------------------
@@ -211,7 +206,6 @@ __global__ void __launch_bounds__(1024) moe_align(const int* __restrict__ ids, i
 
 // ---- expert GEMMs --------------------------------------------------------------------------------------------
 // x pairs (k, k+1) and (k+8, k+9) of one row as floats, zero from Kx on (the packed K is padded; Kx is even)
-template <bool SWIGLU>
 __device__ __forceinline__ void load_x4(const bf16_t* row, int k, int Kx, float* xf) {
   const unsigned lo = k < Kx ? __ldg(reinterpret_cast<const unsigned*>(row + k)) : 0u;
   const unsigned hi = k + 8 < Kx ? __ldg(reinterpret_cast<const unsigned*>(row + k + 8)) : 0u;
@@ -219,14 +213,6 @@ __device__ __forceinline__ void load_x4(const bf16_t* row, int k, int Kx, float*
   xf[1] = __uint_as_float(lo & 0xffff0000u);
   xf[2] = __uint_as_float(hi << 16);
   xf[3] = __uint_as_float(hi & 0xffff0000u);
-  if (SWIGLU) {                                          // row = gu: up half at + Kx
-    const unsigned ulo = k < Kx ? __ldg(reinterpret_cast<const unsigned*>(row + Kx + k)) : 0u;
-    const unsigned uhi = k + 8 < Kx ? __ldg(reinterpret_cast<const unsigned*>(row + Kx + k + 8)) : 0u;
-    xf[0] = swiglu1(xf[0], __uint_as_float(ulo << 16));
-    xf[1] = swiglu1(xf[1], __uint_as_float(ulo & 0xffff0000u));
-    xf[2] = swiglu1(xf[2], __uint_as_float(uhi << 16));
-    xf[3] = swiglu1(xf[3], __uint_as_float(uhi & 0xffff0000u));
-  }
 }
 
 // The gemv_packed.cu body per group of up to MMAX rows of one expert: lane l = 4 g + t of warp w reads the
@@ -235,7 +221,7 @@ __device__ __forceinline__ void load_x4(const bf16_t* row, int k, int Kx, float*
 // each step's (or, for groups covering whole tiles, each tile's) partial sum. A row's arithmetic does not depend
 // on which rows share its group (determinism across batches). Tried on the H100: warps owning 16 columns over
 // all of K, 128 columns a block (8x fewer blocks): no faster at 32 tokens, slower at 1.
-template <int BITS, int MMAX, bool SWIGLU>
+template <int BITS, int MMAX>
 __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __restrict__ x,
                                                               const uint4* __restrict__ qp,
                                                               const float* __restrict__ scale,
@@ -255,14 +241,13 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
   const int Np = (N + 15) & ~15, ktiles = K / KT, G = K / group;
   const uint4* qe = qp + (size_t)e * (Np / 8) * ktiles * 32;        // 512-byte tiles, 32 lanes x 16 bytes
   const float* se = scale + (size_t)e * Np * G;
-  const int xs = SWIGLU ? 2 * Kx : Kx;                              // x row stride
   const bool post = BITS == 4 && group % KT == 0;                  // int4 groups cover whole tiles: scale per tile
   __shared__ float red[WARPS][MMAX * NT][8];
   for (int g0 = lo; g0 < hi; g0 += MMAX) {
     const int M = min(MMAX, hi - g0);
     const bf16_t* xr[MMAX];
 #pragma unroll
-    for (int m = 0; m < MMAX; ++m) xr[m] = x + (size_t)(sorted[g0 + min(m, M - 1)] / xdiv) * xs;
+    for (int m = 0; m < MMAX; ++m) xr[m] = x + (size_t)(sorted[g0 + min(m, M - 1)] / xdiv) * Kx;   // x rows: Kx wide
     float acc[MMAX][NT];
 #pragma unroll
     for (int m = 0; m < MMAX; ++m)
@@ -314,7 +299,7 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
         for (int m = 0; m < MMAX; ++m) {
           if (m < M) {
             float xf[4];
-            load_x4<SWIGLU>(xr[m], k, Kx, xf);
+            load_x4(xr[m], k, Kx, xf);
 #pragma unroll
             for (int h = 0; h < NT; ++h) {
               float d = 0.f;                             // a step lies in one group: one scale per step
@@ -360,7 +345,7 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
 
 // bf16 experts: the gemv_bf16.cu body (a warp streams ROWS weight rows with 16-byte loads; K % 8 == 0) per
 // group of up to MMAX rows of one expert. Warps past N leave at once (no block-level sync here).
-template <int MMAX, bool SWIGLU>
+template <int MMAX>
 __global__ void __launch_bounds__(32 * WARPS) moe_gemm_bf16(const bf16_t* __restrict__ x,
                                                             const bf16_t* __restrict__ w,
                                                             const int* __restrict__ plan, bf16_t* __restrict__ y,
@@ -372,12 +357,11 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_bf16(const bf16_t* __rest
   if (lo >= hi || n0 >= N) return;
   const int* sorted = plan;
   const bf16_t* we = w + (size_t)plan[R + s] * N * K;
-  const int xs = SWIGLU ? 2 * K : K;
   for (int g0 = lo; g0 < hi; g0 += MMAX) {
     const int M = min(MMAX, hi - g0);
     const bf16_t* xr[MMAX];
 #pragma unroll
-    for (int m = 0; m < MMAX; ++m) xr[m] = x + (size_t)(sorted[g0 + min(m, M - 1)] / xdiv) * xs;
+    for (int m = 0; m < MMAX; ++m) xr[m] = x + (size_t)(sorted[g0 + min(m, M - 1)] / xdiv) * K;
     float acc[MMAX][ROWS];
 #pragma unroll
     for (int m = 0; m < MMAX; ++m)
@@ -395,12 +379,6 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_bf16(const bf16_t* __rest
         if (m < M) {
           float xf[8];
           bf16x8_to_f32(__ldg(reinterpret_cast<const uint4*>(xr[m] + k)), xf);
-          if (SWIGLU) {
-            float u[8];
-            bf16x8_to_f32(__ldg(reinterpret_cast<const uint4*>(xr[m] + K + k)), u);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) xf[i] = swiglu1(xf[i], u[i]);
-          }
 #pragma unroll
           for (int r = 0; r < ROWS; ++r) {
             float d = 0.f;
@@ -441,22 +419,13 @@ __global__ void __launch_bounds__(256) moe_combine(const bf16_t* __restrict__ y,
 }
 
 #define PACKED_ARGS const bf16_t*, const uint4*, const float*, const int*, bf16_t*, int, int, int, int, int, int, int
-template __global__ void moe_gemm_packed<8, 1, false>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<8, 4, false>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<8, 8, false>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<8, 1, true>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<8, 4, true>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<8, 8, true>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<4, 1, false>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<4, 4, false>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<4, 8, false>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<4, 1, true>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<4, 4, true>(PACKED_ARGS);
-template __global__ void moe_gemm_packed<4, 8, true>(PACKED_ARGS);
+template __global__ void moe_gemm_packed<8, 1>(PACKED_ARGS);
+template __global__ void moe_gemm_packed<8, 4>(PACKED_ARGS);
+template __global__ void moe_gemm_packed<8, 8>(PACKED_ARGS);
+template __global__ void moe_gemm_packed<4, 1>(PACKED_ARGS);
+template __global__ void moe_gemm_packed<4, 4>(PACKED_ARGS);
+template __global__ void moe_gemm_packed<4, 8>(PACKED_ARGS);
 #define BF16_ARGS const bf16_t*, const bf16_t*, const int*, bf16_t*, int, int, int, int, int
-template __global__ void moe_gemm_bf16<1, false>(BF16_ARGS);
-template __global__ void moe_gemm_bf16<4, false>(BF16_ARGS);
-template __global__ void moe_gemm_bf16<8, false>(BF16_ARGS);
-template __global__ void moe_gemm_bf16<1, true>(BF16_ARGS);
-template __global__ void moe_gemm_bf16<4, true>(BF16_ARGS);
-template __global__ void moe_gemm_bf16<8, true>(BF16_ARGS);
+template __global__ void moe_gemm_bf16<1>(BF16_ARGS);
+template __global__ void moe_gemm_bf16<4>(BF16_ARGS);
+template __global__ void moe_gemm_bf16<8>(BF16_ARGS);

@@ -8,10 +8,9 @@ moe_route(x, router_w, bias, top_k, norm_min) -> (weights f32 [N, k], ids int32 
     p[ids] / max(sum, norm_min). Twin: fdlite.moe.route.
 moe_align(ids, num_experts) -> Plan: the R rows sorted by expert (stable), the experts used (ascending) and
     each one's range of sorted rows; ids int32 [N, k]. Twin: fdlite.moe_gpu.align.
-moe_gemm(x, stack, plan, xdiv, swiglu=False) -> y bf16 [R, N]: y[r] = a(x[r // xdiv]) @ W_{ids[r]}.T, W_e the
+moe_gemm(x, stack, plan, xdiv) -> y bf16 [R, N]: y[r] = x[r // xdiv] @ W_{ids[r]}.T, x bf16 [R / xdiv, Kx], W_e the
     (N, K) weight of expert e in ``stack`` (an ExpertStack) over its first Kx columns (packed: Kx even and <= the
-    padded K, x reads as zero past Kx; bf16: Kx = K); a = identity on x bf16
-    [R / xdiv, Kx], or with swiglu, x = gu bf16 [R / xdiv, 2 Kx] and a(gu) = bf16(silu(gu[:, :Kx]) * gu[:, Kx:]).
+    padded K, x reads as zero past Kx; bf16: Kx = K). The down projection takes x = fused_ops.silu_mul(gu).
     Twin: fdlite.moe_gpu.gemm_ref.
 moe_combine(y, weights) -> out bf16 [N, H] = sum over slots j of weights[:, j] * y[j::k] (fp32, slot order,
     one rounding). Twin: fdlite.moe_gpu.combine.
@@ -30,8 +29,7 @@ MAX_E = 1024          # moe.cu MAX_E
 _LTOK = 4             # moe.cu LTOK: tokens per moe_logits block
 _MMAX = (1, 4, 8)     # rows of one expert per GEMV pass; an expert has at most one row per token
 _NAMES = ("moe_logits", "moe_topk", "moe_align", "moe_combine") + tuple(
-    f"moe_gemm_packed<{b}, {m}, {s}>" for b in (8, 4) for m in _MMAX for s in ("false", "true")) + tuple(
-    f"moe_gemm_bf16<{m}, {s}>" for m in _MMAX for s in ("false", "true"))
+    f"moe_gemm_packed<{b}, {m}>" for b in (8, 4) for m in _MMAX) + tuple(f"moe_gemm_bf16<{m}>" for m in _MMAX)
 
 
 def _fn(name: str):
@@ -167,7 +165,7 @@ def _check_stack(st: ExpertStack, Kx: int) -> None:
     check(Kx % 2 == 0 and Kx <= K, f"x has Kx = {Kx} columns for the packed K = {K}: Kx must be even and <= K")
 
 
-def moe_gemm(x, stack: ExpertStack, plan: Plan, xdiv: int, swiglu: bool = False, out=None):
+def moe_gemm(x, stack: ExpertStack, plan: Plan, xdiv: int, out=None):
     import cupy as cp  # noqa: PLC0415
 
     expect(x, "x", BF16, 2)
@@ -175,8 +173,7 @@ def moe_gemm(x, stack: ExpertStack, plan: Plan, xdiv: int, swiglu: bool = False,
     check(isinstance(xdiv, (int, np.integer)) and xdiv >= 1 and rows * xdiv == plan.R,
           f"x has {rows} rows and xdiv = {xdiv}, so it covers {rows * xdiv} rows, but the plan has R = {plan.R} "
           f"({plan.tokens} tokens x top_k {plan.top_k})")
-    check(not swiglu or cols % 2 == 0, f"swiglu: x = gu has {cols} columns; expected gate and up halves")
-    Kx = cols // 2 if swiglu else cols
+    Kx = cols
     check(stack.num_experts == plan.num_experts, f"the stack holds {stack.num_experts} experts, the plan routes "
           f"over {plan.num_experts}")
     _check_stack(stack, Kx)
@@ -187,15 +184,14 @@ def moe_gemm(x, stack: ExpertStack, plan: Plan, xdiv: int, swiglu: bool = False,
     if not R:
         return y
     mmax = next((m for m in _MMAX if plan.tokens <= m), _MMAX[-1])     # rows per expert <= tokens
-    sw = "true" if swiglu else "false"
     ints = [np.int32(v) for v in (R, S, N, stack.K)]
     if stack.kind == "packed":
         a = stack.arrays
-        fn = _fn(f"moe_gemm_packed<{stack.bits}, {mmax}, {sw}>")
+        fn = _fn(f"moe_gemm_packed<{stack.bits}, {mmax}>")
         fn((-(-N // 16), S), (256,), (x, a["qp"], a["scale"], plan.buf, y, *ints, np.int32(Kx), np.int32(stack.group),
                                       np.int32(xdiv)))
     else:
-        fn = _fn(f"moe_gemm_bf16<{mmax}, {sw}>")
+        fn = _fn(f"moe_gemm_bf16<{mmax}>")
         fn((-(-N // 32), S), (256,), (x, stack.arrays["w"], plan.buf, y, *ints, np.int32(xdiv)))
     return y
 

@@ -110,7 +110,7 @@ def test_prepare_stacks_views_of_one_copy(kind):
 @given(kind=st.sampled_from(list(KINDS)), N=st.integers(1, 12), E=st.integers(1, 9), data=st.data(),
        H=st.sampled_from([8, 32, 64]), I=st.sampled_from([8, 16, 48]), seed=st.integers(0, 999))
 def test_routed_twin_equals_the_grouped_reference(kind, N, E, data, H, I, seed):
-    """route -> align -> per-row GEMMs (SwiGLU fused) -> combine on the stacks == moe.py's grouped path."""
+    """route -> align -> per-row GEMMs (SwiGLU between) -> combine on the stacks == moe.py's grouped path."""
     k = data.draw(st.integers(1, E))
     rng = np.random.default_rng(seed)
     dev, ref = _moe(rng, kind, E, k, H, I)
@@ -121,7 +121,7 @@ def test_routed_twin_equals_the_grouped_reference(kind, N, E, data, H, I, seed):
     np.testing.assert_allclose(moe_gpu.routed_ref(dev, x), _grouped(ref, x, np), rtol=1e-4, atol=1e-5)
 
 
-def test_gemm_twin_rounds_swiglu_like_the_kernel():
+def test_gemm_twin_rounds_swiglu_like_silu_mul():
     """bf16 input: the twin's SwiGLU is rounded to bf16 before the down projection (fused_ops.silu_mul)."""
     rng = np.random.default_rng(0)
     gu = rng.normal(size=(4, 16)).astype(BF16)
@@ -269,7 +269,8 @@ def _random_stack(cp, rng, kind, E, N, K):
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("E,k,N", EKN)
 def test_expert_gemms_vs_twin(cp, kind, E, k, N, H, I):
-    """gate_up (x rows shared by a token's k slots) then down with the SwiGLU fused into its input."""
+    """gate_up (x rows shared by a token's k slots) then down over the SwiGLU of its rows (as moe_gpu.routed)."""
+    from fdlite_kernels.fused_ops import silu_mul
     from fdlite_kernels.moe import moe_align, moe_gemm
 
     if kind == "wint4_pc" and (padded(1, H, 4)[1] % H or padded(1, I, 4)[1] % I):
@@ -285,7 +286,7 @@ def test_expert_gemms_vs_twin(cp, kind, E, k, N, H, I):
     got = cp.asnumpy(gu)
     assert np.isfinite(got.astype(np.float32)).all() and rel_err(got, gu_ref) < 1e-2
     y = cp.full((N * k, H), np.nan, BF16)
-    moe_gemm(cp.asarray(got), down, plan, 1, swiglu=True, out=y)
+    moe_gemm(silu_mul(cp.asarray(got)), down, plan, 1, out=y)
     y_ref = moe_gpu.gemm_ref(got, moe_gpu.dequantize_stack(down), ids, 1, swiglu=True)
     got = cp.asnumpy(y)
     assert np.isfinite(got.astype(np.float32)).all() and rel_err(got, y_ref) < 1e-2
