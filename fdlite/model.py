@@ -39,6 +39,8 @@ def _parse_quantization(q):
 
 
 class Model:
+    _workers = None         # tensor parallelism: rank 0's group of worker processes (fdlite/parallel/runtime.py)
+
     def __init__(self, *, cfg, params, family, backend, tokenizer, kv_format, kv_options, num_blocks, block_size,
                  max_model_len, max_num_seqs, max_num_batched_tokens, source, cuda_graphs=True):
         self.config, self.params, self.family, self.backend = cfg, params, family, backend
@@ -68,7 +70,8 @@ class Model:
              max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
              kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9, calibration=None,
              quantize_lm_head: bool = False, kv_scales=None, enable_prefix_caching: bool = True,
-             batch_invariant: bool = True, cuda_graphs: bool = True) -> "Model":
+             batch_invariant: bool = True, cuda_graphs: bool = True, tensor_parallel_size: int = 1,
+             _shard=None) -> "Model":
         """Load an HF directory, a .gguf file or a preset name (e.g. "smollm2-135m").
 
         quantization: a method name, dict / JSON string, or WxAyCz scheme (fdlite.quant_config); its KV part
@@ -81,7 +84,15 @@ class Model:
         Engine: max_num_seqs, max_num_batched_tokens, block_size, kv_cache_bytes (CPU) / gpu_memory_utilization
         (GPU) as FastDeploy; enable_prefix_caching reuses full KV blocks of shared prompt prefixes;
         batch_invariant (CPU) makes each request's output independent of its batch (fdlite/engine/invariant.py);
-        cuda_graphs (GPU) replays decode steps from CUDA graphs (fdlite/engine/cuda_graph.py)."""
+        cuda_graphs (GPU) replays decode steps from CUDA graphs (fdlite/engine/cuda_graph.py).
+        tensor_parallel_size=N > 1: N processes on this host, this one rank 0 (fdlite/parallel/runtime.py;
+        docs/parallel.md); _shard is the per-rank hook that runtime passes."""
+        if type(tensor_parallel_size) is not int or tensor_parallel_size != 1:
+            from .parallel import runtime  # noqa: PLC0415
+
+            kwargs = {k: v for k, v in locals().items() if k not in ("cls", "path_or_preset", "tensor_parallel_size",
+                                                                     "_shard", "runtime")}
+            return runtime.load(cls, path_or_preset, tensor_parallel_size, kwargs)
         backend = get_backend(device)
         if dtype is not None and np.dtype(dtype) != backend.compute_dtype:
             raise InputError(f"dtype={dtype!r} is not available on {backend.name}; it computes in "
@@ -102,7 +113,7 @@ class Model:
             kv_options = kv_scale_io.options_for(kv_format, cfg, ckpt.tensors, kv_scales)
             model = cls._build(cfg, tensors, ckpt.tokenizer, str(ckpt.path), backend, quant, kv_format,
                                max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
-                               kv_cache_bytes, gpu_memory_utilization, kv_options, cuda_graphs)
+                               kv_cache_bytes, gpu_memory_utilization, kv_options, cuda_graphs, _shard)
             model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
             if not batch_invariant:
                 invariant.disable(model)
@@ -139,7 +150,7 @@ class Model:
     @classmethod
     def _build(cls, cfg, tensors, tokenizer, source, backend, quant, kv_format, max_model_len, max_num_seqs,
                max_num_batched_tokens, block_size, kv_cache_bytes, gpu_memory_utilization, kv_options=None,
-               cuda_graphs=True) -> "Model":
+               cuda_graphs=True, shard=None) -> "Model":
         """Shared by load and from_config: quantize + place the weights, size the paged KV cache."""
         family, _ = models.lookup(cfg.architecture)
         # A family may map a method name to what it means there (ERNIE: "wint4" -> mix_quant wint8 + wint4).
@@ -147,7 +158,10 @@ class Model:
         if qname == "dense":        # unquantized linears keep the compute dtype (bf16 on the GPU, not float32)
             qparams = {"dtype": backend.compute_dtype, **qparams}
         method = quant_config.make_method(qname, qparams)
-        params = family.load_params(cfg, tensors, _linear_factory(method, backend), backend)
+        if shard is None:
+            params = family.load_params(cfg, tensors, _linear_factory(method, backend), backend)
+        else:                       # one tensor-parallel rank: its heads, its shards (fdlite/parallel/load.py)
+            cfg, params, kv_options = shard.build(family, cfg, tensors, method, backend, kv_format, kv_options)
         backend.free_memory()       # the quantization temporaries CuPy's pool cached: freed before sizing KV
         limit = cfg.context_limit
         max_model_len = int(max_model_len or min(limit, 4096))
@@ -196,6 +210,8 @@ class Model:
             self.cache.close()
             self.engine = None
             self.backend.free_memory()
+            if self._workers is not None:
+                self._workers.close()
 
     def __enter__(self):
         return self

@@ -104,6 +104,11 @@ class MoE:
         return sum(int(a.nbytes) for a in arrays) + self.experts.nbytes + \
             sum(lin.nbytes for lin in (self.shared or {}).values())
 
+    def __call__(self, x, xp):
+        """x: (N, hidden) normed -> (N, hidden) (moe_forward). The families call the block, so a tensor-parallel
+        rank's block (fdlite.parallel.rank.RankMoE) takes its place without the forward changing."""
+        return moe_forward(self, x, xp)
+
 
 def moe_forward(m: MoE, x, xp):
     """x: (N, hidden) normed hidden states -> (N, hidden): routed experts combined, plus the shared experts."""

@@ -37,7 +37,7 @@ import numpy as np
 from .. import moe_gpu
 from ..errors import CheckpointError, ConfigError
 from ..quant_config import ernie_wint4_rule
-from ..moe import MoE, Experts, moe_forward
+from ..moe import MoE, Experts
 from .llama import TensorFetcher, mlp_block
 from .llama import forward as llama_forward
 
@@ -254,7 +254,7 @@ def load_params(cfg, tensors, make_linear, backend) -> dict:
 
 def _ffn(lp, x, xp):
     """A dense layer's MLP or an MoE layer's experts: x (N, hidden) normed -> (N, hidden)."""
-    return moe_forward(lp["moe"], x, xp) if "moe" in lp else mlp_block(lp, x, xp)
+    return lp["moe"](x, xp) if "moe" in lp else mlp_block(lp, x, xp)
 
 
 def forward(params, cfg, ids, meta, cache, rope, xp):

@@ -54,7 +54,8 @@ def layout(p: Packed) -> tuple[str, int]:
         return "dense", 0
     if "weight_scale_inv" in a:
         return "block", int(p.meta.get("weight_block_size", [128, 128])[0])
-    if "quant_weight" in a and "weight_scale" in a:
+    extra = sorted(set(a) - {"quant_weight", "weight_scale", "activation_scale"})
+    if "quant_weight" in a and "weight_scale" in a and not extra:
         bits = getattr(get_method(p.method), "bits", None)
         if bits is None:                                 # wfp8afp8: e4m3 bytes, (N, 1) scale
             return "channel", 8

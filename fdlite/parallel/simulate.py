@@ -14,10 +14,10 @@ concatenation): where NCCL would sit. Per layer (the collectives of the plan, do
 
 Each rank's KV cache holds only its KV heads (a per-rank config with num_key_value_heads = its local count;
 static KV scales sliced by head). Row-parallel biases are kept by rank 0 only: the all-reduce adds them once.
+The per-rank trees come from fdlite.parallel.rank, the builder the process runtime (runtime.py) uses too;
+there the collectives sit inside the pieces instead of in this loop.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,14 +25,9 @@ from .. import ops
 from ..errors import InputError
 from ..kv.base import StepMeta
 from ..models.llama import attention_block, mlp_block
-from ..moe import Experts, MoE, route
-from ..quant.base import Linear
-from . import experts as ep_
-from .sharding import (gate_up_segments, heads_of, kv_heads_of, n_unit, qkv_segments, split_even, take_cols,
-                       take_rows)
+from .rank import Rank, RankMoE, kv_options, rank_config, rank_params   # noqa: F401 - re-exported
 
-
-_REPLICATED = ("attn_norm", "mlp_norm", "q_norm", "k_norm")     # per-layer tensors every rank holds whole
+__all__ = ["Rank", "RankMoE", "all_reduce", "forward", "kv_options", "logits", "rank_config", "shard_model"]
 
 
 def all_reduce(parts):
@@ -43,113 +38,14 @@ def all_reduce(parts):
     return out
 
 
-@dataclass
-class Rank:
-    rank: int
-    cfg: object              # ModelConfig with this rank's q / kv heads and intermediate size
-    vocab: tuple[int, int]   # [v0, v1) rows of the embedding and lm_head this rank holds
-    params: dict
-    kv_heads: tuple[int, int]
-
-
-def rank_config(cfg, tp: int, rank: int):
-    """The ModelConfig one rank sees: its q heads, its (split or replicated) KV heads, I / tp."""
-    q0, q1 = heads_of(cfg.num_attention_heads, tp, rank)
-    k0, k1 = kv_heads_of(cfg.num_key_value_heads, tp, rank)
-    return replace(cfg, num_attention_heads=q1 - q0, num_key_value_heads=k1 - k0,
-                   intermediate_size=cfg.intermediate_size // tp)
-
-
-def _lin(lin: Linear, packed, bias) -> Linear:
-    return Linear(lin.method, packed, bias, lin.xp)
-
-
-def column(lin: Linear, segments) -> Linear:
-    """Column-parallel piece of a Linear: rows ``segments``, bias rows with them."""
-    bias = None if lin.bias is None else np.concatenate([lin.bias[s:e] for s, e in segments])
-    return _lin(lin, take_rows(lin.packed, segments), bias)
-
-
-def row(lin: Linear, start: int, stop: int, rank: int) -> Linear:
-    """Row-parallel piece: K columns [start, stop); the bias stays on rank 0 (the all-reduce adds it once)."""
-    return _lin(lin, take_cols(lin.packed, start, stop), lin.bias if rank == 0 else None)
-
-
-def _mlp(lp: dict, tp: int, r: int) -> dict:
-    inter = lp["w13"].shape[0] // 2
-    s, e = gate_up_segments(inter, tp, r)[0]
-    return {"w13": column(lp["w13"], gate_up_segments(inter, tp, r)), "w2": row(lp["w2"], s, e, r)}
-
-
-@dataclass
-class RankMoE:
-    """One rank's MoE block: the replicated router, its contiguous experts, its TP slice of the shared
-    experts."""
-
-    whole: MoE               # router_w, correction_bias, top_k, norm_min (replicated)
-    experts: Experts         # experts [first, first + len) only
-    num_experts: int
-    ep: int
-    rank: int
-    shared: dict | None
-
-    def __call__(self, h, xp):
-        """h: (N, hidden) -> this rank's (N, hidden) partial of the MoE output (before the all-reduce)."""
-        m, k = self.whole, self.whole.top_k
-        w, ids = route(h, m.router_w, m.correction_bias, k, m.norm_min, xp)   # (N, k), same on every rank
-        d = ep_.dispatch(ids, self.num_experts, self.ep)[self.rank]
-        ys = self.experts(h[d.tokens(k)], d.counts, xp)                       # (R, hidden) by expert
-        out = ep_.combine(d, ys, w, h.shape[0], xp).astype(h.dtype, copy=False)
-        return out if self.shared is None else out + mlp_block(self.shared, h, xp)
-
-
-def _moe(m: MoE, tp: int, r: int) -> RankMoE:
-    E = len(m.experts)
-    s, e = ep_.expert_ranges(E, tp)[r]
-    local = Experts(m.experts.gate_up[s:e], m.experts.down[s:e])
-    return RankMoE(m, local, E, tp, r, None if m.shared is None else _mlp(m.shared, tp, r))
-
-
 def shard_model(model, tp: int) -> list[Rank]:
-    """A loaded CPU Model -> tp Rank objects (host arrays; the single-process params are not changed)."""
-    cfg, P = model.config, model.params
+    """A loaded CPU Model -> tp Rank objects (fdlite.parallel.rank.rank_params, no communicator: plain host
+    pieces; the single-process params are not changed)."""
     if model.backend.is_gpu:
         raise InputError("shard_model works on a CPU Model (host Packed weights); load with device='cpu'")
     if not isinstance(tp, int) or tp < 1:
         raise InputError(f"tensor_parallel_size = {tp!r} must be a positive integer")
-    nh, nkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    # vocab ranges on the lm_head layout's row unit (a quantized block_wise_fp8 lm_head: whole blocks)
-    vocab = split_even(cfg.vocab_size, tp, n_unit(P["lm_head"].packed), "vocab_size")
-    ranks = []
-    for r in range(tp):
-        q0, q1 = heads_of(nh, tp, r)
-        layers = []
-        for lp in P["layers"]:
-            out = {k: v for k, v in lp.items() if k in _REPLICATED}
-            out["wqkv"] = column(lp["wqkv"], qkv_segments(nh, nkv, D, tp, r))
-            out["wo"] = row(lp["wo"], q0 * D, q1 * D, r)                  # o's input is this rank's heads
-            if "moe" in lp:
-                out["moe"] = _moe(lp["moe"], tp, r)
-            else:
-                out.update(_mlp(lp, tp, r))
-            layers.append(out)
-        v0, v1 = vocab[r]
-        params = {"embed": P["embed"][v0:v1], "layers": layers, "norm": P["norm"],
-                  "lm_head": column(P["lm_head"], [(v0, v1)])}
-        ranks.append(Rank(r, rank_config(cfg, tp, r), (v0, v1), params, kv_heads_of(nkv, tp, r)))
-    return ranks
-
-
-def kv_options(fmt, cfg, options: dict, kv_heads: tuple[int, int]) -> dict:
-    """Static KV scales (layers, nkv * c) sliced to one rank's KV heads; other options pass as they are."""
-    out = dict(options)
-    nkv = cfg.num_key_value_heads
-    for name in fmt.scale_shapes(cfg):
-        if out.get(name) is not None:
-            a = np.asarray(out[name], np.float32).reshape(cfg.num_hidden_layers, -1)     # (L, nkv * c)
-            c = a.shape[1] // nkv
-            out[name] = np.ascontiguousarray(a[:, kv_heads[0] * c:kv_heads[1] * c])
-    return out
+    return [rank_params(model.params, model.config, tp, r) for r in range(tp)]
 
 
 def forward(ranks: list[Rank], ids, meta: StepMeta, caches: list, rope, xp=np, reduce=all_reduce):
