@@ -10,9 +10,14 @@ T() { local s=$1; shift; timeout "$s" "$@"; local rc=$?; [ $rc = 124 ] && echo "
 PT="python3 -m pytest -m gpu -q --maxfail=10 --no-header -p no:cacheprovider"
 NCU="ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --cache-control all --clock-control none"
 
+exec > >(tee -a "${OUT:-/tmp}/device_run.log") 2>&1     # a call that runs out of time still brings its log
 for stage in "$@"; do
   echo "== $stage $(date +%T)"
   case $stage in
+    sk)             # the split-K GEMM against its twin, then its timings and plans on the 8B projections
+      T 200 $PT tests/test_gpu_kernels.py -k "mma_sk" 2>&1 | tail -3
+      T 300 env GEMV_MS=1,16,32,64 GEMV_SK=1 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A80 "sum over" $OUT/gemv.log ;;
     tests)          # every GPU test file (the kernels file is large: its mma matrix on four shapes)
       T 240 $PT tests/test_gpu_attention.py 2>&1 | tail -3
       T 150 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py tests/test_quant_device_path.py 2>&1 | tail -3
@@ -39,6 +44,11 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --model ernie-4.5-21b-a3b --quant wint4 --layers 3 --batch 32 \
         --steps 4 --ncu > $OUT/ncu_ernie.csv 2>$OUT/ncu_ernie.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_ernie.csv > $OUT/ncu_ernie.txt; head -12 $OUT/ncu_ernie.txt ;;
-    *) echo "unknown stage $stage (tests gemv e2e ernie profile)" ;;
+    profile32)      # the same at batch 32, wint4 (where the batch-32 step goes)
+      T 60 python3 benchmarks/step_profile.py --quant wint4 --layers 32 --batch 32 --steps 24 2>&1 | tail -4
+      T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
+        > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
+      python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
+    *) echo "unknown stage $stage (tests gemv e2e ernie profile profile32)" ;;
   esac
 done

@@ -3,7 +3,8 @@ layer's four projections (the issue's measure).
 
     GEMV_MS=1,16,64 python benchmarks/gpu_gemv.py   (on the GPU machine; JSON lines to $OUT/gemv.jsonl)
     ROWMAJOR=1 adds the first row-major int8/int4 GEMVs (superseded by the packed layout); WINT2=0 skips wint2;
-    GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16.
+    GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16; GEMV_SK=1 every mma_sk plan (warps, mt,
+    splits) for wint4.
 """
 import json
 import os
@@ -17,6 +18,7 @@ from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
 from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
+from fdlite_kernels.mma_sk import mma_sk
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -122,6 +124,9 @@ def main():
             t_t4 = bench(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y)) if M == 1 else nan
             t_gb = bench(lambda i: gemv_bf16(x, wb[i], out=y)) if M == 1 else nan
             t_mb = bench(lambda i: mma_bf16(x, wb[i], out=y))
+            t_k8 = bench(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
+            t_k4 = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
+            t_k44 = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, warps=4))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
                                       ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
                                       ("block fp8", t_f8, N * K + 4 * N * K // 16384),
@@ -130,10 +135,21 @@ def main():
                                       ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128),
                                       ("wint8 mma", t_t8, N * K + 4 * N),
                                       ("wint4 mma", t_t4, N * K // 2 + 4 * N * K // 128),
+                                      ("wint8 sk", t_k8, N * K + 4 * N),
+                                      ("wint4 sk", t_k4, N * K // 2 + 4 * N * K // 128),
+                                      ("wint4 sk w4", t_k44, N * K // 2 + 4 * N * K // 128),
                                       ("bf16 gemv", t_gb, N * K * 2), ("bf16 mma", t_mb, N * K * 2)):
                 if t == t:                                  # skip the combinations not run (nan)
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+            if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits
+                for wp in (4, 8):
+                    for mt in (1, 2, 4):
+                        for sp in (1, 2, 4, 8):
+                            t = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, mt=mt, splits=sp, warps=wp))
+                            rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint4 sk{wp},{mt},{sp}",
+                                         "us": round(t, 2), "GB_s": round(N * K / 2 / t / 1e3, 1),
+                                         "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if M > 16 and os.environ.get("GEMV_CFGS") == "1":     # mma_wq's block shapes, to set _BY_M
                 from fdlite_kernels.mma_wq import _CONFIGS  # noqa: PLC0415
                 for cfg in _CONFIGS:

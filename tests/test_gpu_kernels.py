@@ -153,12 +153,13 @@ def test_act_quant_fp8_bits(cp, M, K):
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, 32), (4, -1)])
 @pytest.mark.parametrize("entry", ["mma_wq", "gemm_packed"])
 def test_mma_wq(cp, N, K, M, bits, group, entry):
-    """Packed int8/int4 GEMM (tensor cores; gemm_packed: CUDA-core GEMV for M <= 4) vs the NumPy formula."""
+    """Packed int8/int4 GEMM (mma_wq on the tensor cores; gemm_packed: the routed entry, i.e. the CUDA-core GEMV,
+    mma_sk or mma_wq by M, K and group) vs the NumPy formula."""
     from fdlite_kernels import mma_wq as mod
     from fdlite_kernels.mma_wq import padded, repack
 
-    if entry == "gemm_packed" and M > 4:
-        pytest.skip("same kernel as mma_wq above GEMV_MAX_M")
+    if entry == "gemm_packed" and M > mod.SK_MAX_M:
+        pytest.skip("same kernel as mma_wq above SK_MAX_M")
 
     Np, Kp = padded(N, K, bits)
     g = Kp if group == -1 else group
@@ -180,6 +181,92 @@ def test_mma_wq(cp, N, K, M, bits, group, entry):
     getattr(mod, entry)(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+def _packed_case(N, K, M, bits, group, seed):
+    """Random codes, scales and x for the packed GEMMs -> (x, qp, s, g, ref) on the host, or None when the group
+    does not divide the padded K."""
+    from fdlite_kernels.mma_wq import padded, repack
+
+    Np, Kp = padded(N, K, bits)
+    g = Kp if group == -1 else group
+    if Kp % g:
+        return None
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 128) if bits == 8 else (-8, 8)
+    q = rng.integers(lo, hi, (N, K))
+    G = 1 if bits == 8 else Kp // g
+    s = np.zeros((Np, G), np.float32)
+    s[:N] = (rng.random((N, G)) + 0.5) / hi
+    qz = np.zeros((N, Kp))
+    qz[:, :K] = q
+    w = qz * np.repeat(s[:N], Kp // G, axis=1)                      # (N, Kp)
+    x = np.zeros((M, Kp), BF16)
+    x[:, :K] = _x(rng, M, K)
+    return x, repack(q, bits), s, g, x.astype(np.float32) @ w.T.astype(np.float32)
+
+
+_SK_CASES = [(N, K, M) for N, K in [(4096, 4096), (576, 576), (1536, 576), (96, 160)]
+             for M in [1, 3, 16, 17, 32, 33, 64, 300]] + [(6144, 4096, 16), (28672, 4096, 32), (4096, 14336, 64)]
+
+
+@pytest.mark.parametrize("N,K,M", _SK_CASES)
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, -1)])
+def test_mma_sk(cp, N, K, M, bits, group):
+    """Split-K pipelined GEMM (default plan) vs the NumPy formula, output poisoned; launched twice, so the
+    split-K counters it leaves behind are proven reset."""
+    from fdlite_kernels.mma_sk import mma_sk
+
+    case = _packed_case(N, K, M, bits, group, N * 5 + K + M * 7 + bits)
+    if case is None:
+        pytest.skip("group does not divide the padded K")
+    x, qp, s, g, ref = case
+    xd, qd, sd = cp.asarray(x), cp.asarray(qp), cp.asarray(s)
+    for _ in range(2):
+        y = cp.full((M, N), np.nan, dtype=BF16)
+        mma_sk(xd, qd, sd, N, bits, g, out=y)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+@pytest.mark.parametrize("warps", [4, 8])
+@pytest.mark.parametrize("mt", [1, 2, 4])
+@pytest.mark.parametrize("splits", [1, 2, 5, 32])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 32)])
+def test_mma_sk_plans(cp, warps, mt, splits, bits, group):
+    """Every block height and split count, including splits that leave the last one short."""
+    from fdlite_kernels.mma_sk import mma_sk
+
+    case = _packed_case(1536, 4096, 40, bits, group, mt * 100 + splits + bits + warps)
+    x, qp, s, g, ref = case
+    y = cp.full((40, 1536), np.nan, dtype=BF16)
+    mma_sk(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1536, bits, g, out=y, mt=mt, splits=splits, warps=warps)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+def test_mma_sk_graph_replay(cp):
+    """Captured in a CUDA graph and replayed on new inputs: the split-K counters and workspace work in replays,
+    and the result is bit-identical to an eager launch (the splits are summed in a fixed order)."""
+    from fdlite_kernels.mma_sk import mma_sk
+
+    x, qp, s, g, _ = _packed_case(4096, 4096, 32, 4, 128, 11)
+    qd, sd = cp.asarray(qp), cp.asarray(s)
+    xd = cp.asarray(x)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        y = mma_sk(xd, qd, sd, 4096, 4, 128)                 # warm-up: compile, counters
+        stream.begin_capture()
+        y = mma_sk(xd, qd, sd, 4096, 4, 128)
+        graph = stream.end_capture()
+        rng = np.random.default_rng(3)
+        for _ in range(3):
+            xn = _x(rng, 32, 4096)
+            xd[...] = cp.asarray(xn)
+            graph.launch(stream)
+            stream.synchronize()
+            eager = mma_sk(xd, qd, sd, 4096, 4, 128)          # same plan: same sums in the same order
+            assert np.array_equal(cp.asnumpy(y).view(np.uint16), cp.asnumpy(eager).view(np.uint16))
 
 
 @pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (128256, 4096), (576, 576), (40, 64),

@@ -57,3 +57,31 @@ def test_pack_int4_round_trip(n, k2, seed):
     p = pack_int4(q)
     back = np.stack([(p & 15), (p >> 4)], -1).reshape(n, -1).astype(np.int64) - 8
     assert np.array_equal(back, q)
+
+
+@given(st.integers(1, 64), st.integers(1, 2000), st.integers(1, 120), st.sampled_from([8, 4]),
+       st.sampled_from([None, 1, 2, 4]), st.one_of(st.none(), st.integers(1, 40)))
+@settings(max_examples=300, deadline=None)
+def test_mma_sk_plan_covers_k_exactly(M, n16, ktiles, bits, mt, splits):
+    """mma_sk's launch plan: every K tile in exactly one split, no empty split, block shapes the .cu compiles."""
+    from fdlite_kernels.mma_sk import plan
+
+    Np, K = 16 * n16, ktiles * KT[bits]
+    if splits is not None and splits > ktiles:
+        with pytest.raises(ValueError, match="must be in"):
+            plan(M, Np, K, bits, mt, splits)
+        return
+    mt_, s, per, warps = plan(M, Np, K, bits, mt, splits)
+    assert mt_ in (1, 2, 4) and warps in (4, 8) and (mt is None or mt_ == mt)
+    assert s * per >= ktiles and (s - 1) * per < ktiles          # the last split is non-empty
+    assert splits is None or s <= splits
+
+
+def test_mma_sk_plan_on_the_8b_shapes():
+    """The measured choices (BENCHMARKS.md): unsplit tall blocks for gate_up, K splits for the narrow shapes."""
+    from fdlite_kernels.mma_sk import plan
+
+    assert plan(32, 28672, 4096, 4)[:2] == (2, 1)
+    assert plan(64, 28672, 4096, 4) == (4, 1, 32, 4)
+    assert plan(1, 4096, 14336, 4)[:2] == (1, 8)
+    assert plan(64, 6144, 4096, 4)[:2] == (2, 4)

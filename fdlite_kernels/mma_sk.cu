@@ -1,0 +1,259 @@
+// Split-K, cp.async-pipelined tensor-core GEMM over the packed int8 / int4 weights of mma_wq.cu (same bytes,
+// same meaning: y[m, n] = sum_k x[m, k] * q[n, k] * scale[n, k / group]), for the batched decode and prefill
+// rows where mma_wq stalls on memory (10-17% occupancy, too few loads in flight: BENCHMARKS.md).
+//
+// Block: WARPS (4 or 8) warps over BN = 128 output columns (16 n8 tiles, 4 or 2 per warp) and BM = 16 MT rows. grid.z = S splits
+// of the K tiles, so that small-M shapes still fill the GPU. Each K tile (KT = 128 int4 / 64 int8 columns) is a
+// pipeline stage: the block's x rows [BM x KT] bf16 and its 16 weight tiles [16 x 512 B] are copied to shared
+// memory with cp.async, STAGES - 1 stages ahead of the one being multiplied. x is read back as mma A fragments
+// with ldmatrix (16-byte chunks XOR-swizzled by row, so the 8 rows of a matrix hit 8 different bank groups);
+// each lane reads its own 16-byte B chunk (the packed layout is already fragment order) and decodes it in
+// registers exactly as mma_wq does (common.cuh: s8_to_f32, u4x8_to_bf16x2; int4 groups covering whole K tiles
+// are scaled per tile in fp32 (POST), others folded into the bf16 weight).
+// S > 1: each split writes its fp32 tile to ws[z] and bumps a per-tile counter; the block that arrives last
+// sums ws[0..S-1] in z order (so the result does not depend on which split finishes first), applies the int8
+// channel scale, writes bf16 y and resets the counter for the next launch (graph replays reuse it).
+#include "common.cuh"
+
+#define SK_BN 128                          // columns per block: 16 n8 tiles, 16 / WARPS per warp
+#define SK_STAGES 4
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  unsigned a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
+// 16 bytes global -> shared, bypassing L1; ok = false writes zeros (rows past M, tiles past N)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned sk_word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+__device__ __forceinline__ unsigned sk_pack_bf16x2(float lo, float hi) {
+  return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+// int4 group scales ride in each stage too (SG per row: 1 when groups cover whole K tiles, else KT / group <= 8):
+// loaded with the weights they scale instead of from global memory at the tile's end, where a DRAM-latency wait
+// per stage serialised the pipeline (first version: 2 us per stage at one block per SM).
+#define SK_SG_MAX 8
+
+// x: bf16 [M, K]; qp: packed [Np / 8 n-tiles][K / KT k-tiles][512 B]; scale: f32 [Np, G]; y: bf16 [M, N];
+// ws: f32 [S, M, Np] (S > 1 only); flags: int32, one per (blockIdx.y, blockIdx.x), zero between launches.
+template <int BITS, int MT, bool POST, int SK_WARPS>
+__global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
+                                                       const float* __restrict__ scale, bf16_t* __restrict__ y,
+                                                       float* __restrict__ ws, int* __restrict__ flags, int M, int N,
+                                                       int Np, int K, int group, int tiles_per_split) {
+  constexpr int KT = BITS == 8 ? 64 : 128;
+  constexpr int STEPS = KT / 16;
+  constexpr int BM = 16 * MT;
+  constexpr int SK_NTW = SK_BN / 8 / SK_WARPS;      // n8 tiles per warp
+  constexpr int XCH = KT / 8;                       // 16-byte chunks of an x row in one stage
+  constexpr int XV = BM * XCH;                      // uint4 of x per stage
+  constexpr int WV = SK_BN / 8 * 32;                // uint4 of weights per stage (16 tiles x 32 lanes)
+  constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : 0;   // uint4 of int4 group scales per stage
+  constexpr int STV = XV + WV + SV;
+  extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int ntiles = Np / 8, ktiles = K / KT, G = K / group;
+  const int nt0 = blockIdx.x * (SK_BN / 8);
+  const int m0 = blockIdx.y * BM;
+  const int k_begin = blockIdx.z * tiles_per_split;
+  const int nk = min(ktiles, k_begin + tiles_per_split) - k_begin;
+  const int SG = POST ? 1 : KT / group;             // int4 scales per row and stage (the launcher checks <= 8)
+  const int rows = min(BM, M - m0);                 // x rows past M are zeroed once, never loaded
+
+  for (int i = threadIdx.x; i < SK_STAGES * XV; i += 32 * SK_WARPS) {
+    const int r = (i % XV) / XCH;
+    if (r >= rows) smem[(i / XV) * STV + i % XV] = make_uint4(0, 0, 0, 0);
+  }
+  auto load_stage = [&](int kt, int slot) {
+    uint4* xs = smem + slot * STV;
+    uint4* wsm = xs + XV;
+#pragma unroll
+    for (int i = threadIdx.x; i < XV; i += 32 * SK_WARPS) {
+      const int r = i / XCH, c = i % XCH;
+      if (r < rows) cp_async16(xs + r * XCH + (c ^ (r & 7)), x + (size_t)(m0 + r) * K + kt * KT + 8 * c, true);
+    }
+    if (BITS == 4) {                                // scale[row][kt KT / group + e], e < SG, of the 128 rows
+      float* ss = reinterpret_cast<float*>(wsm + WV);
+      for (int i = threadIdx.x; i < SK_BN * SG; i += 32 * SK_WARPS) {
+        const int row = 8 * nt0 + i / SG;
+        const bool ok = row < Np;
+        cp_async4(ss + i, scale + (size_t)(ok ? row : 0) * G + kt * KT / group + i % SG, ok);
+      }
+    }
+#pragma unroll
+    for (int i = threadIdx.x; i < WV; i += 32 * SK_WARPS) {
+      const int nt = nt0 + (i >> 5);
+      const bool ok = nt < ntiles;
+      cp_async16(wsm + i, qp + ((size_t)(ok ? nt : 0) * ktiles + kt) * 32 + (i & 31), ok);
+    }
+  };
+
+  float acc[MT][SK_NTW][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][h][c] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < SK_STAGES - 1; ++s) {
+    if (s < nk) load_stage(k_begin + s, s);
+    cp_async_commit();
+  }
+  const int wnt = nt0 + warp * SK_NTW;              // this warp's first n8 tile
+  for (int i = 0; i < nk; ++i) {
+    cp_async_wait<SK_STAGES - 2>();
+    __syncthreads();                                // stage i landed for every thread; stage i - 1 is free
+    if (i + SK_STAGES - 1 < nk) load_stage(k_begin + i + SK_STAGES - 1, (i + SK_STAGES - 1) % SK_STAGES);
+    cp_async_commit();
+
+    const int kt = k_begin + i;
+    const uint4* xs = smem + (i % SK_STAGES) * STV;
+    const uint4* wsm = xs + XV;
+    const float* ss = reinterpret_cast<const float*>(wsm + WV);   // [128 rows][SG]
+    uint4 w[SK_NTW];
+    float s0[SK_NTW], s1[SK_NTW];                   // POST: this tile's group scales of columns 2t, 2t + 1
+#pragma unroll
+    for (int h = 0; h < SK_NTW; ++h) {
+      w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
+      if (BITS == 4 && POST) {
+        s0[h] = ss[8 * (warp * SK_NTW + h) + 2 * t];
+        s1[h] = ss[8 * (warp * SK_NTW + h) + 2 * t + 1];
+      }
+    }
+    float tmp[MT][SK_NTW][4];
+#pragma unroll
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+      for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) tmp[a][h][c] = 0.f;
+#pragma unroll
+    for (int j = 0; j < STEPS; ++j) {
+      unsigned b[SK_NTW][2];
+#pragma unroll
+      for (int h = 0; h < SK_NTW; ++h) {
+        if (BITS == 8) {                            // word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
+          const unsigned v = sk_word(w[h], j) ^ 0x80808080u;
+          b[h][0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
+          b[h][1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
+        } else {                                    // nibbles 4 (j & 1) .. + 3 of word j / 2
+          unsigned r[4];
+          u4x8_to_bf16x2(sk_word(w[h], j >> 1), r);
+          b[h][0] = r[2 * (j & 1)];
+          b[h][1] = r[2 * (j & 1) + 1];
+          if (!POST) {                              // group scale folded into the bf16 weight
+            const float sc = ss[(8 * (warp * SK_NTW + h) + g) * SG + 16 * j / group];
+            b[h][0] = sk_pack_bf16x2(__uint_as_float(b[h][0] << 16) * sc, __uint_as_float(b[h][0] & 0xffff0000u) * sc);
+            b[h][1] = sk_pack_bf16x2(__uint_as_float(b[h][1] << 16) * sc, __uint_as_float(b[h][1] & 0xffff0000u) * sc);
+          }
+        }
+      }
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        unsigned af[4];                             // rows 16a + (lane & 15), 16-byte chunk 2j + (lane >> 4)
+        const int r = 16 * a + (lane & 15), c = 2 * j + (lane >> 4);
+        ldmatrix_x4(af, xs + r * XCH + (c ^ (r & 7)));
+#pragma unroll
+        for (int h = 0; h < SK_NTW; ++h) mma_16816(BITS == 4 && POST ? tmp[a][h] : acc[a][h], af, b[h][0], b[h][1]);
+      }
+    }
+    if (BITS == 4 && POST) {
+#pragma unroll
+      for (int a = 0; a < MT; ++a)
+#pragma unroll
+        for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[a][h][c] = fmaf(tmp[a][h][c], (c & 1) ? s1[h] : s0[h], acc[a][h][c]);
+    }
+  }
+  cp_async_wait<0>();
+
+  // C fragment c of (a, h): row m0 + 16a + g (+8 for c >= 2), column 8 (wnt + h) + 2t + (c & 1)
+  if (gridDim.z == 1) {
+#pragma unroll
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+      for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
+          if (row < M && col < N) y[(size_t)row * N + col] = f32_to_bf16(BITS == 8 ? acc[a][h][c] * __ldg(scale + col)
+                                                                                  : acc[a][h][c]);
+        }
+    return;
+  }
+  float* part = ws + (size_t)blockIdx.z * M * Np;
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
+        if (row < M && col < Np) part[(size_t)row * Np + col] = acc[a][h][c];
+      }
+  __threadfence();                                  // the partials are visible before the counter says so
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) {
+    int* f = flags + blockIdx.y * gridDim.x + blockIdx.x;
+    last = atomicAdd(f, 1) == (int)gridDim.z - 1;
+    if (last) *f = 0;                               // every split has arrived: ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
+        if (row >= M || col >= N) continue;
+        float v = 0.f;
+        for (int z = 0; z < (int)gridDim.z; ++z) v += __ldcg(ws + ((size_t)z * M + row) * Np + col);
+        y[(size_t)row * N + col] = f32_to_bf16(BITS == 8 ? v * __ldg(scale + col) : v);
+      }
+}
+
+#ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
+#define MMA_SK_INST(B, MT, P, W) \
+  template __global__ void mma_sk<B, MT, P, W>(const bf16_t*, const uint4*, const float*, bf16_t*, float*, int*, \
+                                               int, int, int, int, int, int);
+#define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W) MMA_SK_INST(B, 2, P, W) MMA_SK_INST(B, 4, P, W)
+MMA_SK_MT(8, false, 4) MMA_SK_MT(4, false, 4) MMA_SK_MT(4, true, 4)
+MMA_SK_MT(8, false, 8) MMA_SK_MT(4, false, 8) MMA_SK_MT(4, true, 8)
+#endif

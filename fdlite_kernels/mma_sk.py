@@ -1,0 +1,106 @@
+"""Launcher for mma_sk.cu — split-K, cp.async-pipelined tensor-core GEMM over mma_wq's packed int8 / int4 weights.
+
+mma_sk(x, qp, scale, N, bits, group, out=None, mt=None, splits=None):
+    the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K; qp from
+    ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
+    mt: 16-row tiles per block (1, 2 or 4), splits: K splits (defaults: ``plan``); warps: 4 or 8 per block.
+The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls, as for mma_wq.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check
+from .mma_wq import KT, _validate
+
+BN = 128            # output columns per block (mma_sk.cu: SK_BN)
+STAGES = 4          # SK_STAGES
+_FLAGS = 1 << 16    # split-K arrival counters per (device, stream): one per output tile of a launch
+
+
+def smem_bytes(bits: int, mt: int) -> int:
+    """x rows, weight tiles and (int4) up to 8 group scales per row, per stage."""
+    return STAGES * (16 * mt * KT[bits] * 2 + BN // 8 * 512 + (BN * 8 * 4 if bits == 4 else 0))
+
+
+def supports(bits: int, group: int) -> bool:
+    """int4 groups must cover whole K tiles or split one evenly into at most 8 (a stage's scales)."""
+    return bits == 8 or (group % KT[4] == 0 or (KT[4] % group == 0 and KT[4] // group <= 8))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(device_id: int, bits: int, mt: int, post: bool, warps: int):
+    name = f"mma_sk<{bits}, {mt}, {'true' if post else 'false'}, {warps}>"
+    fn = load("mma_sk", name_expressions=(name,)).get_function(name)
+    fn.max_dynamic_shared_size_bytes = smem_bytes(bits, mt)    # above the 48 KiB default for most shapes
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(device_id: int) -> int:
+    import cupy as cp  # noqa: PLC0415
+
+    return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
+
+
+_flags: dict = {}
+
+
+def _flags_for(device_id: int, stream_ptr: int):
+    """Zeroed counters, one buffer per stream (two streams' launches must not share them); the kernel leaves
+    them zero again, so graph replays reuse them."""
+    import cupy as cp  # noqa: PLC0415
+
+    key = (device_id, stream_ptr)
+    if key not in _flags:
+        _flags[key] = cp.zeros(_FLAGS, np.int32)
+    return _flags[key]
+
+
+def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
+         sms: int = 132) -> tuple[int, int, int, int]:
+    """-> (mt, splits, K tiles per split, warps) for a launch (host arithmetic, tested on the CPU).
+    From the H100 sweep of (warps, mt, splits) on the 8B projections at M = 1, 16, 32, 64 (BENCHMARKS.md,
+    results_gemv_sk_h100_2026-11-24.jsonl): when the columns alone fill the GPU (gate_up, 224 blocks) the
+    tallest block reads the weights once, unsplit; narrower N takes blocks of up to 32 rows and splits K until
+    there are about three blocks per SM (a power of two, at most 8 splits, at least 2 K tiles each)."""
+    ktiles = K // KT[bits]
+    cols = -(-Np // BN)
+    wide = cols >= sms
+    if mt is None:
+        mt = min(4 if wide else 2, 1 if M <= 16 else 2 if M <= 32 else 4)
+    check(mt in (1, 2, 4), f"mt = {mt}, expected 1, 2 or 4")
+    blocks = cols * -(-M // (16 * mt))
+    if splits is None:
+        want = 1 if wide else max(1, min(8, 3 * sms // blocks, ktiles // 2))
+        splits = 1 << (want.bit_length() - 1)
+    check(1 <= splits <= ktiles, f"splits = {splits} must be in [1, {ktiles}] (the K tiles)")
+    warps = warps or (4 if mt == 4 else 8)
+    check(warps in (4, 8), f"warps = {warps}, expected 4 or 8")
+    per = -(-ktiles // splits)
+    return mt, -(-ktiles // per), per, warps
+
+
+def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, splits=None, warps=None):
+    import cupy as cp  # noqa: PLC0415
+
+    M, K, Np, group = _validate(x, qp, scale, N, bits, group)
+    check(supports(bits, group), f"group = {group}: mma_sk takes int4 groups that divide or are multiples of 128 "
+                                 "(at least 16); use mma_wq")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    if M == 0:
+        return y
+    dev = cp.cuda.Device().id
+    mt, splits, per, warps = plan(M, Np, K, bits, mt, splits, warps, _sms(dev))
+    grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
+    check(grid[0] * grid[1] <= _FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {_FLAGS} split-K counters")
+    ws = cp.empty((splits, M, Np), np.float32) if splits > 1 else y      # not read when splits == 1
+    flags = _flags_for(dev, cp.cuda.get_current_stream().ptr)
+    post = bits == 4 and group % KT[4] == 0
+    fn = _kernel(dev, bits, mt, post, warps)
+    fn(grid, (32 * warps,), (x, qp, scale, y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
+                      np.int32(group), np.int32(per)), shared_mem=smem_bytes(bits, mt))
+    return y
