@@ -25,11 +25,15 @@ for stage in "$@"; do
       T 240 $PT tests/test_gpu_kernels.py -k "not mma and not gemm_packed" 2>&1 | tail -2
       T 240 $PT tests/test_gpu_kernels.py -k "(mma or gemm_packed) and (4096-4096 or 576-576 or 96-160 or 4096-14336)" \
         2>&1 | tail -2 ;;
-    gemv)           # weight kernels vs cuBLAS on the 8B projections, every mma_wq block shape above 16 rows
-      T 300 env GEMV_MS=1,16,32,64 GEMV_CFGS=1 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+    sktests)        # the routed GEMM entries (GEMV / mma_sk / mma_wq) and the dense kernels against their twins
+      T 240 $PT tests/test_gpu_kernels.py -k "mma_sk or mma_bf16 or (gemm_packed and (4096-4096 or 576-576 or \
+        96-160 or 4096-14336))" 2>&1 | tail -3 ;;
+    gemv)           # weight kernels vs cuBLAS on the 8B projections
+      T 300 env GEMV_MS=1,16,32,64 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A80 "sum over" $OUT/gemv.log ;;
     e2e)            # the full 8B shape, every weight format that loads on the device, and the HF peer
-      T 150 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|"
+      T 200 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|"
+      [ "${E2E_ONLY_MAIN:-0}" = 1 ] && continue
       T 150 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 64 2>&1 | grep "^|"
       T 150 python3 benchmarks/e2e.py --quant block_wise_fp8 --kv bf16 --batch 1,32 --gen 64 --layers 8 2>&1 | grep "^|"
       T 90 python3 benchmarks/hf_peer.py --batch 1,32 --gen 64 2>&1 | grep "^|\|skipped" ;;
@@ -49,6 +53,6 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
         > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
-    *) echo "unknown stage $stage (tests gemv e2e ernie profile profile32)" ;;
+    *) echo "unknown stage $stage (sk sktests tests gemv e2e ernie profile profile32)" ;;
   esac
 done

@@ -18,7 +18,7 @@ from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
 from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
-from fdlite_kernels.mma_sk import mma_sk
+from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -126,6 +126,7 @@ def main():
             t_mb = bench(lambda i: mma_bf16(x, wb[i], out=y))
             t_k8 = bench(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
             t_k4 = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
+            t_kb = bench(lambda i: mma_sk_bf16(x, wb[i], out=y))
             t_k44 = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, warps=4))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
                                       ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
@@ -138,7 +139,8 @@ def main():
                                       ("wint8 sk", t_k8, N * K + 4 * N),
                                       ("wint4 sk", t_k4, N * K // 2 + 4 * N * K // 128),
                                       ("wint4 sk w4", t_k44, N * K // 2 + 4 * N * K // 128),
-                                      ("bf16 gemv", t_gb, N * K * 2), ("bf16 mma", t_mb, N * K * 2)):
+                                      ("bf16 gemv", t_gb, N * K * 2), ("bf16 mma", t_mb, N * K * 2),
+                                      ("bf16 sk", t_kb, N * K * 2)):
                 if t == t:                                  # skip the combinations not run (nan)
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})

@@ -1,6 +1,7 @@
 // Split-K, cp.async-pipelined tensor-core GEMM over the packed int8 / int4 weights of mma_wq.cu (same bytes,
 // same meaning: y[m, n] = sum_k x[m, k] * q[n, k] * scale[n, k / group]), for the batched decode and prefill
-// rows where mma_wq stalls on memory (10-17% occupancy, too few loads in flight: BENCHMARKS.md).
+// rows where mma_wq stalls on memory (10-17% occupancy, too few loads in flight: BENCHMARKS.md). BITS = 16 is
+// dense bf16 w [N, K] read as stored (KT = 64; B fragments by ldmatrix from the swizzled stage; no scale).
 //
 // Block: WARPS (4 or 8) warps over BN = 128 output columns (16 n8 tiles, 4 or 2 per warp) and BM = 16 MT rows. grid.z = S splits
 // of the K tiles, so that small-M shapes still fill the GPU. Each K tile (KT = 128 int4 / 64 int8 columns) is a
@@ -69,13 +70,13 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
                                                        const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                        float* __restrict__ ws, int* __restrict__ flags, int M, int N,
                                                        int Np, int K, int group, int tiles_per_split) {
-  constexpr int KT = BITS == 8 ? 64 : 128;
+  constexpr int KT = BITS == 4 ? 128 : 64;
   constexpr int STEPS = KT / 16;
   constexpr int BM = 16 * MT;
   constexpr int SK_NTW = SK_BN / 8 / SK_WARPS;      // n8 tiles per warp
   constexpr int XCH = KT / 8;                       // 16-byte chunks of an x row in one stage
   constexpr int XV = BM * XCH;                      // uint4 of x per stage
-  constexpr int WV = SK_BN / 8 * 32;                // uint4 of weights per stage (16 tiles x 32 lanes)
+  constexpr int WV = BITS == 16 ? SK_BN * KT / 8 : SK_BN / 8 * 32;   // uint4 of weights per stage
   constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : 0;   // uint4 of int4 group scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
@@ -112,9 +113,16 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     }
 #pragma unroll
     for (int i = threadIdx.x; i < WV; i += 32 * SK_WARPS) {
-      const int nt = nt0 + (i >> 5);
-      const bool ok = nt < ntiles;
-      cp_async16(wsm + i, qp + ((size_t)(ok ? nt : 0) * ktiles + kt) * 32 + (i & 31), ok);
+      if (BITS == 16) {                             // row-major w: row r's 16-byte chunks, swizzled as x's
+        const int r = i / (KT / 8), c = i % (KT / 8), row = 8 * nt0 + r;
+        const bool ok = row < N;
+        cp_async16(wsm + r * (KT / 8) + (c ^ (r & 7)),
+                   reinterpret_cast<const bf16_t*>(qp) + (size_t)(ok ? row : 0) * K + kt * KT + 8 * c, ok);
+      } else {
+        const int nt = nt0 + (i >> 5);
+        const bool ok = nt < ntiles;
+        cp_async16(wsm + i, qp + ((size_t)(ok ? nt : 0) * ktiles + kt) * 32 + (i & 31), ok);
+      }
     }
   };
 
@@ -138,7 +146,6 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     if (i + SK_STAGES - 1 < nk) load_stage(k_begin + i + SK_STAGES - 1, (i + SK_STAGES - 1) % SK_STAGES);
     cp_async_commit();
 
-    const int kt = k_begin + i;
     const uint4* xs = smem + (i % SK_STAGES) * STV;
     const uint4* wsm = xs + XV;
     const float* ss = reinterpret_cast<const float*>(wsm + WV);   // [128 rows][SG]
@@ -146,7 +153,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     float s0[SK_NTW], s1[SK_NTW];                   // POST: this tile's group scales of columns 2t, 2t + 1
 #pragma unroll
     for (int h = 0; h < SK_NTW; ++h) {
-      w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
+      if (BITS != 16) w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
       if (BITS == 4 && POST) {
         s0[h] = ss[8 * (warp * SK_NTW + h) + 2 * t];
         s1[h] = ss[8 * (warp * SK_NTW + h) + 2 * t + 1];
@@ -164,7 +171,17 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
       unsigned b[SK_NTW][2];
 #pragma unroll
       for (int h = 0; h < SK_NTW; ++h) {
-        if (BITS == 8) {                            // word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
+        if (BITS == 16) {                           // ldmatrix: n tiles h, h + 1 x k halves 0, 1 of step j
+          if (h % 2 == 0) {
+            const int mat = lane >> 3, r = 8 * (warp * SK_NTW + h + (mat >> 1)) + (lane & 7);
+            unsigned q4[4];
+            ldmatrix_x4(q4, wsm + r * (KT / 8) + ((2 * j + (mat & 1)) ^ (r & 7)));
+            b[h][0] = q4[0];
+            b[h][1] = q4[1];
+            b[h + 1][0] = q4[2];
+            b[h + 1][1] = q4[3];
+          }
+        } else if (BITS == 8) {                            // word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
           const unsigned v = sk_word(w[h], j) ^ 0x80808080u;
           b[h][0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
           b[h][1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
@@ -256,4 +273,5 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
 #define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W) MMA_SK_INST(B, 2, P, W) MMA_SK_INST(B, 4, P, W)
 MMA_SK_MT(8, false, 4) MMA_SK_MT(4, false, 4) MMA_SK_MT(4, true, 4)
 MMA_SK_MT(8, false, 8) MMA_SK_MT(4, false, 8) MMA_SK_MT(4, true, 8)
+MMA_SK_MT(16, false, 4) MMA_SK_MT(16, false, 8)
 #endif

@@ -1,9 +1,11 @@
 """Launcher for mma_sk.cu — split-K, cp.async-pipelined tensor-core GEMM over mma_wq's packed int8 / int4 weights.
 
-mma_sk(x, qp, scale, N, bits, group, out=None, mt=None, splits=None):
+mma_sk(x, qp, scale, N, bits, group, out=None, mt=None, splits=None, warps=None):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K; qp from
     ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     mt: 16-row tiles per block (1, 2 or 4), splits: K splits (defaults: ``plan``); warps: 4 or 8 per block.
+mma_sk_bf16(x, w, out=None, ...): dense bf16, w [N, K] row-major as stored, K % 64 == 0 -> x @ w.T (fp32
+    accumulation); graph-capturable like mma_wq.mma_bf16, whose twin (the plain matmul) it shares.
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls, as for mma_wq.
 """
 from __future__ import annotations
@@ -14,7 +16,10 @@ import numpy as np
 
 from . import load
 from ._launch import BF16, check
-from .mma_wq import KT, _validate
+from .mma_wq import KT as _KT_PACKED
+from .mma_wq import _validate
+
+KT = {**_KT_PACKED, 16: 64}   # K columns per stage: int4 128, int8 and dense bf16 64
 
 BN = 128            # output columns per block (mma_sk.cu: SK_BN)
 STAGES = 4          # SK_STAGES
@@ -22,8 +27,9 @@ _FLAGS = 1 << 16    # split-K arrival counters per (device, stream): one per out
 
 
 def smem_bytes(bits: int, mt: int) -> int:
-    """x rows, weight tiles and (int4) up to 8 group scales per row, per stage."""
-    return STAGES * (16 * mt * KT[bits] * 2 + BN // 8 * 512 + (BN * 8 * 4 if bits == 4 else 0))
+    """x rows, weight tiles (dense: 128 rows x 64 bf16) and (int4) up to 8 group scales per row, per stage."""
+    w = BN * KT[16] * 2 if bits == 16 else BN // 8 * 512
+    return STAGES * (16 * mt * KT[bits] * 2 + w + (BN * 8 * 4 if bits == 4 else 0))
 
 
 def supports(bits: int, group: int) -> bool:
@@ -103,4 +109,31 @@ def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, split
     fn = _kernel(dev, bits, mt, post, warps)
     fn(grid, (32 * warps,), (x, qp, scale, y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
                       np.int32(group), np.int32(per)), shared_mem=smem_bytes(bits, mt))
+    return y
+
+
+def mma_sk_bf16(x, w, out=None, mt=None, splits=None, warps=None):
+    import cupy as cp  # noqa: PLC0415
+
+    from ._launch import expect, ptr  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(w, "w", BF16, 2)
+    M, K = x.shape
+    N = w.shape[0]
+    check(w.shape[1] == K, f"w has K = {w.shape[1]}, x has K = {K}")
+    check(K % KT[16] == 0, f"K = {K} must be a multiple of {KT[16]}")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    if M == 0:
+        return y
+    Np = -(-N // 8) * 8
+    dev = cp.cuda.Device().id
+    mt, splits, per, warps = plan(M, Np, K, 16, mt, splits, warps, _sms(dev))
+    grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
+    check(grid[0] * grid[1] <= _FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {_FLAGS} split-K counters")
+    ws = cp.empty((splits, M, Np), np.float32) if splits > 1 else y
+    flags = _flags_for(dev, cp.cuda.get_current_stream().ptr)
+    fn = _kernel(dev, 16, mt, False, warps)
+    fn(grid, (32 * warps,), (x, w, ptr(None), y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
+                             np.int32(K), np.int32(per)), shared_mem=smem_bytes(16, mt))
     return y
