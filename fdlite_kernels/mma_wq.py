@@ -109,7 +109,7 @@ def mma_wq(x, qp, scale, N: int, bits: int, group: int, out=None, cfg=None):
 def mma_bf16(x, w, out=None, cfg=None):
     """Dense bf16 on the tensor cores, reading w as stored (row-major, no repack): x bf16 [M, K], w bf16 [N, K]
     C-contiguous with K % 32 == 0 -> y bf16 [M, N] = x @ w.T (fp32 accumulation). Graph-capturable (CuPy's
-    cuBLAS is not), for the decode buckets of dense models; its twin is the plain matmul. 2..SK_MAX_M rows with
+    cuBLAS is not), for the decode buckets of dense models; its twin is the plain matmul. 17..SK_MAX_M rows with
     K % 64 == 0 run mma_sk.cu's pipelined split-K kernel (cfg set: always this file's kernel, for benchmarks)."""
     import cupy as cp  # noqa: PLC0415
 
@@ -123,7 +123,8 @@ def mma_bf16(x, w, out=None, cfg=None):
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     if M == 0:
         return y
-    if cfg is None and 2 <= M <= SK_MAX_M and K % 64 == 0:      # batched decode: the pipelined split-K kernel
+    if cfg is None and 16 < M <= SK_MAX_M and K % 64 == 0:     # 17-64 rows: the pipelined split-K kernel (at 16
+        # rows it measured 217 us over the four 8B projections against this file's 197-216; at 32: 248 vs 304)
         from .mma_sk import mma_sk_bf16  # noqa: PLC0415 - mma_sk imports this module
 
         return mma_sk_bf16(x, w, out=y)
