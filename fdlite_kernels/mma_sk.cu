@@ -64,12 +64,18 @@ __device__ __forceinline__ unsigned sk_pack_bf16x2(float lo, float hi) {
 #define SK_SG_MAX 8
 
 // x: bf16 [M, K]; qp: packed [Np / 8 n-tiles][K / KT k-tiles][512 B]; scale: f32 [Np, G]; y: bf16 [M, N];
-// ws: f32 [S, M, Np] (S > 1 only); flags: int32, one per (blockIdx.y, blockIdx.x), zero between launches.
-template <int BITS, int MT, bool POST, int SK_WARPS>
+// ws: f32 [splits, M, Np] (splits > 1 only); flags: int32, one per (blockIdx.y, blockIdx.x), zero between launches.
+// GATHER (MoE experts, fdlite_kernels/moe.py): M = R routed rows; route = moe_align's plan (sorted [R] | experts [S]
+// | offsets [S + 1]); blockIdx.y = slot * rowtiles + row tile: the block multiplies expert experts[slot]'s rows
+// sorted[offsets[slot] + 16 MT tile ...] (x row = sorted row / xdiv) by that expert's weights (qp + e qp_es,
+// scale + e scale_es) and writes y / ws at the sorted row. Empty slots and tiles exit at once.
+template <int BITS, int MT, bool POST, int SK_WARPS, bool GATHER>
 __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                        const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                        float* __restrict__ ws, int* __restrict__ flags, int M, int N,
-                                                       int Np, int K, int group, int tiles_per_split) {
+                                                       int Np, int K, int group, int tiles_per_split,
+                                                       const int* __restrict__ route, int S, int rowtiles, int xdiv,
+                                                       long long qp_es, long long scale_es) {
   constexpr int KT = BITS == 4 ? 128 : 64;
   constexpr int STEPS = KT / 16;
   constexpr int BM = 16 * MT;
@@ -85,11 +91,30 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   const int g = lane >> 2, t = lane & 3;
   const int ntiles = Np / 8, ktiles = K / KT, G = K / group;
   const int nt0 = blockIdx.x * (SK_BN / 8);
-  const int m0 = blockIdx.y * BM;
   const int k_begin = blockIdx.z * tiles_per_split;
   const int nk = min(ktiles, k_begin + tiles_per_split) - k_begin;
   const int SG = POST ? 1 : KT / group;             // int4 scales per row and stage (the launcher checks <= 8)
-  const int rows = min(BM, M - m0);                 // x rows past M are zeroed once, never loaded
+  __shared__ int xrow_s[BM], yrow_s[BM];            // x row and y row of each of the block's rows
+  int rows;                                         // rows past it are zeroed once, never loaded
+  if (GATHER) {
+    const int slot = blockIdx.y / rowtiles, m0 = (blockIdx.y % rowtiles) * BM;
+    const int* offs = route + M + S;
+    const int o0 = offs[slot] + m0;
+    rows = min(BM, offs[slot + 1] - o0);
+    if (rows <= 0) return;                          // the same for every thread and every K split of the tile
+    const int e = route[M + slot];
+    qp += (size_t)e * qp_es;
+    scale += (size_t)e * scale_es;
+    for (int r = threadIdx.x; r < rows; r += 32 * SK_WARPS) {
+      yrow_s[r] = route[o0 + r];
+      xrow_s[r] = yrow_s[r] / xdiv;
+    }
+  } else {
+    const int m0 = blockIdx.y * BM;
+    rows = min(BM, M - m0);
+    for (int r = threadIdx.x; r < rows; r += 32 * SK_WARPS) xrow_s[r] = yrow_s[r] = m0 + r;
+  }
+  __syncthreads();
 
   for (int i = threadIdx.x; i < SK_STAGES * XV; i += 32 * SK_WARPS) {
     const int r = (i % XV) / XCH;
@@ -101,7 +126,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
 #pragma unroll
     for (int i = threadIdx.x; i < XV; i += 32 * SK_WARPS) {
       const int r = i / XCH, c = i % XCH;
-      if (r < rows) cp_async16(xs + r * XCH + (c ^ (r & 7)), x + (size_t)(m0 + r) * K + kt * KT + 8 * c, true);
+      if (r < rows) cp_async16(xs + r * XCH + (c ^ (r & 7)), x + (size_t)xrow_s[r] * K + kt * KT + 8 * c, true);
     }
     if (BITS == 4) {                                // scale[row][kt KT / group + e], e < SG, of the 128 rows
       float* ss = reinterpret_cast<float*>(wsm + WV);
@@ -217,7 +242,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   }
   cp_async_wait<0>();
 
-  // C fragment c of (a, h): row m0 + 16a + g (+8 for c >= 2), column 8 (wnt + h) + 2t + (c & 1)
+  // C fragment c of (a, h): block row 16a + g (+8 for c >= 2), i.e. y row yrow_s[...]; column 8 (wnt + h) + 2t + (c & 1)
   if (gridDim.z == 1) {
 #pragma unroll
     for (int a = 0; a < MT; ++a)
@@ -225,9 +250,9 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
       for (int h = 0; h < SK_NTW; ++h)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-          const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
-          if (row < M && col < N) y[(size_t)row * N + col] = f32_to_bf16(BITS == 8 ? acc[a][h][c] * __ldg(scale + col)
-                                                                                  : acc[a][h][c]);
+          const int rl = 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
+          if (rl < rows && col < N)
+            y[(size_t)yrow_s[rl] * N + col] = f32_to_bf16(BITS == 8 ? acc[a][h][c] * __ldg(scale + col) : acc[a][h][c]);
         }
     return;
   }
@@ -238,8 +263,8 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     for (int h = 0; h < SK_NTW; ++h)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
-        if (row < M && col < Np) part[(size_t)row * Np + col] = acc[a][h][c];
+        const int rl = 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
+        if (rl < rows && col < Np) part[(size_t)yrow_s[rl] * Np + col] = acc[a][h][c];
       }
   __threadfence();                                  // the partials are visible before the counter says so
   __syncthreads();
@@ -258,8 +283,9 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     for (int h = 0; h < SK_NTW; ++h)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const int row = m0 + 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
-        if (row >= M || col >= N) continue;
+        const int rl = 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
+        if (rl >= rows || col >= N) continue;
+        const int row = yrow_s[rl];
         float v = 0.f;
         for (int z = 0; z < (int)gridDim.z; ++z) v += __ldcg(ws + ((size_t)z * M + row) * Np + col);
         y[(size_t)row * N + col] = f32_to_bf16(BITS == 8 ? v * __ldg(scale + col) : v);
@@ -267,11 +293,15 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define MMA_SK_INST(B, MT, P, W) \
-  template __global__ void mma_sk<B, MT, P, W>(const bf16_t*, const uint4*, const float*, bf16_t*, float*, int*, \
-                                               int, int, int, int, int, int);
-#define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W) MMA_SK_INST(B, 2, P, W) MMA_SK_INST(B, 4, P, W)
+#define MMA_SK_INST(B, MT, P, W, GA) \
+  template __global__ void mma_sk<B, MT, P, W, GA>(const bf16_t*, const uint4*, const float*, bf16_t*, float*, int*, \
+                                                   int, int, int, int, int, int, const int*, int, int, int, long long, \
+                                                   long long);
+#define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W, false) MMA_SK_INST(B, 2, P, W, false) MMA_SK_INST(B, 4, P, W, false)
 MMA_SK_MT(8, false, 4) MMA_SK_MT(4, false, 4) MMA_SK_MT(4, true, 4)
 MMA_SK_MT(8, false, 8) MMA_SK_MT(4, false, 8) MMA_SK_MT(4, true, 8)
 MMA_SK_MT(16, false, 4) MMA_SK_MT(16, false, 8)
+// MoE experts (GATHER): 16-row tiles, 8 warps
+MMA_SK_INST(8, 1, false, 8, true) MMA_SK_INST(4, 1, false, 8, true) MMA_SK_INST(4, 1, true, 8, true)
+MMA_SK_INST(16, 1, false, 8, true)
 #endif

@@ -23,7 +23,7 @@ KT = {**_KT_PACKED, 16: 64}   # K columns per stage: int4 128, int8 and dense bf
 
 BN = 128            # output columns per block (mma_sk.cu: SK_BN)
 STAGES = 4          # SK_STAGES
-_FLAGS = 1 << 16    # split-K arrival counters per (device, stream): one per output tile of a launch
+FLAGS = 1 << 16    # split-K arrival counters per (device, stream): one per output tile of a launch
 
 
 def smem_bytes(bits: int, mt: int) -> int:
@@ -38,15 +38,17 @@ def supports(bits: int, group: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_id: int, bits: int, mt: int, post: bool, warps: int):
-    name = f"mma_sk<{bits}, {mt}, {'true' if post else 'false'}, {warps}>"
+def kernel(device_id: int, bits: int, mt: int, post: bool, warps: int, gather: bool = False):
+    """The compiled instantiation (gather: the MoE variant, launched by fdlite_kernels.moe)."""
+    b = {True: "true", False: "false"}
+    name = f"mma_sk<{bits}, {mt}, {b[post]}, {warps}, {b[gather]}>"
     fn = load("mma_sk", name_expressions=(name,)).get_function(name)
     fn.max_dynamic_shared_size_bytes = smem_bytes(bits, mt)    # above the 48 KiB default for most shapes
     return fn
 
 
 @functools.lru_cache(maxsize=None)
-def _sms(device_id: int) -> int:
+def sms(device_id: int) -> int:
     import cupy as cp  # noqa: PLC0415
 
     return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
@@ -55,14 +57,14 @@ def _sms(device_id: int) -> int:
 _flags: dict = {}
 
 
-def _flags_for(device_id: int, stream_ptr: int):
+def flags_for(device_id: int, stream_ptr: int):
     """Zeroed counters, one buffer per stream (two streams' launches must not share them); the kernel leaves
     them zero again, so graph replays reuse them."""
     import cupy as cp  # noqa: PLC0415
 
     key = (device_id, stream_ptr)
     if key not in _flags:
-        _flags[key] = cp.zeros(_FLAGS, np.int32)
+        _flags[key] = cp.zeros(FLAGS, np.int32)
     return _flags[key]
 
 
@@ -90,6 +92,13 @@ def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
     return mt, -(-ktiles // per), per, warps
 
 
+def _no_gather():
+    """The MoE-only arguments of a plain launch: route (never read), S, rowtiles, xdiv, expert strides."""
+    from ._launch import ptr  # noqa: PLC0415
+
+    return ptr(None), np.int32(0), np.int32(1), np.int32(1), np.int64(0), np.int64(0)
+
+
 def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, splits=None, warps=None):
     import cupy as cp  # noqa: PLC0415
 
@@ -100,15 +109,15 @@ def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, split
     if M == 0:
         return y
     dev = cp.cuda.Device().id
-    mt, splits, per, warps = plan(M, Np, K, bits, mt, splits, warps, _sms(dev))
+    mt, splits, per, warps = plan(M, Np, K, bits, mt, splits, warps, sms(dev))
     grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
-    check(grid[0] * grid[1] <= _FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {_FLAGS} split-K counters")
+    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
     ws = cp.empty((splits, M, Np), np.float32) if splits > 1 else y      # not read when splits == 1
-    flags = _flags_for(dev, cp.cuda.get_current_stream().ptr)
+    flags = flags_for(dev, cp.cuda.get_current_stream().ptr)
     post = bits == 4 and group % KT[4] == 0
-    fn = _kernel(dev, bits, mt, post, warps)
+    fn = kernel(dev, bits, mt, post, warps)
     fn(grid, (32 * warps,), (x, qp, scale, y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
-                      np.int32(group), np.int32(per)), shared_mem=smem_bytes(bits, mt))
+                             np.int32(group), np.int32(per), *_no_gather()), shared_mem=smem_bytes(bits, mt))
     return y
 
 
@@ -128,12 +137,12 @@ def mma_sk_bf16(x, w, out=None, mt=None, splits=None, warps=None):
         return y
     Np = -(-N // 8) * 8
     dev = cp.cuda.Device().id
-    mt, splits, per, warps = plan(M, Np, K, 16, mt, splits, warps, _sms(dev))
+    mt, splits, per, warps = plan(M, Np, K, 16, mt, splits, warps, sms(dev))
     grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
-    check(grid[0] * grid[1] <= _FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {_FLAGS} split-K counters")
+    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
     ws = cp.empty((splits, M, Np), np.float32) if splits > 1 else y
-    flags = _flags_for(dev, cp.cuda.get_current_stream().ptr)
-    fn = _kernel(dev, 16, mt, False, warps)
+    flags = flags_for(dev, cp.cuda.get_current_stream().ptr)
+    fn = kernel(dev, 16, mt, False, warps)
     fn(grid, (32 * warps,), (x, w, ptr(None), y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
-                             np.int32(K), np.int32(per)), shared_mem=smem_bytes(16, mt))
+                             np.int32(K), np.int32(per), *_no_gather()), shared_mem=smem_bytes(16, mt))
     return y

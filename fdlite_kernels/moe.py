@@ -11,7 +11,8 @@ moe_align(ids, num_experts) -> Plan: the R rows sorted by expert (stable), the e
 moe_gemm(x, stack, plan, xdiv) -> y bf16 [R, N]: y[r] = x[r // xdiv] @ W_{ids[r]}.T, x bf16 [R / xdiv, Kx], W_e the
     (N, K) weight of expert e in ``stack`` (an ExpertStack) over its first Kx columns (packed: Kx even and <= the
     padded K, x reads as zero past Kx; bf16: Kx = K). The down projection takes x = fused_ops.silu_mul(gu).
-    Twin: fdlite.moe_gpu.gemm_ref.
+    From SK_MIN_TOKENS tokens (with Kx = K) it runs mma_sk.cu's tensor-core GATHER variant (each used expert's
+    weights read once per 16 of its rows), below that moe.cu's GEMV. Twin: fdlite.moe_gpu.gemm_ref.
 moe_combine(y, weights) -> out bf16 [N, H] = sum over slots j of weights[:, j] * y[j::k] (fp32, slot order,
     one rounding). Twin: fdlite.moe_gpu.combine.
 """
@@ -183,6 +184,8 @@ def moe_gemm(x, stack: ExpertStack, plan: Plan, xdiv: int, out=None):
     check(y.shape == (R, N), f"out has shape {y.shape}, expected {(R, N)}")
     if not R:
         return y
+    if plan.tokens >= SK_MIN_TOKENS and _sk_ok(stack, Kx):
+        return _moe_sk(x, stack, plan, xdiv, y)
     mmax = next((m for m in _MMAX if plan.tokens <= m), _MMAX[-1])     # rows per expert <= tokens
     ints = [np.int32(v) for v in (R, S, N, stack.K)]
     if stack.kind == "packed":
@@ -193,6 +196,53 @@ def moe_gemm(x, stack: ExpertStack, plan: Plan, xdiv: int, out=None):
     else:
         fn = _fn(f"moe_gemm_bf16<{mmax}>")
         fn((-(-N // 32), S), (256,), (x, stack.arrays["w"], plan.buf, y, *ints, np.int32(xdiv)))
+    return y
+
+
+SK_MIN_TOKENS = 5     # from here the experts' rows go through mma_sk's tensor-core GATHER variant, below the GEMV
+
+
+def _sk_ok(stack: ExpertStack, Kx: int) -> bool:
+    """mma_sk reads x in 16-byte chunks of the stack's whole K, and stages int4 scales it can hold."""
+    from .mma_sk import KT as SK_KT  # noqa: PLC0415
+    from .mma_sk import supports  # noqa: PLC0415
+
+    if Kx != stack.K:
+        return False
+    return stack.K % SK_KT[16] == 0 if stack.kind == "bf16" else supports(stack.bits, stack.group)
+
+
+def _moe_sk(x, stack: ExpertStack, plan: Plan, xdiv: int, y):
+    """Every used expert's rows (at most one per token, so tokens / 16 row tiles) times its weights: grid (column
+    blocks, slots x row tiles, K splits); empty slots and tiles exit at once. Same result as the GEMV path."""
+    import cupy as cp  # noqa: PLC0415
+
+    from . import mma_sk as sk  # noqa: PLC0415
+    from ._launch import ptr  # noqa: PLC0415
+
+    packed = stack.kind == "packed"
+    bits, N, K, R, S = (stack.bits if packed else 16), stack.N, stack.K, plan.R, plan.S
+    Np = -(-N // 16) * 16 if packed else -(-N // 8) * 8
+    dev = cp.cuda.Device().id
+    rowtiles, cols, ktiles = -(-plan.tokens // 16), -(-Np // sk.BN), K // sk.KT[bits]
+    blocks, sms = cols * S, sk.sms(dev)
+    want = 1 if blocks >= 2 * sms else max(1, min(8, 3 * sms // blocks, ktiles // 2))
+    per = -(-ktiles // (1 << (want.bit_length() - 1)))
+    splits = -(-ktiles // per)
+    grid = (cols, S * rowtiles, splits)
+    check(grid[0] * grid[1] <= sk.FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {sk.FLAGS} split-K counters")
+    ws = cp.empty((splits, R, Np), np.float32) if splits > 1 else y
+    if packed:
+        qp, scale, group = stack.arrays["qp"], stack.arrays["scale"], stack.group
+        qp_es, scale_es = qp.shape[1] // 16, scale.shape[1] * scale.shape[2]     # per expert: uint4s, floats
+    else:
+        qp, scale, group, qp_es, scale_es = stack.arrays["w"], ptr(None), K, N * K // 8, 0
+    post = bits == 4 and group % KT[4] == 0
+    fn = sk.kernel(dev, bits, 1, post, 8, True)
+    fn(grid, (256,), (x, qp, scale, y, ws, sk.flags_for(dev, cp.cuda.get_current_stream().ptr), np.int32(R),
+                      np.int32(N), np.int32(Np), np.int32(K), np.int32(group), np.int32(per), plan.buf, np.int32(S),
+                      np.int32(rowtiles), np.int32(xdiv), np.int64(qp_es), np.int64(scale_es)),
+       shared_mem=sk.smem_bytes(bits, 1))
     return y
 
 

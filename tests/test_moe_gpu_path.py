@@ -267,9 +267,11 @@ def _random_stack(cp, rng, kind, E, N, K):
 @pytest.mark.gpu
 @pytest.mark.parametrize("H,I", [(384, 128), (72, 40)])
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("E,k,N", EKN)
+@pytest.mark.parametrize("E,k,N", EKN + [(4, 2, 40), (64, 6, 17)])
 def test_expert_gemms_vs_twin(cp, kind, E, k, N, H, I):
-    """gate_up (x rows shared by a token's k slots) then down over the SwiGLU of its rows (as moe_gpu.routed)."""
+    """gate_up (x rows shared by a token's k slots) then down over the SwiGLU of its rows (as moe_gpu.routed).
+    N >= SK_MIN_TOKENS with H, I multiples of 128 take the tensor-core GATHER kernel (N = 40, E = 4: experts with
+    more than 16 rows, a second row tile); the rest the GEMV."""
     from fdlite_kernels.fused_ops import silu_mul
     from fdlite_kernels.moe import moe_align, moe_gemm
 
