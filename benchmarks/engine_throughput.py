@@ -5,8 +5,11 @@ of batch invariance. Prints one JSON line per measurement (copy the numbers into
   python benchmarks/engine_throughput.py throughput --model smollm2 --n 1000 --max-tokens 8
   python benchmarks/engine_throughput.py soak --n 10000
   python benchmarks/engine_throughput.py invariance --model smollm2
+  python benchmarks/engine_throughput.py throughput --model llama-3-8b --quant wint4 --n 1000 --max-tokens 64 \
+      --max-num-seqs 64 --loop-n 16                     (GPU: random weights built on the device)
 
-tiny = stories260K (5 layers, hidden 64; /work/shared/data/stories260K.gguf or $FDLITE_TINY).
+tiny = stories260K (5 layers, hidden 64; /work/shared/data/stories260K.gguf or $FDLITE_TINY). llama-3-8b (GPU):
+Model.from_config with random weights; its prompts are random token ids of 32-128 tokens.
 """
 from __future__ import annotations
 
@@ -27,13 +30,23 @@ NAMES = ["Lily", "Tom", "Ben", "Sue", "Max", "Anna", "Sam", "Mia"]
 PLACES = ["park", "sea", "forest", "shop", "garden", "zoo", "farm", "hill"]
 
 
-def prompts(n: int) -> list[str]:
-    """n distinct short story openings (no shared prefix beyond a word or two)."""
+GPU_MODELS = ("llama-3-8b",)
+
+
+def prompts(n: int, model: str = "tiny") -> list:
+    """n distinct short story openings (no shared prefix beyond a word or two); token ids for the GPU models."""
+    if model in GPU_MODELS:
+        import numpy as np  # noqa: PLC0415
+
+        rng = np.random.default_rng(0)
+        return [rng.integers(0, 128000, int(rng.integers(32, 129))).tolist() for _ in range(n)]
     return [f"{NAMES[i % 8]} went to the {PLACES[(i // 8) % 8]} with {i} friends and" for i in range(n)]
 
 
-def load(name: str, **kw) -> Model:
-    return Model.load(TINY if name == "tiny" else "smollm2-135m", device="cpu", **kw)
+def load(name: str, quant: str | None = None, **kw) -> Model:
+    if name in GPU_MODELS:
+        return Model.from_config(name, device="cuda", seed=0, quantization=quant, max_model_len=256, **kw)
+    return Model.load(TINY if name == "tiny" else "smollm2-135m", device="cpu", quantization=quant, **kw)
 
 
 def rss_mib() -> float:
@@ -41,20 +54,33 @@ def rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+DEVICE = "CPU, 2 cores"
+
+
 def emit(**row) -> None:
-    print(json.dumps({"date": "2026-11-24", "device": "CPU, 2 cores", **row}), flush=True)
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": DEVICE, **row}), flush=True)
 
 
 def throughput(args) -> None:
-    ps = prompts(args.n)
+    global DEVICE
+    ps = prompts(args.n, args.model)
     sp = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
-    model = load(args.model, max_num_seqs=args.max_num_seqs)
-    model.generate(ps[:2], sp, use_tqdm=False)                                   # warm up
+    model = load(args.model, args.quant, max_num_seqs=args.max_num_seqs)
+    if args.model in GPU_MODELS:
+        import cupy as cp  # noqa: PLC0415
+
+        DEVICE = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        b = 1                                    # warm up: capture every decode bucket the run will meet
+        while b <= args.max_num_seqs:
+            model.generate(ps[:b], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)
+            b *= 2
+    else:
+        model.generate(ps[:2], sp, use_tqdm=False)                               # warm up
     t0 = time.perf_counter()
     outs = model.generate(ps, sp, use_tqdm=False)
     dt = time.perf_counter() - t0
     toks = sum(len(o.outputs.token_ids) for o in outs)
-    emit(bench="engine", model=args.model, prompts=args.n, max_tokens=args.max_tokens,
+    emit(bench="engine", model=args.model, quant=args.quant, prompts=args.n, max_tokens=args.max_tokens,
          max_num_seqs=args.max_num_seqs, seconds=round(dt, 2), tok_s=round(toks / dt, 1),
          req_s=round(args.n / dt, 2), steps=model.engine.num_steps, peak_batch=model.engine.peak_batch)
     n_loop = args.loop_n or args.n
@@ -63,7 +89,7 @@ def throughput(args) -> None:
     dt_loop = time.perf_counter() - t0
     toks_loop = sum(len(o.outputs.token_ids) for o in loop)
     same = all(a.outputs.token_ids == b.outputs.token_ids for a, b in zip(loop, outs))
-    emit(bench="loop over generate", model=args.model, prompts=n_loop, max_tokens=args.max_tokens,
+    emit(bench="loop over generate", model=args.model, quant=args.quant, prompts=n_loop, max_tokens=args.max_tokens,
          seconds=round(dt_loop, 2), tok_s=round(toks_loop / dt_loop, 1), req_s=round(n_loop / dt_loop, 2),
          speedup=round((toks / dt) / (toks_loop / dt_loop), 2), same_tokens=same)
 
@@ -123,7 +149,8 @@ def invariance(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["throughput", "soak", "invariance"])
-    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2", *GPU_MODELS])
+    ap.add_argument("--quant", default=None, help="quantization method (GPU: e.g. wint4)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--loop-n", type=int, default=None, help="prompts for the loop baseline (default: --n)")
     ap.add_argument("--max-tokens", type=int, default=16)

@@ -197,3 +197,28 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="head_dim=7 is odd"):
         odd = SimpleNamespace(num_hidden_layers=1, num_key_value_heads=1, head_dim=7)
         kv.get("int4_zp")(odd, 1, BS, BACKEND)
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 20), st.integers(0, 2)), min_size=1, max_size=8),
+       st.sampled_from([1, 4, 16]), st.sampled_from(["last", "all"]), st.integers(0, 2**31))
+@settings(max_examples=200, deadline=None)
+def test_step_meta_build_meaning(spec, bs, logits, seed):
+    """StepMeta.build (vectorized) against its definition, token by token: token i of sequence b is at position
+    start_b + i, in slot table_b[pos // bs] * bs + pos % bs; padded queries repeat the last position."""
+    rng = np.random.default_rng(seed)
+    seqs = [(s, n, rng.permutation(500)[:-(-(s + n) // bs) + extra].tolist()) for s, n, extra in spec]
+    m = StepMeta.build(seqs, bs, logits)
+    i = 0
+    for b, (s, n, table) in enumerate(seqs):
+        for j in range(n):
+            pos = s + j
+            assert (m.positions[i], m.rows[i], m.cols[i], m.rope_lens[i]) == (pos, b, j, s + n)
+            assert m.slots[i] == table[pos // bs] * bs + pos % bs
+            i += 1
+        assert m.q_pos[b].tolist() == [s + min(j, n - 1) for j in range(m.q_pos.shape[1])]
+        assert m.block_tables[b, :len(table)].tolist() == table and m.kv_lens[b] == s + n
+    assert i == len(m.positions)
+    ends = np.cumsum([n for _, n, _ in seqs])
+    assert m.logit_rows.tolist() == (list(range(i)) if logits == "all" else (ends - 1).tolist())
+    with pytest.raises(ValueError, match="cannot hold"):
+        StepMeta.build(seqs + [(bs * 2, 1, [0, 1])], bs)
