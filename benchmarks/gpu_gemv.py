@@ -18,7 +18,8 @@ from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
 from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
-from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16
+from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
+from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16, mma_sk_fp8
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -113,24 +114,30 @@ def main():
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)
             gemv = M <= 16
-            t_w8 = bench(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv and rowmajor else nan
-            t_w4 = bench(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv and rowmajor else nan
+            only8 = os.environ.get("FP8_ONLY") == "1"            # just block_wise_fp8's kernels (and cuBLAS)
+            B = (lambda f: nan) if only8 else bench
+            t_w8 = B(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv and rowmajor else nan
+            t_w4 = B(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv and rowmajor else nan
             t_f8 = bench(lambda i: gemv_block_fp8(x, f8[i], wsf, out=y)) if gemv else nan
-            t_w2 = bench(lambda i: gemv_wint2(x, w2[i]["quant_weight"], w2[i]["weight_scale"], w2[i]["super_scales"],
-                                              w2[i]["code_scale"], w2[i]["code_zp"], out=y)) if M <= 4 and WINT2 else nan
-            t_m8 = bench(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
-            t_m4 = bench(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
-            t_t8 = bench(lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y)) if M == 1 else nan
-            t_t4 = bench(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y)) if M == 1 else nan
-            t_gb = bench(lambda i: gemv_bf16(x, wb[i], out=y)) if M == 1 else nan
-            t_mb = bench(lambda i: mma_bf16(x, wb[i], out=y))
-            t_k8 = bench(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
-            t_k4 = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
-            t_kb = bench(lambda i: mma_sk_bf16(x, wb[i], out=y))
-            t_k44 = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, warps=4))
+            t_fk = bench(lambda i: mma_sk_fp8(x, f8[i], wsf, out=y))
+            t_fs = bench(lambda i: mma_bf16(dequant_x(x), dequant_w(f8[i], wsf), out=y)) if M > 16 else nan
+            t_w2 = B(lambda i: gemv_wint2(x, w2[i]["quant_weight"], w2[i]["weight_scale"], w2[i]["super_scales"],
+                                          w2[i]["code_scale"], w2[i]["code_zp"], out=y)) if M <= 4 and WINT2 else nan
+            t_m8 = B(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
+            t_m4 = B(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
+            t_t8 = B(lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y)) if M == 1 else nan
+            t_t4 = B(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y)) if M == 1 else nan
+            t_gb = B(lambda i: gemv_bf16(x, wb[i], out=y)) if M == 1 else nan
+            t_mb = B(lambda i: mma_bf16(x, wb[i], out=y))
+            t_k8 = B(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
+            t_k4 = B(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
+            t_kb = B(lambda i: mma_sk_bf16(x, wb[i], out=y))
+            t_k44 = B(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, warps=4))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
                                       ("wint4 gemv", t_w4, N * K // 2 + 4 * N * K // 128),
                                       ("block fp8", t_f8, N * K + 4 * N * K // 16384),
+                                      ("block fp8 sk", t_fk, N * K + 4 * N * K // 16384),
+                                      ("block fp8 stop-gap", t_fs, N * K + 4 * N * K // 16384),
                                       ("wint2", t_w2, N * K // 4 + N * K // 128 + 10 * N),
                                       ("wint8 packed", t_m8, N * K + 4 * N),
                                       ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128),

@@ -2,6 +2,10 @@
 // same meaning: y[m, n] = sum_k x[m, k] * q[n, k] * scale[n, k / group]), for the batched decode and prefill
 // rows where mma_wq stalls on memory (10-17% occupancy, too few loads in flight: BENCHMARKS.md). BITS = 16 is
 // dense bf16 w [N, K] read as stored (KT = 64; B fragments by ldmatrix from the swizzled stage; no scale).
+// BITS = SK_FP8 is block_wise_fp8: w e4m3 [N, K] row-major with one scale per 128 x 128 block (ws [Nb, Kb]) and x
+// already quantized per token and 128 columns (act_quant_fp8: xq e4m3 [M, Kb 128], xs [M, Kb]); mma m16n8k32 on
+// e4m3 (sm_89+), each 128-column stage's fp32 sums scaled by xs[row, kb] * ws[block column, kb]:
+//   y[m, n] = sum_kb xs[m, kb] ws[n / 128, kb] sum_{k in kb} e4m3(xq[m, k]) e4m3(w[n, k])   (the NumPy twin's math)
 //
 // Block: WARPS (4 or 8) warps over BN = 128 output columns (16 n8 tiles, 4 or 2 per warp) and BM = 16 MT rows. grid.z = S splits
 // of the K tiles, so that small-M shapes still fill the GPU. Each K tile (KT = 128 int4 / 64 int8 columns) is a
@@ -17,6 +21,7 @@
 #include "common.cuh"
 
 #define SK_BN 128                          // columns per block: 16 n8 tiles, 16 / WARPS per warp
+#define SK_FP8 28                          // BITS code of block_wise_fp8 (e4m3 weights and activations)
 #define SK_STAGES 4
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -50,6 +55,19 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// e4m3 x e4m3 -> f32 (sm_89+; the sm_80 build of CI's compile check traps, the launcher never picks it there)
+__device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
 __device__ __forceinline__ unsigned sk_word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -75,15 +93,18 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
                                                        float* __restrict__ ws, int* __restrict__ flags, int M, int N,
                                                        int Np, int K, int group, int tiles_per_split,
                                                        const int* __restrict__ route, int S, int rowtiles, int xdiv,
-                                                       long long qp_es, long long scale_es) {
-  constexpr int KT = BITS == 4 ? 128 : 64;
-  constexpr int STEPS = KT / 16;
+                                                       long long qp_es, long long scale_es,
+                                                       const float* __restrict__ xscale) {
+  constexpr bool FP8 = BITS == SK_FP8;
+  constexpr int KT = BITS == 4 || FP8 ? 128 : 64;
+  constexpr int EB = FP8 ? 1 : 2;                   // bytes per x (and dense w) element
+  constexpr int STEPS = KT / (FP8 ? 32 : 16);       // mma k steps per stage
   constexpr int BM = 16 * MT;
   constexpr int SK_NTW = SK_BN / 8 / SK_WARPS;      // n8 tiles per warp
-  constexpr int XCH = KT / 8;                       // 16-byte chunks of an x row in one stage
+  constexpr int XCH = KT * EB / 16;                 // 16-byte chunks of an x row (and a dense w row) in one stage
   constexpr int XV = BM * XCH;                      // uint4 of x per stage
-  constexpr int WV = BITS == 16 ? SK_BN * KT / 8 : SK_BN / 8 * 32;   // uint4 of weights per stage
-  constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : 0;   // uint4 of int4 group scales per stage
+  constexpr int WV = BITS == 16 || FP8 ? SK_BN * XCH : SK_BN / 8 * 32;   // uint4 of weights per stage
+  constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : FP8 ? (BM + 4) / 4 : 0;   // uint4 of scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
 
@@ -126,7 +147,17 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
 #pragma unroll
     for (int i = threadIdx.x; i < XV; i += 32 * SK_WARPS) {
       const int r = i / XCH, c = i % XCH;
-      if (r < rows) cp_async16(xs + r * XCH + (c ^ (r & 7)), x + (size_t)xrow_s[r] * K + kt * KT + 8 * c, true);
+      if (r < rows)
+        cp_async16(xs + r * XCH + (c ^ (r & 7)),
+                   reinterpret_cast<const u8*>(x) + ((size_t)xrow_s[r] * K + kt * KT) * EB + 16 * c, true);
+    }
+    if (FP8) {                                      // xs of the block's rows, then the weight block's scale
+      float* ss = reinterpret_cast<float*>(wsm + WV);
+      const int Kb = K / KT;
+      for (int r = threadIdx.x; r <= BM; r += 32 * SK_WARPS) {
+        if (r < rows) cp_async4(ss + r, xscale + (size_t)xrow_s[r] * Kb + kt, true);
+        else if (r == BM) cp_async4(ss + BM, scale + (size_t)blockIdx.x * Kb + kt, true);
+      }
     }
     if (BITS == 4) {                                // scale[row][kt KT / group + e], e < SG, of the 128 rows
       float* ss = reinterpret_cast<float*>(wsm + WV);
@@ -138,11 +169,11 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     }
 #pragma unroll
     for (int i = threadIdx.x; i < WV; i += 32 * SK_WARPS) {
-      if (BITS == 16) {                             // row-major w: row r's 16-byte chunks, swizzled as x's
-        const int r = i / (KT / 8), c = i % (KT / 8), row = 8 * nt0 + r;
+      if (BITS == 16 || FP8) {                      // row-major w: row r's 16-byte chunks, swizzled as x's
+        const int r = i / XCH, c = i % XCH, row = 8 * nt0 + r;
         const bool ok = row < N;
-        cp_async16(wsm + r * (KT / 8) + (c ^ (r & 7)),
-                   reinterpret_cast<const bf16_t*>(qp) + (size_t)(ok ? row : 0) * K + kt * KT + 8 * c, ok);
+        cp_async16(wsm + r * XCH + (c ^ (r & 7)),
+                   reinterpret_cast<const u8*>(qp) + ((size_t)(ok ? row : 0) * K + kt * KT) * EB + 16 * c, ok);
       } else {
         const int nt = nt0 + (i >> 5);
         const bool ok = nt < ntiles;
@@ -178,7 +209,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     float s0[SK_NTW], s1[SK_NTW];                   // POST: this tile's group scales of columns 2t, 2t + 1
 #pragma unroll
     for (int h = 0; h < SK_NTW; ++h) {
-      if (BITS != 16) w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
+      if (BITS != 16 && !FP8) w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
       if (BITS == 4 && POST) {
         s0[h] = ss[8 * (warp * SK_NTW + h) + 2 * t];
         s1[h] = ss[8 * (warp * SK_NTW + h) + 2 * t + 1];
@@ -196,11 +227,11 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
       unsigned b[SK_NTW][2];
 #pragma unroll
       for (int h = 0; h < SK_NTW; ++h) {
-        if (BITS == 16) {                           // ldmatrix: n tiles h, h + 1 x k halves 0, 1 of step j
+        if (BITS == 16 || FP8) {                    // ldmatrix: n tiles h, h + 1 x 16-byte halves 0, 1 of step j
           if (h % 2 == 0) {
             const int mat = lane >> 3, r = 8 * (warp * SK_NTW + h + (mat >> 1)) + (lane & 7);
             unsigned q4[4];
-            ldmatrix_x4(q4, wsm + r * (KT / 8) + ((2 * j + (mat & 1)) ^ (r & 7)));
+            ldmatrix_x4(q4, wsm + r * XCH + ((2 * j + (mat & 1)) ^ (r & 7)));
             b[h][0] = q4[0];
             b[h][1] = q4[1];
             b[h + 1][0] = q4[2];
@@ -228,7 +259,10 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
         const int r = 16 * a + (lane & 15), c = 2 * j + (lane >> 4);
         ldmatrix_x4(af, xs + r * XCH + (c ^ (r & 7)));
 #pragma unroll
-        for (int h = 0; h < SK_NTW; ++h) mma_16816(BITS == 4 && POST ? tmp[a][h] : acc[a][h], af, b[h][0], b[h][1]);
+        for (int h = 0; h < SK_NTW; ++h) {
+          if (FP8) mma_16832_e4m3(tmp[a][h], af, b[h][0], b[h][1]);
+          else mma_16816(BITS == 4 && POST ? tmp[a][h] : acc[a][h], af, b[h][0], b[h][1]);
+        }
       }
     }
     if (BITS == 4 && POST) {
@@ -238,6 +272,17 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
         for (int h = 0; h < SK_NTW; ++h)
 #pragma unroll
           for (int c = 0; c < 4; ++c) acc[a][h][c] = fmaf(tmp[a][h][c], (c & 1) ? s1[h] : s0[h], acc[a][h][c]);
+    }
+    if (FP8) {                                      // rows 16a + g (c < 2) and + 8: xs[row] * the block's ws
+      const float sw = ss[BM];
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        const float r0 = ss[16 * a + g] * sw, r1 = ss[16 * a + g + 8] * sw;
+#pragma unroll
+        for (int h = 0; h < SK_NTW; ++h)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[a][h][c] = fmaf(tmp[a][h][c], c < 2 ? r0 : r1, acc[a][h][c]);
+      }
     }
   }
   cp_async_wait<0>();
@@ -296,11 +341,12 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
 #define MMA_SK_INST(B, MT, P, W, GA) \
   template __global__ void mma_sk<B, MT, P, W, GA>(const bf16_t*, const uint4*, const float*, bf16_t*, float*, int*, \
                                                    int, int, int, int, int, int, const int*, int, int, int, long long, \
-                                                   long long);
+                                                   long long, const float*);
 #define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W, false) MMA_SK_INST(B, 2, P, W, false) MMA_SK_INST(B, 4, P, W, false)
 MMA_SK_MT(8, false, 4) MMA_SK_MT(4, false, 4) MMA_SK_MT(4, true, 4)
 MMA_SK_MT(8, false, 8) MMA_SK_MT(4, false, 8) MMA_SK_MT(4, true, 8)
 MMA_SK_MT(16, false, 4) MMA_SK_MT(16, false, 8)
+MMA_SK_MT(28, false, 4) MMA_SK_MT(28, false, 8)
 // MoE experts (GATHER): 16-row tiles, 8 warps
 MMA_SK_INST(8, 1, false, 8, true) MMA_SK_INST(4, 1, false, 8, true) MMA_SK_INST(4, 1, true, 8, true)
 MMA_SK_INST(16, 1, false, 8, true)

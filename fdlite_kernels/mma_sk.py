@@ -19,7 +19,8 @@ from ._launch import BF16, check
 from .mma_wq import KT as _KT_PACKED
 from .mma_wq import _validate
 
-KT = {**_KT_PACKED, 16: 64}   # K columns per stage: int4 128, int8 and dense bf16 64
+FP8 = 28                      # mma_sk.cu's BITS code of block_wise_fp8 (e4m3 weights and activations)
+KT = {**_KT_PACKED, 16: 64, FP8: 128}   # K columns per stage: int4 and fp8 128, int8 and dense bf16 64
 
 BN = 128            # output columns per block (mma_sk.cu: SK_BN)
 STAGES = 4          # SK_STAGES
@@ -27,9 +28,13 @@ FLAGS = 1 << 16    # split-K arrival counters per (device, stream): one per outp
 
 
 def smem_bytes(bits: int, mt: int) -> int:
-    """x rows, weight tiles (dense: 128 rows x 64 bf16) and (int4) up to 8 group scales per row, per stage."""
-    w = BN * KT[16] * 2 if bits == 16 else BN // 8 * 512
-    return STAGES * (16 * mt * KT[bits] * 2 + w + (BN * 8 * 4 if bits == 4 else 0))
+    """Per stage: x rows, weight tiles (dense / fp8: 128 rows x 128 bytes) and scales (int4: up to 8 group scales
+    per row; fp8: the rows' activation scales and the weight block's)."""
+    eb = 1 if bits == FP8 else 2
+    x = 16 * mt * KT[bits] * eb
+    if bits in (16, FP8):
+        return STAGES * (x + BN * KT[bits] * eb + ((16 * mt + 4) * 4 if bits == FP8 else 0))
+    return STAGES * (x + BN // 8 * 512 + (BN * 8 * 4 if bits == 4 else 0))
 
 
 def supports(bits: int, group: int) -> bool:
@@ -93,10 +98,11 @@ def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
 
 
 def _no_gather():
-    """The MoE-only arguments of a plain launch: route (never read), S, rowtiles, xdiv, expert strides."""
+    """The MoE-only arguments of a plain launch (route never read, S, rowtiles, xdiv, expert strides) and the
+    fp8-only one (xscale, never read)."""
     from ._launch import ptr  # noqa: PLC0415
 
-    return ptr(None), np.int32(0), np.int32(1), np.int32(1), np.int64(0), np.int64(0)
+    return ptr(None), np.int32(0), np.int32(1), np.int32(1), np.int64(0), np.int64(0), ptr(None)
 
 
 def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, splits=None, warps=None):
@@ -145,4 +151,43 @@ def mma_sk_bf16(x, w, out=None, mt=None, splits=None, warps=None):
     fn = kernel(dev, 16, mt, False, warps)
     fn(grid, (32 * warps,), (x, w, ptr(None), y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
                              np.int32(K), np.int32(per), *_no_gather()), shared_mem=smem_bytes(16, mt))
+    return y
+
+
+def mma_sk_fp8(x, q, ws, out=None, mt=None, splits=None):
+    """block_wise_fp8 on the e4m3 tensor cores (sm_89+): x bf16 [M, K] is quantized per token and 128 columns
+    (act_quant_fp8), then y = x_hat @ w_hat.T with w_hat = e4m3(q) * ws per 128 x 128 block. q uint8 [N, K] e4m3
+    bits row-major, K % 128 == 0; ws float32 [ceil(N / 128), K / 128] -> y bf16 [M, N]. Twin:
+    fdlite.quant.block_wise_fp8.Method.matmul (fp32 sums per 128-column block, scaled, as here)."""
+    import cupy as cp  # noqa: PLC0415
+
+    from ._launch import expect  # noqa: PLC0415
+    from .gemv_block_fp8 import act_quant_fp8  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(q, "q", np.uint8, 2)
+    expect(ws, "ws", np.float32, 2)
+    M, K = x.shape
+    N = q.shape[0]
+    check(q.shape[1] == K, f"q has K = {q.shape[1]}, x has K = {K}")
+    check(K % 128 == 0, f"K = {K} must be a multiple of 128 (whole fp8 blocks)")
+    check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
+          f"N = {N}, K = {K}")
+    cc = int(cp.cuda.Device().compute_capability)
+    check(cc >= 89, f"e4m3 tensor cores need compute capability 8.9 or newer, this device has {cc}")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    if M == 0:
+        return y
+    xq, xs = act_quant_fp8(x)                                                  # (M, K) e4m3, (M, K / 128) f32
+    Np = -(-N // 8) * 8
+    dev = cp.cuda.Device().id
+    mt, splits, per, _ = plan(M, Np, K, FP8, mt, splits, 8, sms(dev))
+    grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
+    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
+    wsp = cp.empty((splits, M, Np), np.float32) if splits > 1 else y
+    flags = flags_for(dev, cp.cuda.get_current_stream().ptr)
+    route, S, rowtiles, xdiv, qes, ses, _ = _no_gather()
+    fn = kernel(dev, FP8, mt, False, 8)
+    fn(grid, (256,), (xq, q, ws, y, wsp, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K), np.int32(K),
+                      np.int32(per), route, S, rowtiles, xdiv, qes, ses, xs), shared_mem=smem_bytes(FP8, mt))
     return y

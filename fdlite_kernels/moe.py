@@ -241,7 +241,7 @@ def _moe_sk(x, stack: ExpertStack, plan: Plan, xdiv: int, y):
     fn = sk.kernel(dev, bits, 1, post, 8, True)
     fn(grid, (256,), (x, qp, scale, y, ws, sk.flags_for(dev, cp.cuda.get_current_stream().ptr), np.int32(R),
                       np.int32(N), np.int32(Np), np.int32(K), np.int32(group), np.int32(per), plan.buf, np.int32(S),
-                      np.int32(rowtiles), np.int32(xdiv), np.int64(qp_es), np.int64(scale_es)),
+                      np.int32(rowtiles), np.int32(xdiv), np.int64(qp_es), np.int64(scale_es), ptr(None)),
        shared_mem=sk.smem_bytes(bits, 1))
     return y
 

@@ -93,8 +93,9 @@ def test_gemv_block_fp8_vs_twin(cp, N, K, M):
 @pytest.mark.parametrize("N,K", [(4096, 4096), (576, 576), (96, 160), (300, 1008)])
 @pytest.mark.parametrize("M", [17, 64, 300])
 def test_block_fp8_above_16_rows(cp, N, K, M):
-    """The stop-gap above the GEMV: each expanded element equals the twin's float32 value rounded to bf16, and
-    the product (eager: cuBLAS; captured: mma_bf16) matches the method's NumPy matmul."""
+    """The stop-gap (bf16 expansion): each expanded element equals the twin's float32 value rounded to bf16; the
+    routed product (mma_sk_fp8 where K % 128 == 0 up to 256 rows and in graphs, else the stop-gap with cuBLAS or
+    mma_bf16) matches the method's NumPy matmul."""
     from fdlite.backend import get_backend
     from fdlite.quant import _gpu, get
     from fdlite.quant._common import act_fp8
@@ -261,6 +262,32 @@ def test_mma_sk_bf16(cp, warps, mt, splits, N, M):
     mma_sk_bf16(cp.asarray(x), cp.asarray(w), out=y, mt=mt, splits=splits, warps=warps)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, x.astype(np.float32) @ w.astype(np.float32).T) < 1e-2
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (1000, 1024), (136, 256), (4096, 14336)])
+@pytest.mark.parametrize("M", [1, 5, 16, 33, 64, 200])
+@pytest.mark.parametrize("mt,splits", [(None, None), (1, 1), (2, 3)])
+def test_mma_sk_fp8_vs_twin(cp, N, K, M, mt, splits):
+    """block_wise_fp8 on the e4m3 tensor cores against the method's NumPy matmul (activations quantized per token
+    and 128 columns, weights per 128 x 128 block), output poisoned, ragged N, every plan."""
+    from fdlite.quant import get
+    from fdlite_kernels.mma_sk import mma_sk_fp8
+
+    if K == 14336 and (M not in (1, 64) or mt is not None):
+        pytest.skip("the long K at two row counts is enough")
+    if splits is not None and splits > K // 128:
+        pytest.skip("more splits than K tiles (the launcher refuses them: test_mma_sk_plan_covers_k_exactly)")
+    rng = np.random.default_rng(N + 3 * K + 7 * M + (mt or 0) + (splits or 0))
+    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
+    x = _x(rng, M, K)
+    method = get("block_wise_fp8")()
+    p = method.quantize(w)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    mma_sk_fp8(cp.asarray(x), cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"]), out=y,
+               mt=mt, splits=splits)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
 
 
 def test_mma_sk_graph_replay(cp):

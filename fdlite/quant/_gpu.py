@@ -5,10 +5,10 @@ only calls in here when its arrays live on a GPU. Which path runs:
 
 | method | layout on the GPU | few rows | more rows | kernel |
 |---|---|---|---|---|
-| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (M = 1) | mma_wq (block shape by M, N) | one weight copy for every M |
+| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (M = 1, K < 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
-| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_block_fp8 (M <= 16) | — | above 16 rows: a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then mma_bf16 (in a graph) or cuBLAS |
-| dense (bf16) | as stored | M = 1: mma_bf16, gemv_bf16 for N >= 65536 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (tensor cores, row-major w) |
+| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | mma_sk_fp8 (e4m3 mma; K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
+| dense (bf16) | as stored | M = 1: mma_bf16, gemv_bf16 for N >= 65536 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
 from __future__ import annotations
 
@@ -65,9 +65,21 @@ def matmul_block_fp8(method, x, p: Packed, xp):
     if not (K % 16 == 0 and method.activation == "fp8" and tuple(method.block) == (128, 128)):
         return None     # the caller runs the reference formula on the device
     xb = _bf16_padded(x, K, xp)
+    sk = K % 128 == 0 and int(xp.cuda.Device().compute_capability) >= 89
+    if sk and (M <= FP8_SK_MAX_M or xp.cuda.get_current_stream().is_capturing()):
+        from fdlite_kernels.mma_sk import mma_sk_fp8  # noqa: PLC0415
+
+        return mma_sk_fp8(xb, p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
     if M <= 16:
         return gemv_block_fp8(xb, p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
     return _block_fp8_as_bf16(xb, p, xp)
+
+
+# mma_sk_fp8 (e4m3 tensor cores) up to here, and for any captured row count; the H100 sums over the four 8B
+# projections (BENCHMARKS.md): M = 1 131 us vs gemv_block_fp8's 173, M = 16 145 vs 1037, M = 256 889 vs the
+# stop-gap's 2223 (mma_bf16); eager prefill above keeps the stop-gap, whose cuBLAS GEMM is faster there (M = 4096:
+# cuBLAS bf16 2.5 ms against mma_sk_fp8's 12.9 ms)
+FP8_SK_MAX_M = 256
 
 
 def _block_fp8_as_bf16(x, p: Packed, xp):
