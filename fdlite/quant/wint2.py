@@ -27,6 +27,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from ..backend import array_module
 from ..errors import ConfigError
 from ._common import check_weight
 from . import _gpu
@@ -51,6 +52,9 @@ def bf16_round(x, xp=np):
 class Method(QuantMethod):
     name = "wint2"
     needs_calibration = True
+    # the uncalibrated encoder (scale search + nearest codeword) runs on CuPy as well: an 8B layer's 256-codeword
+    # searches took minutes on the host; with a Hessian (GPTQ order) it runs on the host
+    quantizes_on_device = True
 
     def __init__(self, group_size: int = 64, **unknown):
         if unknown or group_size != 64:
@@ -61,29 +65,32 @@ class Method(QuantMethod):
         return {"quantization": self.name, "group_size": 64}
 
     def quantize(self, w, what: str = "weight", hessian=None) -> Packed:
-        w = check_weight(w, what)
+        w = check_weight(w, what, on_device=hessian is None)     # a device weight stays there (no Hessian)
+        xp = array_module(w)
         N, K = w.shape
         Kp = K + (-K % 128)
-        W = np.zeros((N, Kp), np.float32)
+        W = xp.zeros((N, Kp), xp.float32)
         W[:, :K] = w                                                              # (N, Kp)
-        d = np.ones(Kp, np.float32)                                               # (Kp,) input energy
+        d = xp.ones(Kp, xp.float32)                                               # (Kp,) input energy
         if hessian is not None:
             d[:K] = np.maximum(np.diag(hessian), 0)
             d[:K] += 1e-3 * float(d[:K].mean()) + 1e-30   # a dead input still counts a little
-        book = codebook()
+        book = xp.asarray(codebook())
         ls, ss = _search_scales(W, d, book)
-        scale = ls.astype(np.float32) * ss[:, None]                                # (N, G) as decoded
-        scale = np.where(scale > 0, scale, np.float32(1))     # a zero group: any code decodes to 0 (ls = 0)
+        scale = ls.astype(xp.float32) * ss[:, None]                                # (N, G) as decoded
+        scale = xp.where(scale > 0, scale, xp.float32(1))     # a zero group: any code decodes to 0 (ls = 0)
         if hessian is None:
-            codes = _nearest(W.reshape(N, Kp // 4, 4) / np.repeat(scale, 16, 1)[..., None], book)
+            codes = _nearest(W.reshape(N, Kp // 4, 4) / xp.repeat(scale, 16, 1)[..., None], book)
         else:
             from ..gptq import gptq_vector  # noqa: PLC0415
 
             codes = gptq_vector(W, np.pad(hessian, ((0, Kp - K), (0, Kp - K))), np.repeat(scale, 64, 1), book)
         lsb = (ls[:, 0::2] << 4) | ls[:, 1::2]                                     # (N, Kp/128)
-        arrays = {"quant_weight": np.ascontiguousarray(codes.T.astype(np.uint8)),          # [Kp/4, N]
-                  "weight_scale": np.ascontiguousarray(lsb.T), "super_scales": ss.astype(ml_dtypes.bfloat16),
-                  "code_scale": np.full(N, CODE_SCALE, np.float32), "code_zp": np.full(N, CODE_ZP, np.float32)}
+        # ss holds bf16 values (bf16_round): its upper 16 bits are the bf16 pattern, exactly
+        ss16 = (ss.view(xp.uint32) >> 16).astype(xp.uint16).view(ml_dtypes.bfloat16)
+        arrays = {"quant_weight": xp.ascontiguousarray(codes.T.astype(xp.uint8)),          # [Kp/4, N]
+                  "weight_scale": xp.ascontiguousarray(lsb.T), "super_scales": ss16,
+                  "code_scale": xp.full(N, CODE_SCALE, xp.float32), "code_zp": xp.full(N, CODE_ZP, xp.float32)}
         return Packed(self.name, (N, K), arrays, {"group_size": 64})
 
     def dequantize(self, p: Packed, xp=np):
@@ -109,11 +116,14 @@ class Method(QuantMethod):
         return 4 * 3.02 * float(np.abs(check_weight(w)).max())    # scales up to 4x the rms-based one
 
 
-def _nearest(x: np.ndarray, book: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
-    """x (..., 4) in code units -> (...) index of the nearest codeword (squared distance via one matmul)."""
+def _nearest(x, book, chunk: int = 1 << 15):
+    """x (..., 4) in code units -> (...) index of the nearest codeword (squared distance via one matmul), on x's
+    array module (book on the same one)."""
+    xp = array_module(x)
     flat = x.reshape(-1, 4)
-    out = np.empty(len(flat), np.uint8)
+    out = xp.empty(len(flat), xp.uint8)
     bb = (book ** 2).sum(1)
+    chunk = chunk if xp is np else chunk * 16            # (chunk, 256) float32 distances: 128 MB on the device
     for i in range(0, len(flat), chunk):
         out[i:i + chunk] = (bb - 2 * flat[i:i + chunk] @ book.T).argmin(1)
     return out.reshape(x.shape[:-1])
@@ -122,7 +132,7 @@ def _nearest(x: np.ndarray, book: np.ndarray, chunk: int = 1 << 15) -> np.ndarra
 def _group_error(W, scale, book, d):
     """Nearest-codeword error per (row, 64-row group) at group scales ``scale`` (N, G), weighted by d (Kp,)."""
     N, Kp = W.shape
-    s = np.repeat(scale, 16, 1)[..., None]                                         # (N, Kp/4, 1)
+    s = array_module(W).repeat(scale, 16, 1)[..., None]                            # (N, Kp/4, 1)
     x = W.reshape(N, Kp // 4, 4)
     e = (x - book[_nearest(x / s, book)] * s).reshape(N, Kp) ** 2 * d             # (N, Kp)
     return e.reshape(N, -1, 64).sum(-1)                                            # (N, G)
@@ -131,21 +141,22 @@ def _group_error(W, scale, book, d):
 def _search_scales(W, d, book, grid=np.geomspace(0.5, 4, 7)):
     """W (N, Kp), d (Kp,) -> local scales uint8 (N, G) in 0..15 and super scales float32 (N,) (bf16 values):
     first the best continuous scale per group over f * rms / 16, then the best local scale near it."""
+    xp = array_module(W)
     N, Kp = W.shape
-    rms = np.sqrt((W.reshape(N, -1, 64) ** 2).mean(-1)) / UNITS_PER_STD            # (N, G)
+    rms = xp.sqrt((W.reshape(N, -1, 64) ** 2).mean(-1)) / xp.float32(UNITS_PER_STD)   # (N, G)
     live = rms > 0
-    base = np.where(live, rms, 1).astype(np.float32)
-    best, err = base.copy(), np.full(base.shape, np.inf)
+    base = xp.where(live, rms, xp.float32(1)).astype(xp.float32)
+    best, err = base.copy(), xp.full(base.shape, np.inf, xp.float32)
     for f in grid:
         e = _group_error(W, base * np.float32(f), book, d)
         better = e < err
         best[better], err[better] = (base * np.float32(f))[better], e[better]
-    ss = bf16_round(np.maximum(np.where(live, best, 0).max(1), 1e-30) / 15)        # (N,) super scale (bf16)
-    ls0 = np.clip(np.rint(best / ss[:, None]), 1, 15)
-    ls, err = ls0.copy(), np.full(base.shape, np.inf)
+    ss = bf16_round(xp.maximum(xp.where(live, best, xp.float32(0)).max(1), xp.float32(1e-30)) / xp.float32(15), xp)
+    ls0 = xp.clip(xp.rint(best / ss[:, None]), 1, 15)                              # (N,) super scale (bf16) ^
+    ls, err = ls0.copy(), xp.full(base.shape, np.inf, xp.float32)
     for off in (-1, 0, 1):
-        cand = np.clip(ls0 + off, 1, 15)
-        e = _group_error(W, (cand * ss[:, None]).astype(np.float32), book, d)
+        cand = xp.clip(ls0 + off, 1, 15)
+        e = _group_error(W, (cand * ss[:, None]).astype(xp.float32), book, d)
         better = e < err
         ls[better], err[better] = cand[better], e[better]
-    return np.where(live, ls, 0).astype(np.uint8), ss.astype(np.float32)
+    return xp.where(live, ls, xp.float32(0)).astype(xp.uint8), ss.astype(xp.float32)
