@@ -7,10 +7,11 @@
 // e4m3 (sm_89+), each 128-column stage's fp32 sums scaled by xs[row, kb] * ws[block column, kb]:
 //   y[m, n] = sum_kb xs[m, kb] ws[n / 128, kb] sum_{k in kb} e4m3(xq[m, k]) e4m3(w[n, k])   (the NumPy twin's math)
 //
-// Block: WARPS (4 or 8) warps over BN = 128 output columns (16 n8 tiles, 4 or 2 per warp) and BM = 16 MT rows. grid.z = S splits
-// of the K tiles, so that small-M shapes still fill the GPU. Each K tile (KT = 128 int4 / 64 int8 columns) is a
-// pipeline stage: the block's x rows [BM x KT] bf16 and its 16 weight tiles [16 x 512 B] are copied to shared
-// memory with cp.async, STAGES - 1 stages ahead of the one being multiplied. x is read back as mma A fragments
+// Block: WARPS (4 or 8) warps over BN = 128 output columns (16 n8 tiles, 4 or 2 per warp) and BM = 16 MT rows;
+// grid.z = S splits of the K tiles, so that small-M shapes still fill the GPU. Each K tile (KT = 128 int4 / fp8,
+// 64 int8 / bf16 columns) is a pipeline stage: the block's x rows [BM x KT], its weights (16 packed tiles of 512 B,
+// or 128 dense rows) and their scales are copied to shared memory with cp.async, STAGES - 1 stages ahead of the
+// one being multiplied. x is read back as mma A fragments
 // with ldmatrix (16-byte chunks XOR-swizzled by row, so the 8 rows of a matrix hit 8 different bank groups);
 // each lane reads its own 16-byte B chunk (the packed layout is already fragment order) and decodes it in
 // registers exactly as mma_wq does (common.cuh: s8_to_f32, u4x8_to_bf16x2; int4 groups covering whole K tiles

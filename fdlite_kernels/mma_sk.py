@@ -6,7 +6,9 @@ mma_sk(x, qp, scale, N, bits, group, out=None, mt=None, splits=None, warps=None)
     mt: 16-row tiles per block (1, 2 or 4), splits: K splits (defaults: ``plan``); warps: 4 or 8 per block.
 mma_sk_bf16(x, w, out=None, ...): dense bf16, w [N, K] row-major as stored, K % 64 == 0 -> x @ w.T (fp32
     accumulation); graph-capturable like mma_wq.mma_bf16, whose twin (the plain matmul) it shares.
-The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls, as for mma_wq.
+mma_sk_fp8(x, q, ws, out=None, ...): block_wise_fp8 on the e4m3 tensor cores (see its docstring).
+The MoE experts' GATHER variant is launched by fdlite_kernels.moe (moe_gemm). The NumPy twins are fdlite.quant's
+wint8 / wint4 / block_wise_fp8 reference matmuls and fdlite.moe_gpu.gemm_ref.
 """
 from __future__ import annotations
 
