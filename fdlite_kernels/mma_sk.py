@@ -99,12 +99,35 @@ def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
     return mt, -(-ktiles // per), per, warps
 
 
-def _no_gather():
-    """The MoE-only arguments of a plain launch (route never read, S, rowtiles, xdiv, expert strides) and the
-    fp8-only one (xscale, never read)."""
+def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x, w, scale, y, M: int, N: int,
+           Np: int, K: int, group: int, gather=None, xscale=None) -> None:
+    """One mma_sk launch (every entry point, the MoE one included): the split-K workspace, this stream's counters,
+    the instantiation. grid = (column blocks, row blocks, splits); gather = (route, S, rowtiles, xdiv, qp_es,
+    scale_es) for the MoE form, None for a plain one; xscale: the fp8 activation scales."""
+    import cupy as cp  # noqa: PLC0415
+
     from ._launch import ptr  # noqa: PLC0415
 
-    return ptr(None), np.int32(0), np.int32(1), np.int32(1), np.int64(0), np.int64(0), ptr(None)
+    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
+    ws = cp.empty((grid[2], M, Np), np.float32) if grid[2] > 1 else y      # not read when unsplit
+    dev = cp.cuda.Device().id
+    route, S, rowtiles, xdiv, qp_es, scale_es = gather or (ptr(None), 0, 1, 1, 0, 0)
+    fn = kernel(dev, bits, mt, post, warps, gather is not None)
+    fn(grid, (32 * warps,), (x, w, scale, y, ws, flags_for(dev, cp.cuda.get_current_stream().ptr), np.int32(M),
+                             np.int32(N), np.int32(Np), np.int32(K), np.int32(group), np.int32(per), route,
+                             np.int32(S), np.int32(rowtiles), np.int32(xdiv), np.int64(qp_es), np.int64(scale_es),
+                             ptr(xscale)), shared_mem=smem_bytes(bits, mt))
+
+
+def _planned(bits: int, post: bool, x, w, scale, y, M: int, N: int, Np: int, K: int, group: int, mt, splits, warps,
+             xscale=None):
+    """A plain launch over M rows with ``plan``'s (or the given) block height, splits and warps."""
+    import cupy as cp  # noqa: PLC0415
+
+    mt, splits, per, warps = plan(M, Np, K, bits, mt, splits, warps, sms(cp.cuda.Device().id))
+    launch(bits, post, mt, warps, (-(-Np // BN), -(-M // (16 * mt)), splits), per, x, w, scale, y, M, N, Np, K,
+           group, xscale=xscale)
+    return y
 
 
 def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, splits=None, warps=None):
@@ -116,17 +139,7 @@ def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, split
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     if M == 0:
         return y
-    dev = cp.cuda.Device().id
-    mt, splits, per, warps = plan(M, Np, K, bits, mt, splits, warps, sms(dev))
-    grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
-    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
-    ws = cp.empty((splits, M, Np), np.float32) if splits > 1 else y      # not read when splits == 1
-    flags = flags_for(dev, cp.cuda.get_current_stream().ptr)
-    post = bits == 4 and group % KT[4] == 0
-    fn = kernel(dev, bits, mt, post, warps)
-    fn(grid, (32 * warps,), (x, qp, scale, y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
-                             np.int32(group), np.int32(per), *_no_gather()), shared_mem=smem_bytes(bits, mt))
-    return y
+    return _planned(bits, bits == 4 and group % KT[4] == 0, x, qp, scale, y, M, N, Np, K, group, mt, splits, warps)
 
 
 def mma_sk_bf16(x, w, out=None, mt=None, splits=None, warps=None):
@@ -143,17 +156,7 @@ def mma_sk_bf16(x, w, out=None, mt=None, splits=None, warps=None):
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     if M == 0:
         return y
-    Np = -(-N // 8) * 8
-    dev = cp.cuda.Device().id
-    mt, splits, per, warps = plan(M, Np, K, 16, mt, splits, warps, sms(dev))
-    grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
-    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
-    ws = cp.empty((splits, M, Np), np.float32) if splits > 1 else y
-    flags = flags_for(dev, cp.cuda.get_current_stream().ptr)
-    fn = kernel(dev, 16, mt, False, warps)
-    fn(grid, (32 * warps,), (x, w, ptr(None), y, ws, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
-                             np.int32(K), np.int32(per), *_no_gather()), shared_mem=smem_bytes(16, mt))
-    return y
+    return _planned(16, False, x, w, ptr(None), y, M, N, -(-N // 8) * 8, K, K, mt, splits, warps)
 
 
 def mma_sk_fp8(x, q, ws, out=None, mt=None, splits=None):
@@ -181,15 +184,4 @@ def mma_sk_fp8(x, q, ws, out=None, mt=None, splits=None):
     if M == 0:
         return y
     xq, xs = act_quant_fp8(x)                                                  # (M, K) e4m3, (M, K / 128) f32
-    Np = -(-N // 8) * 8
-    dev = cp.cuda.Device().id
-    mt, splits, per, _ = plan(M, Np, K, FP8, mt, splits, 8, sms(dev))
-    grid = (-(-Np // BN), -(-M // (16 * mt)), splits)
-    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
-    wsp = cp.empty((splits, M, Np), np.float32) if splits > 1 else y
-    flags = flags_for(dev, cp.cuda.get_current_stream().ptr)
-    route, S, rowtiles, xdiv, qes, ses, _ = _no_gather()
-    fn = kernel(dev, FP8, mt, False, 8)
-    fn(grid, (256,), (xq, q, ws, y, wsp, flags, np.int32(M), np.int32(N), np.int32(Np), np.int32(K), np.int32(K),
-                      np.int32(per), route, S, rowtiles, xdiv, qes, ses, xs), shared_mem=smem_bytes(FP8, mt))
-    return y
+    return _planned(FP8, False, xq, q, ws, y, M, N, -(-N // 8) * 8, K, K, mt, splits, 8, xscale=xs)

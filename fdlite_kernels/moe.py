@@ -223,26 +223,16 @@ def _moe_sk(x, stack: ExpertStack, plan: Plan, xdiv: int, y):
     packed = stack.kind == "packed"
     bits, N, K, R, S = (stack.bits if packed else 16), stack.N, stack.K, plan.R, plan.S
     Np = -(-N // 16) * 16 if packed else -(-N // 8) * 8
-    dev = cp.cuda.Device().id
-    rowtiles, cols, ktiles = -(-plan.tokens // 16), -(-Np // sk.BN), K // sk.KT[bits]
-    blocks, sms = cols * S, sk.sms(dev)
-    want = 1 if blocks >= 2 * sms else max(1, min(8, 3 * sms // blocks, ktiles // 2))
-    per = -(-ktiles // (1 << (want.bit_length() - 1)))
-    splits = -(-ktiles // per)
-    grid = (cols, S * rowtiles, splits)
-    check(grid[0] * grid[1] <= sk.FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {sk.FLAGS} split-K counters")
-    ws = cp.empty((splits, R, Np), np.float32) if splits > 1 else y
+    rowtiles, cols = -(-plan.tokens // 16), -(-Np // sk.BN)
+    # the K splits of a plain launch over one 16-row tile per expert slot (most experts hold fewer than 16 rows)
+    _, splits, per, _ = sk.plan(16 * S, Np, K, bits, 1, None, 8, sk.sms(cp.cuda.Device().id))
     if packed:
         qp, scale, group = stack.arrays["qp"], stack.arrays["scale"], stack.group
         qp_es, scale_es = qp.shape[1] // 16, scale.shape[1] * scale.shape[2]     # per expert: uint4s, floats
     else:
         qp, scale, group, qp_es, scale_es = stack.arrays["w"], ptr(None), K, N * K // 8, 0
-    post = bits == 4 and group % KT[4] == 0
-    fn = sk.kernel(dev, bits, 1, post, 8, True)
-    fn(grid, (256,), (x, qp, scale, y, ws, sk.flags_for(dev, cp.cuda.get_current_stream().ptr), np.int32(R),
-                      np.int32(N), np.int32(Np), np.int32(K), np.int32(group), np.int32(per), plan.buf, np.int32(S),
-                      np.int32(rowtiles), np.int32(xdiv), np.int64(qp_es), np.int64(scale_es), ptr(None)),
-       shared_mem=sk.smem_bytes(bits, 1))
+    sk.launch(bits, bits == 4 and group % KT[4] == 0, 1, 8, (cols, S * rowtiles, splits), per, x, qp, scale, y, R, N,
+              Np, K, group, gather=(plan.buf, S, rowtiles, xdiv, qp_es, scale_es))
     return y
 
 

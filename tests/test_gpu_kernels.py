@@ -157,29 +157,15 @@ def test_mma_wq(cp, N, K, M, bits, group, entry):
     """Packed int8/int4 GEMM (mma_wq on the tensor cores; gemm_packed: the routed entry, i.e. the CUDA-core GEMV,
     mma_sk or mma_wq by M, K and group) vs the NumPy formula."""
     from fdlite_kernels import mma_wq as mod
-    from fdlite_kernels.mma_wq import padded, repack
 
     if entry == "gemm_packed" and M > mod.SK_MAX_M:
         pytest.skip("same kernel as mma_wq above SK_MAX_M")
-
-    Np, Kp = padded(N, K, bits)
-    g = Kp if group == -1 else group
-    if Kp % g:
+    case = _packed_case(N, K, M, bits, group, N * 7 + K + M * 3 + bits + max(group, 0))
+    if case is None:
         pytest.skip("group does not divide the padded K")
-    rng = np.random.default_rng(N * 7 + K + M * 3 + bits + g)
-    lo, hi = (-128, 128) if bits == 8 else (-8, 8)          # every code the storage holds (GGUF uses -128)
-    q = rng.integers(lo, hi, (N, K))
-    G = 1 if bits == 8 else Kp // g
-    s = np.zeros((Np, G), np.float32)
-    s[:N] = (rng.random((N, G)) + 0.5) / hi
-    qz = np.zeros((N, Kp))
-    qz[:, :K] = q
-    w = qz * np.repeat(s[:N], Kp // G, axis=1)                      # (N, Kp)
-    x = np.zeros((M, Kp), BF16)
-    x[:, :K] = _x(rng, M, K)
-    ref = x.astype(np.float32) @ w.T.astype(np.float32)
+    x, qp, s, g, ref = case
     y = cp.full((M, N), np.nan, dtype=BF16)
-    getattr(mod, entry)(cp.asarray(x), cp.asarray(repack(q, bits)), cp.asarray(s), N, bits, g, out=y)
+    getattr(mod, entry)(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
 

@@ -85,3 +85,63 @@ def test_mma_sk_plan_on_the_8b_shapes():
     assert plan(64, 28672, 4096, 4) == (4, 1, 32, 4)
     assert plan(1, 4096, 14336, 4)[:2] == (1, 8)
     assert plan(64, 6144, 4096, 4)[:2] == (2, 4)
+
+
+def _kernel_params(name: str, kernel: str) -> list[str]:
+    """The parameter types of a __global__ kernel in fdlite_kernels/<name>.cu (names dropped)."""
+    import re
+
+    src = fdlite_kernels.source(name)
+    sig = re.search(r"__global__ void __launch_bounds__\([^)]*\) " + kernel + r"\((.*?)\) \{", src, re.S).group(1)
+    return [" ".join(p.split()[:-1]) for p in sig.split(",")]
+
+
+def test_mma_sk_launches_pass_what_the_kernel_takes(monkeypatch):
+    """Every mma_sk entry point (plain, dense, fp8, the MoE gather) builds its argument tuple in one place
+    (mma_sk.launch): its length and scalar types follow the kernel's signature. Runs the launchers against a
+    stand-in cupy that records the launch instead of running it."""
+    import sys
+    import types
+
+    import ml_dtypes
+
+    from fdlite_kernels import mma_sk
+
+    calls = []
+
+    class Arr:
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype, self.ndim, self.data, self.device = shape, np.dtype(dtype), len(shape), 0, 0
+            self.size = int(np.prod(shape))
+            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
+
+    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"),
+                                 get_current_stream=lambda: types.SimpleNamespace(ptr=7))
+    fake = types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype), zeros=lambda n, d: Arr((n,), d),
+                                 cuda=cuda)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(mma_sk, "kernel", lambda *key: lambda grid, block, args, shared_mem: calls.append(
+        (key, grid, block, args, shared_mem)))
+    monkeypatch.setattr(mma_sk, "sms", lambda dev: 132)
+    monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: Arr((1,), np.float32) if a is None else a)
+    monkeypatch.setattr("fdlite_kernels.gemv_block_fp8.act_quant_fp8",
+                        lambda x: (Arr(x.shape, np.uint8), Arr((x.shape[0], x.shape[1] // 128), np.float32)))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    M, N, K = 32, 1000, 1024
+    mma_sk.mma_sk(Arr((M, K), bf16), Arr((1008 * K // 2,), np.uint8), Arr((1008, K // 128), np.float32), N, 4, 128)
+    mma_sk.mma_sk_bf16(Arr((M, K), bf16), Arr((N, K), bf16))
+    mma_sk.mma_sk_fp8(Arr((M, K), bf16), Arr((N, K), np.uint8), Arr((8, K // 128), np.float32))
+    from fdlite_kernels.moe import ExpertStack, Plan, _moe_sk
+
+    stack = ExpertStack("packed", N, K, {"qp": Arr((4, 1008 * K // 2), np.uint8),
+                                         "scale": Arr((4, 1008, K // 128), np.float32)}, 4, 128)
+    _moe_sk(Arr((M, K), bf16), stack, Plan(Arr((M * 2 + 9,), np.int32), M, 2, 4), 2, Arr((2 * M, N), bf16))
+    params = _kernel_params("mma_sk", "mma_sk")
+    assert len(calls) == 4
+    for key, grid, block, args, smem in calls:
+        assert len(args) == len(params) and block == (32 * key[4],) and smem == mma_sk.smem_bytes(key[1], key[2])
+        for a, p in zip(args, params):
+            want = {"int": np.int32, "long long": np.int64}.get(p)
+            assert (isinstance(a, want) if want else isinstance(a, Arr)), (p, a)
+    assert [c[0][1] for c in calls] == [4, 16, mma_sk.FP8, 4] and calls[3][0][5] is True
+    assert calls[3][1] == (8, 4 * 2, 4) and calls[3][3][13:16] == (4, 2, 2)     # 4 slots x 2 row tiles, 4 splits

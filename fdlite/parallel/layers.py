@@ -14,9 +14,8 @@ from __future__ import annotations
 from ..backend import array_module
 
 
-class RowParallel:
-    """A row-parallel Linear (this rank's K columns; bias on rank 0 only) and the all-reduce after it.
-    x: (M, K / tp) -> (M, N), the full sum, the same on every rank."""
+class _AroundLinear:
+    """A Linear with a collective after it: reports the Linear's shape and bytes."""
 
     def __init__(self, linear, comm):
         self.linear, self.comm = linear, comm
@@ -28,6 +27,11 @@ class RowParallel:
     @property
     def nbytes(self) -> int:
         return self.linear.nbytes
+
+
+class RowParallel(_AroundLinear):
+    """A row-parallel Linear (this rank's K columns; bias on rank 0 only) and the all-reduce after it.
+    x: (M, K / tp) -> (M, N), the full sum, the same on every rank."""
 
     def __call__(self, x):
         y = self.linear(x)                                                         # (M, N) partial
@@ -63,21 +67,14 @@ class VocabEmbedding:
         return self.comm.all_reduce_sum(xp.ascontiguousarray(rows))
 
 
-class VocabHead:
+class VocabHead(_AroundLinear):
     """The lm_head rows of this rank's vocab range, then the all-gather: h (S, hidden) -> (S, V) on every rank.
     widths[r]: rank r's vocab rows. Unequal ranges are padded to the widest for the (equal-sized) gather and
     cut back after it."""
 
     def __init__(self, linear, widths: list[int], comm):
-        self.linear, self.widths, self.comm = linear, [int(w) for w in widths], comm
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.linear.shape
-
-    @property
-    def nbytes(self) -> int:
-        return self.linear.nbytes
+        super().__init__(linear, comm)
+        self.widths = [int(w) for w in widths]
 
     def __call__(self, h):
         y = self.linear(h)                                                         # (S, v_r)
