@@ -25,6 +25,26 @@ for stage in "$@"; do
       T 240 $PT tests/test_gpu_kernels.py -k "not mma and not gemm_packed" 2>&1 | tail -2
       T 240 $PT tests/test_gpu_kernels.py -k "(mma or gemm_packed) and (4096-4096 or 576-576 or 96-160 or 4096-14336)" \
         2>&1 | tail -2 ;;
+    tc)             # the tensor-core decode GEMV against its twin and through the routed entry, then its timings
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_packed" 2>&1 | tail -3
+      T 120 $PT tests/test_gpu_kernels.py -k "gemm_packed and (4096-4096 or 576-576 or 96-160 or 4096-14336)" 2>&1 \
+        | tail -3
+      T 240 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=${TC_MS:-1,4,8,16} WINT2=0 python3 benchmarks/gpu_gemv.py \
+        > $OUT/gemv.log 2>&1
+      grep -A80 "sum over" $OUT/gemv.log ;;
+    tcprobe)        # Nsight Compute on the routed one-row int4 GEMV: throughput, occupancy, warp stalls
+      for shp in gate_up qkv; do
+        T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+          --section MemoryWorkloadAnalysis python3 benchmarks/kernel_probe.py --kernel wint4 --M 1 --shape $shp \
+          > $OUT/ncu_tc_$shp.txt 2>&1
+        grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers|Stall|Warp Cycles|Issued" \
+          $OUT/ncu_tc_$shp.txt | head -30
+      done ;;
+    verify)         # the review refactor of mma_sk's launches (plain, dense, fp8, MoE gather) and wint2 on the device
+      T 200 $PT tests/test_gpu_kernels.py -k "mma_sk and not 128256" 2>&1 | tail -3
+      T 120 $PT tests/test_moe_gpu_path.py 2>&1 | tail -2
+      T 100 $PT tests/test_gpu_kernels.py -k "block_fp8" 2>&1 | tail -2
+      T 100 $PT tests/ -k "wint2_device_quantization" 2>&1 | tail -2 ;;
     sktests)        # the routed GEMM entries (GEMV / mma_sk / mma_wq) and the dense kernels against their twins
       T 240 $PT tests/test_gpu_kernels.py -k "mma_sk or mma_bf16 or (gemm_packed and (576-576 or 96-160))" 2>&1 \
         | tail -3 ;;
@@ -53,6 +73,6 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
         > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
-    *) echo "unknown stage $stage (sk sktests tests gemv e2e ernie profile profile32)" ;;
+    *) echo "unknown stage $stage (tc tcprobe verify sk sktests tests gemv e2e ernie profile profile32)" ;;
   esac
 done

@@ -4,7 +4,8 @@ layer's four projections (the issue's measure).
     GEMV_MS=1,16,64 python benchmarks/gpu_gemv.py   (on the GPU machine; JSON lines to $OUT/gemv.jsonl)
     ROWMAJOR=1 adds the first row-major int8/int4 GEMVs (superseded by the packed layout); WINT2=0 skips wint2;
     GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16; GEMV_SK=1 every mma_sk plan (warps, mt,
-    splits) for wint4.
+    splits) for wint4; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16; PACKED_ONLY=1
+    times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk).
 """
 import json
 import os
@@ -19,6 +20,7 @@ from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
 from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
+from fdlite_kernels.gemv_packed import ROWS, WARPS, gemv_packed
 from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16, mma_sk_fp8
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
@@ -96,41 +98,43 @@ def main():
     nan = float("nan")
     rowmajor = os.environ.get("ROWMAJOR") == "1"
     for name, (N, K) in SHAPES.items():
-        q8 = [cp.asarray(rng.integers(-127, 128, (N, K), dtype=np.int8)) for _ in range(ROT)]
+        q8 = None if not rowmajor else [cp.asarray(rng.integers(-127, 128, (N, K), dtype=np.int8)) for _ in range(ROT)]
         s8 = cp.asarray(rng.random(N, dtype=np.float32))
-        q4 = [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
+        q4 = None if not rowmajor else [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
         s4 = cp.asarray(rng.random((N, K // 128), dtype=np.float32))
-        p8 = [cp.asarray(repack(rng.integers(-127, 128, (N, K)), 8)) for _ in range(ROT)]
-        p4 = [cp.asarray(repack(rng.integers(-8, 8, (N, K)), 4)) for _ in range(ROT)]
+        p8 = [repack(cp.random.randint(-127, 128, (N, K), dtype=np.int16), 8) for _ in range(ROT)]   # on the device
+        p4 = [repack(cp.random.randint(-8, 8, (N, K), dtype=np.int16), 4) for _ in range(ROT)]
         s8c = cp.asarray(rng.random((N, 1), dtype=np.float32))
-        f8 = [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
+        packed = os.environ.get("PACKED_ONLY") == "1"           # just the packed int8 / int4 kernels (and cuBLAS)
+        f8 = None if packed else [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
                          .view(np.uint8)) for _ in range(ROT)]
         w2 = [{k: cp.asarray(v) for k, v in W2.quantize(rng.standard_normal((N, K), dtype=np.float32)).arrays.items()}
               for _ in range(2)] * 2 if WINT2 else None
         wsf = cp.asarray(rng.random((-(-N // 128), -(-K // 128)), dtype=np.float32))
-        wb = [cp.asarray((rng.standard_normal((N, K)) * 0.02).astype(BF16)) for _ in range(ROT)]
+        wb = None if packed else [cp.asarray((rng.standard_normal((N, K)) * 0.02).astype(BF16)) for _ in range(ROT)]
         for M in [int(v) for v in os.environ.get("GEMV_MS", "1,4,16,256").split(",")]:
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)
             gemv = M <= 16
             only8 = os.environ.get("FP8_ONLY") == "1"            # just block_wise_fp8's kernels (and cuBLAS)
-            B = (lambda f: nan) if only8 else bench
+            B = (lambda f: nan) if only8 or packed else bench
+            P = (lambda f: nan) if only8 else bench
             t_w8 = B(lambda i: gemv_wint8(x, q8[i], s8, out=y)) if gemv and rowmajor else nan
             t_w4 = B(lambda i: gemv_wint4(x, q4[i], s4, out=y)) if gemv and rowmajor else nan
-            t_f8 = bench(lambda i: gemv_block_fp8(x, f8[i], wsf, out=y)) if gemv else nan
-            t_fk = bench(lambda i: mma_sk_fp8(x, f8[i], wsf, out=y))
-            t_fs = bench(lambda i: mma_bf16(dequant_x(x), dequant_w(f8[i], wsf), out=y)) if M > 16 else nan
+            t_f8 = B(lambda i: gemv_block_fp8(x, f8[i], wsf, out=y)) if gemv else nan
+            t_fk = (bench if not packed else B)(lambda i: mma_sk_fp8(x, f8[i], wsf, out=y))
+            t_fs = (bench if not packed else B)(lambda i: mma_bf16(dequant_x(x), dequant_w(f8[i], wsf), out=y)) if M > 16 else nan
             t_w2 = B(lambda i: gemv_wint2(x, w2[i]["quant_weight"], w2[i]["weight_scale"], w2[i]["super_scales"],
                                           w2[i]["code_scale"], w2[i]["code_zp"], out=y)) if M <= 4 and WINT2 else nan
-            t_m8 = B(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
-            t_m4 = B(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
+            t_m8 = P(lambda i: gemm_packed(x, p8[i], s8c, N, 8, K, out=y))
+            t_m4 = P(lambda i: gemm_packed(x, p4[i], s4, N, 4, 128, out=y))
             t_t8 = B(lambda i: mma_wq(x, p8[i], s8c, N, 8, K, out=y)) if M == 1 else nan
             t_t4 = B(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y)) if M == 1 else nan
             t_gb = B(lambda i: gemv_bf16(x, wb[i], out=y)) if M == 1 else nan
             t_mb = B(lambda i: mma_bf16(x, wb[i], out=y))
-            t_k8 = B(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
-            t_k4 = B(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
+            t_k8 = P(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
+            t_k4 = P(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
             t_kb = B(lambda i: mma_sk_bf16(x, wb[i], out=y))
             t_k44 = B(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, warps=4))
             for method, t, nbytes in (("bf16 cuBLAS*", t_bf16, N * K * 2), ("wint8 gemv", t_w8, N * K + 4 * N),
@@ -151,6 +155,15 @@ def main():
                 if t == t:                                  # skip the combinations not run (nan)
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+            if os.environ.get("GEMV_TC") == "1" and M <= 16:     # gemv_packed's block shapes
+                for r in ROWS:
+                    for wp in WARPS:
+                        for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
+                                                    (8, p8, s8c, K, N * K + 4 * N)):
+                            t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp))
+                            rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} tc{r},{wp}",
+                                         "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
+                                         "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits
                 for wp in (4, 8):
                     for mt in (1, 2, 4):

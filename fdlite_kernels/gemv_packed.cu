@@ -1,131 +1,210 @@
-// Decode GEMV (M <= 4) over the SAME fragment-ordered int8/int4 layout as mma_wq.cu, so one packed copy
-// of the weights serves every M: here M <= 4 on CUDA cores, mma_wq for larger M.
+// Decode GEMV (M <= 16 rows) on the tensor cores over the SAME fragment-ordered int8/int4 layout as mma_wq.cu,
+// streaming the weights straight from global memory into registers (no shared-memory staging):
 //   y[m, n] = sum_k x[m, k] * q[n, k] * scale[n, k / group]     (int8: one scale per channel, applied last)
 // Layout (see mma_wq.cu): tile (nt, kt) of 8 rows x KT columns at ((nt * ktiles + kt) * 512) bytes, lane
-// l = 4 g + t holding row 8 nt + g, k = KT kt + 16 j + {2t, 2t+1, 2t+8, 2t+9} for each step j.
-// A block holds NT n8 tiles and WARPS warps that split the K tiles; each lane accumulates its row's partial
-// sums, the 4 lanes of a row and the warps are then reduced (shuffles, then shared memory).
+// l = 4 g + t holding row 8 nt + g, k = KT kt + 16 j + {2t, 2t+1, 2t+8, 2t+9} for each k16 step j.
+// Why the weights are the mma's A operand here (mma_sk puts x there): the lanes' words of two adjacent n8 tiles
+// ARE the A fragment of m16n8k16 (a0/a2 from tile 2p: rows g, a1/a3 from tile 2p+1: rows g + 8), so one mma
+// consumes 256 weights and x only has to fill B, whose 8 columns are 8 tokens (NB fragments: M <= 8 NB).
+// Per 8 int4 weights a lane spends ~13 instructions of dequantization (common.cuh: u4x8_to_bf16x2) and half an
+// mma, against ~40 for the CUDA-core dot products this replaced (instruction-bound at ~1.5 TB/s on gate_up).
+// Block: R row pairs (16 R rows) x W warps that split the K tiles (interleaved) and meet in shared memory.
+// Each lane keeps two K tiles of weights (and their scales) in flight in registers while it computes a third.
+// GS: k16 steps per scale group inside a tile (int4: 8 = one scale per tile when group % 128 == 0; 4, 2, 1
+// for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
 #include "common.cuh"
 
-#define NT 2
-#define WARPS 8
+__device__ __forceinline__ void mma_bf16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                               unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 
 __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// POST (int4, groups covering whole K tiles): one scale load and multiply per tile instead of per step.
-template <int BITS, int MMAX, bool POST>
-__global__ void __launch_bounds__(32 * WARPS) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
-                                                          const float* __restrict__ scale, bf16_t* __restrict__ y,
-                                                          int M, int N, int K, int group) {
+// Step j's A registers (rows g: lo, rows g + 8: hi) -> {a0, a2} of each: exact codes as bf16x2 pairs for
+// k = (2t, 2t+1) and (2t+8, 2t+9).
+template <int BITS>
+__device__ __forceinline__ void codes_of_step(const uint4& w, int j, unsigned* a) {
+  if (BITS == 8) {
+    const unsigned v = word_of(w, j) ^ 0x80808080u;   // offset binary: s8_to_f32 places u = q + 128 exactly
+    a[0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
+    a[1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
+  } else {
+    unsigned r[4];                                     // word j/2 holds steps j & ~1 and j | 1
+    u4x8_to_bf16x2(word_of(w, j >> 1), r);
+    a[0] = r[2 * (j & 1)];
+    a[1] = r[2 * (j & 1) + 1];
+  }
+}
+
+template <int BITS, int NB, int GS, int R, int W>
+__global__ void __launch_bounds__(32 * W) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
+                                                      const float* __restrict__ scale, bf16_t* __restrict__ y,
+                                                      int M, int N, int K, int group) {
   constexpr int KT = BITS == 8 ? 64 : 128;
   constexpr int STEPS = KT / 16;
+  constexpr bool SCALED = BITS == 4;                   // int4: group scales inside the K loop
+  constexpr int NS = SCALED ? STEPS / GS : 1;          // scale groups per tile
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int nt0 = blockIdx.x * NT;
   const int ktiles = K / KT, G = K / group;
-  float acc[MMAX][NT];
+  const int pairs = N > 0 ? (N + 15) / 16 : 0;         // row pairs of the padded weight
+  const int p0 = blockIdx.x * R;
+
+  float acc[R][NB][4];
 #pragma unroll
-  for (int m = 0; m < MMAX; ++m)
+  for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int h = 0; h < NT; ++h) acc[m][h] = 0.f;
-  uint4 wn[2][NT];                                   // two tiles ahead in flight while one is consumed
+    for (int b = 0; b < NB; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][b][c] = 0.f;
+
+  // weights of tile kt for row pair p: two n8 tiles (rows g and g + 8 of the pair)
+  auto load_w = [&](int kt, int r, int h) -> uint4 {
+    const int nt = 2 * (p0 + r) + h;
+    return (kt < ktiles && p0 + r < pairs) ? __ldg(qp + ((size_t)nt * ktiles + kt) * 32 + lane)
+                                           : make_uint4(0, 0, 0, 0);
+  };
+  // int4 group scales of (row pair r, half h, scale group s of tile kt); rows past the pairs read row 0's
+  auto load_s = [&](int kt, int r, int h, int s) -> float {
+    if (!SCALED || kt >= ktiles || p0 + r >= pairs) return 0.f;
+    return __ldg(scale + (size_t)(16 * (p0 + r) + 8 * h + g) * G + (kt * KT + 16 * GS * s) / group);
+  };
+
+  // B fragments of tile kt: token g (+ 8 b) at k = (2t, 2t+1) and (2t+8, 2t+9) of each step; 0 past M. They come
+  // from L2 (x is small and shared by every block) one tile ahead: waiting for them each tile cost more than the
+  // weights' own latency.
+  auto load_x = [&](int kt, unsigned (&xv)[NB][STEPS][2]) {
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      const int m = g + 8 * b;
+      const bool ok = m < M && kt < ktiles;
+      const unsigned* xr = reinterpret_cast<const unsigned*>(x + (size_t)m * K + kt * KT + 2 * t);
+#pragma unroll
+      for (int j = 0; j < STEPS; ++j) {
+        xv[b][j][0] = ok ? __ldg(xr + 8 * j) : 0u;
+        xv[b][j][1] = ok ? __ldg(xr + 8 * j + 4) : 0u;
+      }
+    }
+  };
+  unsigned xn[NB][STEPS][2];
+  load_x(warp, xn);
+
+  uint4 wn[2][R][2];
+  float sn[2][R][2][NS];
 #pragma unroll
   for (int d = 0; d < 2; ++d)
 #pragma unroll
-    for (int h = 0; h < NT; ++h)
-      wn[d][h] = warp + d * WARPS < ktiles ? __ldg(qp + ((size_t)(nt0 + h) * ktiles + warp + d * WARPS) * 32 + lane)
-                                           : make_uint4(0, 0, 0, 0);
-  for (int kt = warp; kt < ktiles; kt += WARPS) {
-    uint4 w[NT];
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int h = 0; h < NT; ++h) {
-      w[h] = wn[0][h];
-      wn[0][h] = wn[1][h];
-      if (kt + 2 * WARPS < ktiles) wn[1][h] = __ldg(qp + ((size_t)(nt0 + h) * ktiles + kt + 2 * WARPS) * 32 + lane);
-    }
-    float tacc[MMAX][NT];                              // POST: this tile's unscaled sums
+      for (int h = 0; h < 2; ++h) {
+        wn[d][r][h] = load_w(warp + d * W, r, h);
 #pragma unroll
-    for (int m = 0; m < MMAX; ++m)
+        for (int s = 0; s < NS; ++s) sn[d][r][h][s] = load_s(warp + d * W, r, h, s);
+      }
+
+  for (int kt = warp; kt < ktiles; kt += W) {
+    uint4 w[R][2];
+    float sc[R][2][NS];
 #pragma unroll
-      for (int h = 0; h < NT; ++h) tacc[m][h] = 0.f;
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int j = 0; j < STEPS; ++j) {
-      const int k = kt * KT + 16 * j + 2 * t;
-      float wf[NT][4];                                 // exact codes q (int4: the group scale comes after)
-      float sc[NT];
+      for (int h = 0; h < 2; ++h) {
+        w[r][h] = wn[0][r][h];
+        wn[0][r][h] = wn[1][r][h];
+        wn[1][r][h] = load_w(kt + 2 * W, r, h);
 #pragma unroll
-      for (int h = 0; h < NT; ++h) {
-        if (BITS == 8) {
-          const unsigned v = word_of(w[h], j) ^ 0x80808080u;
+        for (int s = 0; s < NS; ++s) {
+          sc[r][h][s] = sn[0][r][h][s];
+          sn[0][r][h][s] = sn[1][r][h][s];
+          sn[1][r][h][s] = load_s(kt + 2 * W, r, h, s);
+        }
+      }
+    unsigned xb[NB][STEPS][2];                         // this tile's B fragments; the next tile's are loaded now
 #pragma unroll
-          for (int i = 0; i < 4; ++i) wf[h][i] = s8_to_f32(v, i);
-        } else {
-          unsigned r[4];
-          u4x8_to_bf16x2(word_of(w[h], j >> 1), r);
-          const unsigned p0 = r[2 * (j & 1)], p1 = r[2 * (j & 1) + 1];
-          wf[h][0] = __uint_as_float(p0 << 16);
-          wf[h][1] = __uint_as_float(p0 & 0xffff0000u);
-          wf[h][2] = __uint_as_float(p1 << 16);
-          wf[h][3] = __uint_as_float(p1 & 0xffff0000u);
-          if (!POST) sc[h] = __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
+    for (int b = 0; b < NB; ++b)
+#pragma unroll
+      for (int j = 0; j < STEPS; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) xb[b][j][e] = xn[b][j][e];
+    load_x(kt + W, xn);
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      float part[R][NB][4];                            // this scale group's unscaled sums (int8: the tile's)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int b = 0; b < NB; ++b)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[r][b][c] = 0.f;
+#pragma unroll
+      for (int jj = 0; jj < STEPS / NS; ++jj) {
+        const int j = s * (STEPS / NS) + jj;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          unsigned lo[2], hi[2];
+          codes_of_step<BITS>(w[r][0], j, lo);
+          codes_of_step<BITS>(w[r][1], j, hi);
+#pragma unroll
+          for (int b = 0; b < NB; ++b) mma_bf16_16816(part[r][b], lo[0], hi[0], lo[1], hi[1], xb[b][j][0], xb[b][j][1]);
         }
       }
 #pragma unroll
-      for (int m = 0; m < MMAX; ++m) {
-        if (m < M) {
-          const unsigned lo = __ldg(reinterpret_cast<const unsigned*>(x + (size_t)m * K + k));
-          const unsigned hi = __ldg(reinterpret_cast<const unsigned*>(x + (size_t)m * K + k + 8));
-          const float xf[4] = {__uint_as_float(lo << 16), __uint_as_float(lo & 0xffff0000u),
-                               __uint_as_float(hi << 16), __uint_as_float(hi & 0xffff0000u)};
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-          for (int h = 0; h < NT; ++h) {
-            float d = 0.f;                             // this step's 4 products, then one scale (a step is in one group)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) d = fmaf(xf[i], wf[h][i], d);
-            if (BITS == 8 || POST) tacc[m][h] += d;
-            else acc[m][h] = fmaf(d, sc[h], acc[m][h]);
-          }
+        for (int b = 0; b < NB; ++b) {
+          // c0, c1: row g (scale of half 0); c2, c3: row g + 8 (half 1)
+          const float s0 = SCALED ? sc[r][0][s] : 1.f, s1 = SCALED ? sc[r][1][s] : 1.f;
+          acc[r][b][0] = fmaf(part[r][b][0], s0, acc[r][b][0]);
+          acc[r][b][1] = fmaf(part[r][b][1], s0, acc[r][b][1]);
+          acc[r][b][2] = fmaf(part[r][b][2], s1, acc[r][b][2]);
+          acc[r][b][3] = fmaf(part[r][b][3], s1, acc[r][b][3]);
         }
-      }
-    }
-    if (BITS == 8 || POST) {
-#pragma unroll
-      for (int h = 0; h < NT; ++h) {
-        const float st = BITS == 8 ? 1.f : __ldg(scale + (size_t)(8 * (nt0 + h) + g) * G + kt * KT / group);
-#pragma unroll
-        for (int m = 0; m < MMAX; ++m) acc[m][h] = fmaf(tacc[m][h], st, acc[m][h]);
-      }
     }
   }
-  __shared__ float red[WARPS][MMAX * NT][8];
+
+  // warps -> shared memory, lane-major (conflict-free); then one thread per (r, b, c, lane) sums the warps
+  constexpr int V = R * NB * 4;
+  __shared__ float red[W][V][32];
 #pragma unroll
-  for (int m = 0; m < MMAX; ++m)
+  for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int h = 0; h < NT; ++h) {
-      float v = acc[m][h];
-      v += __shfl_xor_sync(0xffffffffu, v, 1);       // the 4 lanes (t) of a row
-      v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if (t == 0) red[warp][m * NT + h][g] = v;
-    }
+    for (int b = 0; b < NB; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) red[warp][(r * NB + b) * 4 + c][lane] = acc[r][b][c];
   __syncthreads();
-  for (int i = threadIdx.x; i < MMAX * NT * 8; i += 32 * WARPS) {
-    const int m = i / (NT * 8), h = (i / 8) % NT, r = i % 8;
-    float v = 0.f;
+  for (int i = threadIdx.x; i < V * 32; i += 32 * W) {
+    const int v = i / 32, l = i % 32;
+    const int r = v / (NB * 4), b = (v / 4) % NB, c = v % 4;
+    const int row = 16 * (p0 + r) + (l >> 2) + 8 * (c >> 1);      // C fragment: rows g, g + 8
+    const int m = 8 * b + 2 * (l & 3) + (c & 1);                 // columns 2t, 2t + 1 = tokens
+    if (m >= M || row >= N) continue;
+    float sum = 0.f;
 #pragma unroll
-    for (int o = 0; o < WARPS; ++o) v += red[o][m * NT + h][r];
-    const int col = 8 * (nt0 + h) + r;
-    if (BITS == 8) v *= __ldg(scale + col);
-    if (m < M && col < N) y[(size_t)m * N + col] = f32_to_bf16(v);
+    for (int o = 0; o < W; ++o) sum += red[o][v][l];
+    if (BITS == 8) sum *= __ldg(scale + row);
+    y[(size_t)m * N + row] = f32_to_bf16(sum);
   }
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-template __global__ void gemv_packed<8, 1, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<8, 4, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<4, 1, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<4, 4, false>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<4, 1, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
-template __global__ void gemv_packed<4, 4, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, int);
+#define GEMV_PACKED(BITS, NB, GS, R, W)                                                                        \
+  template __global__ void gemv_packed<BITS, NB, GS, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, \
+                                                           int, int, int, int);
+GEMV_PACKED(8, 1, 1, 1, 8)
+GEMV_PACKED(8, 2, 1, 1, 8)
+GEMV_PACKED(4, 1, 8, 1, 8)
+GEMV_PACKED(4, 2, 8, 1, 8)
+GEMV_PACKED(4, 1, 4, 1, 8)
+GEMV_PACKED(4, 2, 4, 1, 8)
+GEMV_PACKED(4, 1, 2, 1, 8)
+GEMV_PACKED(4, 2, 2, 1, 8)
+GEMV_PACKED(4, 1, 1, 1, 8)
+GEMV_PACKED(4, 2, 1, 1, 8)
 #endif

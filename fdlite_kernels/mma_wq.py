@@ -135,32 +135,21 @@ def mma_bf16(x, w, out=None, cfg=None):
     return y
 
 
-GEMV_MAX_M = 1   # measured on the H100: mma_wq v2 beats gemv_packed from M = 2 (BENCHMARKS.md)
+GEMV_MAX_M = 16  # gemv_packed.cu (tensor-core GEMV, weights streamed into registers) up to here: see BENCHMARKS.md
 SK_MAX_M = 64    # mma_sk (split-K, cp.async pipeline) up to here: 1.2-1.8x mma_wq at M = 16-64 on the 8B shapes
-SK_MIN_K = 8192  # one row: gemv_packed is faster unless K is long (down_proj: 25 vs 35 us; qkv/o/gate_up: 7-10% slower)
-_GEMV_NAMES = tuple(f"gemv_packed<{b}, {m}, {p}>" for b, ps in ((8, ("false",)), (4, ("false", "true")))
-                    for p in ps for m in (1, 4))
 
 
 def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
     """y = x @ W.T for the packed weights of ``repack``, routed by M (the H100 measurements in BENCHMARKS.md):
-    the CUDA-core GEMV (gemv_packed.cu) for one row unless K >= SK_MIN_K, the split-K pipelined tensor-core GEMM
-    (mma_sk.cu) up to SK_MAX_M rows, mma_wq above (prefill) and for int4 groups mma_sk does not stage. Same
-    arguments and checks as ``mma_wq``."""
-    import cupy as cp  # noqa: PLC0415
-
+    the tensor-core GEMV (gemv_packed.cu) up to GEMV_MAX_M rows, the split-K pipelined GEMM (mma_sk.cu) up to
+    SK_MAX_M rows, mma_wq above (prefill) and for int4 groups mma_sk does not stage. Same arguments and checks
+    as ``mma_wq``."""
     from . import mma_sk  # noqa: PLC0415 - mma_sk imports this module
+    from .gemv_packed import gemv_packed  # noqa: PLC0415 - gemv_packed imports this module
 
-    M = x.shape[0] if hasattr(x, "shape") else 0
-    K = x.shape[1] if hasattr(x, "shape") and len(x.shape) == 2 else 0
-    if 1 <= M <= SK_MAX_M and mma_sk.supports(bits, group) and (M > GEMV_MAX_M or K >= SK_MIN_K):
+    M = x.shape[0] if hasattr(x, "shape") and len(x.shape) == 2 else 0
+    if 1 <= M <= GEMV_MAX_M:
+        return gemv_packed(x, qp, scale, N, bits, group, out=out)
+    if 1 <= M <= SK_MAX_M and mma_sk.supports(bits, group):
         return mma_sk.mma_sk(x, qp, scale, N, bits, group, out=out)
-    if not 1 <= M <= GEMV_MAX_M:
-        return mma_wq(x, qp, scale, N, bits, group, out=out)
-    _, K, Np, group = _validate(x, qp, scale, N, bits, group)
-    y = out if out is not None else cp.empty((M, N), dtype=BF16)
-    post = "true" if bits == 4 and group % KT[4] == 0 else "false"     # one scale per tile
-    name = f"gemv_packed<{bits}, {1 if M == 1 else 4}, {post}>"
-    fn = load("gemv_packed", name_expressions=(name,)).get_function(name)
-    fn((Np // 16,), (256,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
-    return y
+    return mma_wq(x, qp, scale, N, bits, group, out=out)

@@ -170,6 +170,54 @@ def test_mma_wq(cp, N, K, M, bits, group, entry):
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
 
 
+_GEMV_SHAPES = [(4096, 4096), (4096, 14336), (576, 576), (96, 160), (40, 256)]
+
+
+@pytest.mark.parametrize("N,K", _GEMV_SHAPES)
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 256), (4, 64), (4, 32), (4, 16), (4, 80), (4, -1)])
+def test_gemv_packed(cp, N, K, M, bits, group):
+    """Tensor-core decode GEMV (default block shape) vs the NumPy formula, output poisoned: every scale-group
+    form (per tile, per half / quarter tile, per step, per channel), ragged N, one and two B fragments."""
+    from fdlite_kernels.gemv_packed import gemv_packed
+
+    case = _packed_case(N, K, M, bits, group, N * 3 + K + M * 11 + bits + max(group, 0))
+    if case is None:
+        pytest.skip("group does not divide the padded K")
+    x, qp, s, g, ref = case
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
+
+
+@pytest.mark.parametrize("N,K", [(4096, 14336), (96, 160), (40, 256)])
+@pytest.mark.parametrize("M", [1, 9])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128)])
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("warps", [4, 8, 16])
+def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps):
+    """Every compiled block shape (row pairs per block, warps splitting K) gives the same answer, including a
+    last block whose second row pair lies past N."""
+    from fdlite_kernels.gemv_packed import gemv_packed
+
+    x, qp, s, g, ref = _packed_case(N, K, M, bits, group, N + K + M + bits + rows + warps)
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, rows=rows, warps=warps)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
+
+
+def test_gemv_packed_rejects_bad_input(cp):
+    from fdlite_kernels.gemv_packed import gemv_packed
+
+    x, qp, s, g, _ = _packed_case(96, 128, 17, 4, 128, 1)
+    with pytest.raises(ValueError, match="1..16 rows, got M = 17"):
+        gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 96, 4, g)
+    with pytest.raises(ValueError, match="warps = 3"):
+        gemv_packed(cp.asarray(x[:1]), cp.asarray(qp), cp.asarray(s), 96, 4, g, warps=3)
+
+
 def _packed_case(N, K, M, bits, group, seed):
     """Random codes, scales and x for the packed GEMMs -> (x, qp, s, g, ref) on the host, or None when the group
     does not divide the padded K."""

@@ -145,3 +145,21 @@ def test_mma_sk_launches_pass_what_the_kernel_takes(monkeypatch):
             assert (isinstance(a, want) if want else isinstance(a, Arr)), (p, a)
     assert [c[0][1] for c in calls] == [4, 16, mma_sk.FP8, 4] and calls[3][0][5] is True
     assert calls[3][1] == (8, 4 * 2, 4) and calls[3][3][13:16] == (4, 2, 2)     # 4 slots x 2 row tiles, 4 splits
+
+
+@given(st.integers(1, 64), st.integers(1, 40))
+@settings(max_examples=200, deadline=None)
+def test_gemv_packed_scale_groups_hold_one_scale(g16, ktiles):
+    """gemv_packed.cu applies one int4 scale per GS k16 steps of a tile, read at (kt * 128 + 16 * GS * s) / group:
+    for every group that divides K, each step of such a chunk lies in that scale's group."""
+    from fdlite_kernels.gemv_packed import steps_per_scale
+
+    group, K = 16 * g16, 128 * ktiles
+    if K % group:
+        return
+    gs = steps_per_scale(4, group)
+    assert 8 % gs == 0
+    for kt in range(ktiles):
+        for s in range(8 // gs):
+            idx = (kt * 128 + 16 * gs * s) // group
+            assert all((kt * 128 + 16 * j) // group == idx for j in range(gs * s, gs * (s + 1)))

@@ -1,0 +1,53 @@
+"""Launcher for gemv_packed.cu — decode GEMV (M <= 16) on the tensor cores over mma_wq's packed int8 / int4 weights.
+
+gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None):
+    the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, M <= 16;
+    qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
+    rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles).
+The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check
+from .mma_wq import KT, _validate
+
+MAX_M = 16                     # two B fragments of 8 tokens
+ROWS = (1, 2)
+WARPS = (4, 8, 16)
+
+
+def steps_per_scale(bits: int, group: int) -> int:
+    """k16 steps sharing one int4 scale inside a K tile (the kernel's GS): 8 when groups cover whole tiles,
+    group / 16 when they split one evenly, else 1 (a scale per step: any multiple of 16). int8: 1 (unused)."""
+    if bits == 8:
+        return 1
+    if group % KT[4] == 0:
+        return KT[4] // 16
+    return group // 16 if KT[4] % group == 0 else 1
+
+
+def name(bits: int, M: int, group: int, rows: int, warps: int) -> str:
+    return f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}>"
+
+
+def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None):
+    import cupy as cp  # noqa: PLC0415
+
+    M, K, Np, group = _validate(x, qp, scale, N, bits, group)
+    check(1 <= M <= MAX_M, f"gemv_packed takes 1..{MAX_M} rows, got M = {M} (use mma_sk / mma_wq)")
+    rows = 1 if rows is None else rows
+    warps = 8 if warps is None else warps
+    check(rows in ROWS, f"rows = {rows}, expected one of {ROWS}")
+    check(warps in WARPS, f"warps = {warps}, expected one of {WARPS}")
+    check(x.data.ptr % 4 == 0, f"x must be 4-byte aligned (address {x.data.ptr:#x}): the kernel reads bf16 pairs")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
+    nm = name(bits, M, group, rows, warps)
+    fn = load("gemv_packed", name_expressions=(nm,)).get_function(nm)
+    pairs = Np // 16
+    fn((-(-pairs // rows),), (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
+    return y
