@@ -32,6 +32,11 @@ for stage in "$@"; do
       T 240 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=${TC_MS:-1,4,8,16} WINT2=0 python3 benchmarks/gpu_gemv.py \
         > $OUT/gemv.log 2>&1
       grep -A80 "sum over" $OUT/gemv.log ;;
+    tcbench)        # only the timings of tc (GEMV_TC=1 block shapes), then the 8B end to end at batch 1 and 8
+      T 300 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=${TC_MS:-1,4,8,16} WINT2=0 python3 benchmarks/gpu_gemv.py \
+        > $OUT/gemv.log 2>&1
+      grep -A120 "sum over" $OUT/gemv.log
+      T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" ;;
     tcprobe)        # Nsight Compute on the routed one-row int4 GEMV: throughput, occupancy, warp stalls
       for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
@@ -73,6 +78,6 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
         > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
-    *) echo "unknown stage $stage (tc tcprobe verify sk sktests tests gemv e2e ernie profile profile32)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify sk sktests tests gemv e2e ernie profile profile32)" ;;
   esac
 done

@@ -20,7 +20,7 @@ from fdlite_kernels.gemv_wint2 import gemv_wint2
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
 from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
-from fdlite_kernels.gemv_packed import ROWS, WARPS, gemv_packed
+from fdlite_kernels.gemv_packed import gemv_packed
 from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16, mma_sk_fp8
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
@@ -28,6 +28,9 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 W2 = __import__("fdlite.quant", fromlist=["get"]).get("wint2")()
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
+# gemv_packed block shapes timed by GEMV_TC=1: (row pairs, warps, resident blocks asked per SM)
+TC_SHAPES = ((1, 8, 1), (1, 8, 3), (1, 8, 4), (1, 4, 1), (1, 4, 6), (1, 4, 8), (1, 16, 1), (1, 16, 2), (2, 8, 1),
+             (2, 8, 3))
 WINT2 = os.environ.get("WINT2", "1") == "1"   # its host quantization (scale search) takes minutes per shape
 
 
@@ -156,14 +159,13 @@ def main():
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_TC") == "1" and M <= 16:     # gemv_packed's block shapes
-                for r in ROWS:
-                    for wp in WARPS:
-                        for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
-                                                    (8, p8, s8c, K, N * K + 4 * N)):
-                            t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp))
-                            rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} tc{r},{wp}",
-                                         "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
-                                         "speedup_vs_bf16": round(t_bf16 / t, 2)})
+                for r, wp, mb in TC_SHAPES:
+                    for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
+                                                (8, p8, s8c, K, N * K + 4 * N)):
+                        t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp, minb=mb))
+                        rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} tc{r},{wp},{mb}",
+                                     "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
+                                     "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits
                 for wp in (4, 8):
                     for mt in (1, 2, 4):

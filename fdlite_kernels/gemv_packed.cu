@@ -8,7 +8,8 @@
 // consumes 256 weights and x only has to fill B, whose 8 columns are 8 tokens (NB fragments: M <= 8 NB).
 // Per 8 int4 weights a lane spends ~13 instructions of dequantization (common.cuh: u4x8_to_bf16x2) and half an
 // mma, against ~40 for the CUDA-core dot products this replaced (instruction-bound at ~1.5 TB/s on gate_up).
-// Block: R row pairs (16 R rows) x W warps that split the K tiles (interleaved) and meet in shared memory.
+// Block: R row pairs (16 R rows) x W warps that split the K tiles (interleaved) and meet in shared memory;
+// MINB: resident blocks per SM asked of the register allocator (occupancy hides the DRAM latency).
 // Each lane keeps two K tiles of weights (and their scales) in flight in registers while it computes a third.
 // GS: k16 steps per scale group inside a tile (int4: 8 = one scale per tile when group % 128 == 0; 4, 2, 1
 // for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
@@ -43,8 +44,8 @@ __device__ __forceinline__ void codes_of_step(const uint4& w, int j, unsigned* a
   }
 }
 
-template <int BITS, int NB, int GS, int R, int W>
-__global__ void __launch_bounds__(32 * W) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
+template <int BITS, int NB, int GS, int R, int W, int MINB>
+__global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                       const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                       int M, int N, int K, int group) {
   constexpr int KT = BITS == 8 ? 64 : 128;
@@ -194,17 +195,17 @@ __global__ void __launch_bounds__(32 * W) gemv_packed(const bf16_t* __restrict__
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_PACKED(BITS, NB, GS, R, W)                                                                        \
-  template __global__ void gemv_packed<BITS, NB, GS, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, \
-                                                           int, int, int, int);
-GEMV_PACKED(8, 1, 1, 1, 8)
-GEMV_PACKED(8, 2, 1, 1, 8)
-GEMV_PACKED(4, 1, 8, 1, 8)
-GEMV_PACKED(4, 2, 8, 1, 8)
-GEMV_PACKED(4, 1, 4, 1, 8)
-GEMV_PACKED(4, 2, 4, 1, 8)
-GEMV_PACKED(4, 1, 2, 1, 8)
-GEMV_PACKED(4, 2, 2, 1, 8)
-GEMV_PACKED(4, 1, 1, 1, 8)
-GEMV_PACKED(4, 2, 1, 1, 8)
+#define GEMV_PACKED(BITS, NB, GS, R, W, MINB)                                                         \
+  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB>(const bf16_t*, const uint4*, const float*, \
+                                                                 bf16_t*, int, int, int, int);
+GEMV_PACKED(8, 1, 1, 1, 8, 4)
+GEMV_PACKED(8, 2, 1, 1, 8, 4)
+GEMV_PACKED(4, 1, 8, 1, 8, 4)
+GEMV_PACKED(4, 2, 8, 1, 8, 4)
+GEMV_PACKED(4, 1, 4, 1, 8, 4)
+GEMV_PACKED(4, 2, 4, 1, 8, 4)
+GEMV_PACKED(4, 1, 2, 1, 8, 4)
+GEMV_PACKED(4, 2, 2, 1, 8, 4)
+GEMV_PACKED(4, 1, 1, 1, 8, 4)
+GEMV_PACKED(4, 2, 1, 1, 8, 4)
 #endif
