@@ -45,10 +45,11 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers|Stall|Warp Cycles|Issued" \
           $OUT/ncu_tc_$shp.txt | head -30
       done ;;
-    verify)         # the review refactor of mma_sk's launches (plain, dense, fp8, MoE gather) and wint2 on the device
-      T 200 $PT tests/test_gpu_kernels.py -k "mma_sk and not 128256" 2>&1 | tail -3
-      T 120 $PT tests/test_moe_gpu_path.py 2>&1 | tail -2
-      T 100 $PT tests/test_gpu_kernels.py -k "block_fp8" 2>&1 | tail -2
+    verify)         # the review refactor of mma_sk's launches (plain, dense, MoE gather), on the device
+      T 220 $PT tests/test_gpu_kernels.py -k "mma_sk and not 128256 and not fp8" 2>&1 | tail -3
+      T 150 $PT tests/test_moe_gpu_path.py 2>&1 | tail -2 ;;
+    verify2)        # the fp8 launches and the wint2 device encoder
+      T 150 $PT tests/test_gpu_kernels.py -k "block_fp8 or mma_sk_fp8" 2>&1 | tail -2
       T 100 $PT tests/ -k "wint2_device_quantization" 2>&1 | tail -2 ;;
     sktests)        # the routed GEMM entries (GEMV / mma_sk / mma_wq) and the dense kernels against their twins
       T 240 $PT tests/test_gpu_kernels.py -k "mma_sk or mma_bf16 or (gemm_packed and (576-576 or 96-160))" 2>&1 \
@@ -78,6 +79,6 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
         > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify sk sktests tests gemv e2e ernie profile profile32)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32)" ;;
   esac
 done

@@ -198,14 +198,15 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 #define GEMV_PACKED(BITS, NB, GS, R, W, MINB)                                                         \
   template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB>(const bf16_t*, const uint4*, const float*, \
                                                                  bf16_t*, int, int, int, int);
-GEMV_PACKED(8, 1, 1, 1, 8, 4)
-GEMV_PACKED(8, 2, 1, 1, 8, 4)
-GEMV_PACKED(4, 1, 8, 1, 8, 4)
-GEMV_PACKED(4, 2, 8, 1, 8, 4)
-GEMV_PACKED(4, 1, 4, 1, 8, 4)
-GEMV_PACKED(4, 2, 4, 1, 8, 4)
-GEMV_PACKED(4, 1, 2, 1, 8, 4)
-GEMV_PACKED(4, 2, 2, 1, 8, 4)
-GEMV_PACKED(4, 1, 1, 1, 8, 4)
-GEMV_PACKED(4, 2, 1, 1, 8, 4)
+GEMV_PACKED(8, 1, 1, 1, 8, 1)     // the plan's shapes (gemv_packed.py: plan), one and two B fragments
+GEMV_PACKED(8, 1, 1, 1, 4, 1)
+GEMV_PACKED(8, 1, 1, 1, 16, 2)
+GEMV_PACKED(8, 2, 1, 1, 8, 1)
+GEMV_PACKED(4, 1, 8, 1, 8, 1)
+GEMV_PACKED(4, 1, 8, 1, 4, 1)
+GEMV_PACKED(4, 2, 8, 1, 8, 1)
+GEMV_PACKED(4, 1, 4, 1, 8, 1)     // groups of 64, 32, any other multiple of 16
+GEMV_PACKED(4, 1, 2, 1, 8, 1)
+GEMV_PACKED(4, 1, 1, 1, 8, 1)
+GEMV_PACKED(4, 2, 1, 2, 8, 3)
 #endif

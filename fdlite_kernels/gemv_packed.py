@@ -4,7 +4,7 @@ gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, M <= 16;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles);
-    minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers).
+    minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers). Defaults: ``plan``.
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's).
 """
 from __future__ import annotations
@@ -31,6 +31,21 @@ def steps_per_scale(bits: int, group: int) -> int:
     return group // 16 if KT[4] % group == 0 else 1
 
 
+def plan(Np: int, K: int, bits: int) -> tuple[int, int, int]:
+    """-> (rows, warps, minb), from the H100 sweep of every block shape on the Llama-3-8B projections at M = 1, 4
+    and 8 (BENCHMARKS.md; results_gemv_tc2_h100_2026-11-24.jsonl). One row pair per block everywhere (two halve
+    the blocks and lose on every shape but o_proj). Many row pairs over a short K (qkv, gate_up) favour 4 warps:
+    gate_up int4 32.3 vs 35.0 us with 8. A long K (down_proj) wants 8 warps for int4 (17.6 vs 19.5 with 16) and 16
+    for int8, whose 16-byte loads cover only 64 columns (24.4 vs 27.6 us)."""
+    if bits == 8:
+        if K >= 8192:
+            return 1, 16, 2
+        return (1, 4, 1) if Np >= 16384 else (1, 8, 1)
+    if K >= 8192:
+        return 1, 8, 1
+    return (1, 4, 1) if Np >= 6144 else (1, 8, 1)
+
+
 def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int) -> str:
     return f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}>"
 
@@ -40,11 +55,12 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
     check(1 <= M <= MAX_M, f"gemv_packed takes 1..{MAX_M} rows, got M = {M} (use mma_sk / mma_wq)")
-    rows = 1 if rows is None else rows
-    warps = 8 if warps is None else warps
+    pr, pw, pm = plan(Np, K, bits)
+    rows = pr if rows is None else rows
+    warps = pw if warps is None else warps
     check(rows in ROWS, f"rows = {rows}, expected one of {ROWS}")
     check(warps in WARPS, f"warps = {warps}, expected one of {WARPS}")
-    minb = 1 if minb is None else minb
+    minb = pm if minb is None else minb
     check(minb in MINB and minb * warps <= 64, f"minb = {minb} with {warps} warps: expected one of {MINB}, "
           f"at most 64 warps per SM")
     check(x.data.ptr % 4 == 0, f"x must be 4-byte aligned (address {x.data.ptr:#x}): the kernel reads bf16 pairs")

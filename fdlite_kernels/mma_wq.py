@@ -135,7 +135,8 @@ def mma_bf16(x, w, out=None, cfg=None):
     return y
 
 
-GEMV_MAX_M = 16  # gemv_packed.cu (tensor-core GEMV, weights streamed into registers) up to here: see BENCHMARKS.md
+GEMV_MAX_M = 8   # gemv_packed.cu (tensor-core GEMV, weights into registers) up to here. H100, sum over the 8B
+# projections (µs): M = 1 wint4 66-70 vs mma_sk 102, M = 8 86 vs 106; at M = 16 int4 134 vs mma_sk's 116 (BENCHMARKS.md)
 SK_MAX_M = 64    # mma_sk (split-K, cp.async pipeline) up to here: 1.2-1.8x mma_wq at M = 16-64 on the 8B shapes
 
 

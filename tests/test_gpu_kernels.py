@@ -194,16 +194,15 @@ def test_gemv_packed(cp, N, K, M, bits, group):
 @pytest.mark.parametrize("N,K", [(4096, 14336), (96, 160), (40, 256)])
 @pytest.mark.parametrize("M", [1, 9])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128)])
-@pytest.mark.parametrize("rows", [1, 2])
-@pytest.mark.parametrize("warps", [4, 8, 16])
-def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps):
-    """Every compiled block shape (row pairs per block, warps splitting K) gives the same answer, including a
+@pytest.mark.parametrize("rows,warps,minb", [(1, 4, 1), (1, 8, 1), (1, 16, 2), (1, 8, 4), (2, 8, 1), (2, 16, 1)])
+def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps, minb):
+    """Block shapes (row pairs per block, warps splitting K, register budget) give the same answer, including a
     last block whose second row pair lies past N."""
     from fdlite_kernels.gemv_packed import gemv_packed
 
     x, qp, s, g, ref = _packed_case(N, K, M, bits, group, N + K + M + bits + rows + warps)
     y = cp.full((M, N), np.nan, dtype=BF16)
-    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, rows=rows, warps=warps)
+    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, rows=rows, warps=warps, minb=minb)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 

@@ -163,3 +163,15 @@ def test_gemv_packed_scale_groups_hold_one_scale(g16, ktiles):
         for s in range(8 // gs):
             idx = (kt * 128 + 16 * gs * s) // group
             assert all((kt * 128 + 16 * j) // group == idx for j in range(gs * s, gs * (s + 1)))
+
+
+def test_gemv_packed_plan_is_a_compilable_block_shape():
+    """The plan's (rows, warps, minb) for the 8B projections and odd shapes is one the launcher accepts: at most 64
+    resident warps asked per SM."""
+    from fdlite_kernels.gemv_packed import MINB, ROWS, WARPS, plan
+
+    for bits in (8, 4):
+        for Np, K in [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (16, 128), (128256, 4096)]:
+            rows, warps, minb = plan(Np, K, bits)
+            assert rows in ROWS and warps in WARPS and minb in MINB and warps * minb <= 64
+    assert plan(28672, 4096, 4) == (1, 4, 1) and plan(4096, 14336, 8) == (1, 16, 2)
