@@ -374,7 +374,7 @@ def test_device_check_weight_validates_without_leaving_the_device(fake_cp):
     assert isinstance(host, np.ndarray) and FakeDevArray.gets == 1
 
 
-@pytest.mark.parametrize("name", ["nf4", "wint2", "block_wise_fp8", "wfp8afp8"])
+@pytest.mark.parametrize("name", ["nf4", "block_wise_fp8", "wfp8afp8"])
 def test_host_only_methods_still_take_device_weights(fake_cp, name):
     w = np.random.default_rng(1).standard_normal((16, 256)).astype(BF16)
     m = quant.get(name)()
@@ -538,8 +538,7 @@ def test_wint2_quantizes_on_device_bit_identical_to_the_host(fake_cp):
     w[3, :64] = 0                                                            # a dead group: local scale 0
     w[5, 7] = 40                                                             # an outlier widens its group's scale
     m = quant.get("wint2")()
-    assert not m.quantizes_on_device                     # off by default until run on a GPU
-    m.quantizes_on_device = True
+    assert m.quantizes_on_device                         # on by default since the H100 run
     p = m.quantize(fake_cp.asarray(w))
     assert FakeDevArray.gets == 0
     assert all(isinstance(a, FakeDevArray) for a in p.arrays.values())
@@ -558,7 +557,6 @@ def test_wint2_device_quantization_on_the_gpu():
     rng = np.random.default_rng(9)
     w = rng.standard_normal((256, 1024)).astype(np.float32)
     m = quant.get("wint2")()
-    m.quantizes_on_device = True                         # the device encoder (off by default until this passes)
     dev, host = m.quantize(cp.asarray(w)), m.quantize(w)
     assert all(isinstance(a, cp.ndarray) for a in dev.arrays.values())
     same = (dev.arrays["quant_weight"].get() == host.arrays["quant_weight"]).mean()
