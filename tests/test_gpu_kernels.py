@@ -391,3 +391,32 @@ def test_gemv_wint2_vs_twin(cp, N, K, M):
                a["code_zp"], out=y)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+
+@pytest.mark.parametrize("M", [5, 9, 16, 20])
+def test_wint2_batched_rows_on_the_gpu(cp, M):
+    """Past 4 rows the method runs gemv_wint2 4 rows a launch (to 16 rows, and at any M inside a graph capture,
+    where the float32 formula's cuBLAS is refused): eager and captured results against the NumPy twin."""
+    import dataclasses
+
+    from fdlite.quant import get
+
+    rng = np.random.default_rng(M)
+    method = get("wint2")()
+    p = method.quantize(rng.standard_normal((300, 512)).astype(np.float32) * 0.02)
+    x = _x(rng, M, 512)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    pd = dataclasses.replace(p, arrays={k: cp.asarray(v) for k, v in p.arrays.items()})
+    xd = cp.asarray(x)
+    eager = cp.asnumpy(method.matmul(xd, pd, cp)).astype(np.float32)
+    assert np.isfinite(eager).all() and _rel(eager, ref) < 1e-2
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        method.matmul(xd, pd, cp)
+        stream.begin_capture()
+        y = method.matmul(xd, pd, cp)
+        graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2

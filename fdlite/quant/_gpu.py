@@ -5,8 +5,8 @@ only calls in here when its arrays live on a GPU. Which path runs:
 
 | method | layout on the GPU | few rows | more rows | kernel |
 |---|---|---|---|---|
-| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (M = 1, K < 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M |
-| wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (M <= 4) | — | above 4 rows: the twin formula on CuPy (stop-gap) |
+| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M |
+| wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (4 rows a launch, M <= 16, any M in graphs) | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | mma_sk_fp8 (e4m3 mma; K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M = 1: mma_bf16, gemv_bf16 for N >= 65536 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
@@ -97,11 +97,26 @@ def _block_fp8_as_bf16(x, p: Packed, xp):
 
 
 def matmul_wint2(x, p: Packed, xp):
+    """gemv_wint2.cu, 4 rows per launch: one launch for decode, M / 4 for a small batch (each rereads the weights,
+    still far cheaper than expanding them) and graph-capturable at any M (the float32 formula is not: cuBLAS)."""
+    import ml_dtypes  # noqa: PLC0415
+
     from fdlite_kernels.gemv_wint2 import gemv_wint2  # noqa: PLC0415
 
     a = p.arrays
-    return gemv_wint2(_bf16_padded(x, x.shape[1], xp), a["quant_weight"], a["weight_scale"], a["super_scales"],
-                      a["code_scale"], a["code_zp"])
+    xb = _bf16_padded(x, x.shape[1], xp)
+    w = (a["quant_weight"], a["weight_scale"], a["super_scales"], a["code_scale"], a["code_zp"])
+    M = xb.shape[0]
+    if M <= 4:
+        return gemv_wint2(xb, *w)
+    y = xp.empty((M, a["quant_weight"].shape[1]), dtype=np.dtype(ml_dtypes.bfloat16))
+    for i in range(0, M, 4):
+        gemv_wint2(xb[i:i + 4], *w, out=y[i:i + 4])
+    return y
+
+
+# wint2 rows run by gemv_wint2 (4 per launch) when eager; more rows take the float32 formula on CuPy (stop-gap)
+WINT2_GEMV_MAX_M = 16
 
 
 def _bf16_padded(x, K_pad: int, xp):

@@ -109,8 +109,8 @@ class Method(QuantMethod):
         return Wt.reshape(-1, N).T[:, :K]                                          # (N, K)
 
     def matmul(self, x, p: Packed, xp):
-        if xp is not np and x.shape[0] <= 4:                       # GPU decode: fdlite_kernels/gemv_wint2.cu
-            return _gpu.matmul_wint2(x, p, xp)
+        if xp is not np and (x.shape[0] <= _gpu.WINT2_GEMV_MAX_M or xp.cuda.get_current_stream().is_capturing()):
+            return _gpu.matmul_wint2(x, p, xp)                     # GPU decode: fdlite_kernels/gemv_wint2.cu
         return (x.astype(xp.float32, copy=False) @ self.dequantize(p, xp).T).astype(x.dtype, copy=False)
 
     def error_bound(self, w) -> float:
