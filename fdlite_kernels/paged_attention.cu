@@ -24,6 +24,16 @@
       const int* __restrict__ row_pos, int window, float scale, int chunk, int S, float* __restrict__ po,     \
       float* __restrict__ pm, float* __restrict__ pl
 
+// Keys per split for a row that sees `visible` keys: the smallest power of two from 32 up to `cmax` (the host's
+// chunk for the longest context of the grid) whose S splits cover them. The grid is sized for the longest context
+// (a captured graph serves every length up to it), so a short context spreads over a few short splits instead of
+// sitting in one long one (at 100 keys with cmax = 256: 4 splits of 32 keys, each key read by 4 threads).
+__device__ __forceinline__ int row_chunk(int visible, int S, int cmax) {
+  int c = 32;
+  while (c < cmax && c * S < visible) c <<= 1;
+  return c;
+}
+
 template <int FMT, int GMAX>
 __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   extern __shared__ float smem[];
@@ -31,9 +41,10 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   const int g = nh / nkv;
   const int pos = row_pos[n];
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
-  const int start = lo + s * chunk;
+  const int ck = row_chunk(pos + 1 - lo, S, chunk);          // this row's keys per split (<= chunk: smem's stride)
+  const int start = lo + s * ck;
   if (start > pos) return;                                   // this split has no keys for this row
-  const int ntok = min(pos + 1 - start, chunk);
+  const int ntok = min(pos + 1 - start, ck);
   const int* table = block_tables + (size_t)row_seq[n] * max_blocks;
   const int rb = kv_row_bytes<FMT>(D);
   float* qs = smem;                       // [g][D] queries, pre-scaled
@@ -49,7 +60,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   // issued together (16 bytes each where the span allows) so one memory latency covers the whole row.
   constexpr int EPW = kv_per_word<FMT>();
   const int nw = rb / 4;
-  const int tpk = min(max(THREADS / chunk, 1), nw);          // powers of two: divides nw and 32
+  const int tpk = min(max(THREADS / ck, 1), nw);             // powers of two: divides nw and 32
   const int span = nw / tpk, part = tid % tpk, kpi = THREADS / tpk;
   for (int base = 0; base < ntok; base += kpi) {             // uniform over the block: shuffles below are safe
     const int t = base + tid / tpk;
@@ -209,7 +220,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn_merge(const float* __restr
   const size_t base = (size_t)blockIdx.x * S;
   const int pos = row_pos[n];
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
-  const int ns = min(S, (pos - lo) / chunk + 1);              // splits that held keys
+  const int ns = min(S, (pos - lo) / row_chunk(pos + 1 - lo, S, chunk) + 1);   // splits that held keys
   float M = neg_inf();
   for (int s = 0; s < ns; ++s) M = fmaxf(M, pm[base + s]);
   float L = 0.f;

@@ -141,7 +141,17 @@ def test_paged_attention_long_contexts(cp, gpu, fmt, nh, nkv, D):
     _check_paged(cp, gpu, fmt, nh, nkv, D, None, [2900, 1500, 0], [1, 3, 2], 300)
 
 
-def _check_paged(cp, gpu, fmt, nh, nkv, D, window, start, lens, nb):
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("nh,nkv,D", [(32, 8, 128), (8, 2, 256)])
+@pytest.mark.parametrize("window", [None, 40])
+def test_paged_attention_grid_sized_for_a_longer_context(cp, gpu, fmt, nh, nkv, D, window):
+    """A captured graph sizes the split grid for its longest context (here 8192 keys: 32 splits of up to 256);
+    each row then picks its own split length (kernel: row_chunk) from its context, 1..700 keys."""
+    _check_paged(cp, gpu, fmt, nh, nkv, D, window, [0, 300, 683, 0, 64, 90], [1, 1, 17, 40, 5, 1], 160,
+                 max_len=8192)
+
+
+def _check_paged(cp, gpu, fmt, nh, nkv, D, window, start, lens, nb, max_len=None):
     rng = np.random.default_rng(nh * 7 + nkv + D + (window or 0) + len(start))
     cfg, bs = _cfg(nh, nkv, D), 16
     cache = _cache(fmt, cfg, nb, bs, gpu, rng)
@@ -160,6 +170,8 @@ def _check_paged(cp, gpu, fmt, nh, nkv, D, window, start, lens, nb):
     want = cp.asnumpy(cache.attend(0, q, meta, window, D ** -0.5)).astype(np.float32)
     cache.kernel_code = code
     meta.device = None
+    if max_len is not None:
+        meta.on_device(cp)["max_len"] = max_len
     got = cp.asnumpy(cache.attend(0, q, meta, window, D ** -0.5)).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, want) < 2e-2
 
