@@ -28,9 +28,9 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 W2 = __import__("fdlite.quant", fromlist=["get"]).get("wint2")()
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
-# gemv_packed block shapes timed by GEMV_TC=1: (row pairs, warps, resident blocks asked per SM, tiles in flight)
-TC_SHAPES = ((1, 8, 1, 2), (1, 8, 3, 2), (1, 8, 2, 4), (1, 8, 3, 4), (1, 4, 1, 2), (1, 4, 6, 2), (1, 4, 4, 4),
-             (1, 4, 6, 4), (1, 16, 2, 2), (1, 16, 2, 4))
+# gemv_packed block shapes timed by GEMV_TC=1: (row pairs, warps, resident blocks asked per SM)
+TC_SHAPES = ((1, 8, 1), (1, 8, 3), (1, 8, 4), (1, 4, 1), (1, 4, 6), (1, 4, 8), (1, 16, 1), (1, 16, 2), (2, 8, 1),
+             (2, 8, 3))
 WINT2 = os.environ.get("WINT2", "1") == "1"   # its host quantization (scale search) takes minutes per shape
 
 
@@ -159,13 +159,11 @@ def main():
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_TC") == "1" and M <= 16:     # gemv_packed's block shapes
-                for r, wp, mb, dp in TC_SHAPES:
+                for r, wp, mb in TC_SHAPES:
                     for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
                                                 (8, p8, s8c, K, N * K + 4 * N)):
-                        t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp, minb=mb,
-                                                        depth=dp))
-                        rows.append({"shape": name, "N": N, "K": K, "M": M,
-                                     "method": f"wint{bits} tc{r},{wp},{mb},{dp}",
+                        t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp, minb=mb))
+                        rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} tc{r},{wp},{mb}",
                                      "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
                                      "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits

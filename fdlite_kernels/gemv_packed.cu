@@ -10,7 +10,7 @@
 // mma, against ~40 for the CUDA-core dot products this replaced (instruction-bound at ~1.5 TB/s on gate_up).
 // Block: R row pairs (16 R rows) x W warps that split the K tiles (interleaved) and meet in shared memory;
 // MINB: resident blocks per SM asked of the register allocator (occupancy hides the DRAM latency).
-// Each lane keeps DEPTH K tiles of weights (and their scales) in flight in registers while it computes one.
+// Each lane keeps two K tiles of weights (and their scales) in flight in registers while it computes a third.
 // GS: k16 steps per scale group inside a tile (int4: 8 = one scale per tile when group % 128 == 0; 4, 2, 1
 // for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
 #include "common.cuh"
@@ -44,7 +44,7 @@ __device__ __forceinline__ void codes_of_step(const uint4& w, int j, unsigned* a
   }
 }
 
-template <int BITS, int NB, int GS, int R, int W, int MINB, int DEPTH>
+template <int BITS, int NB, int GS, int R, int W, int MINB>
 __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                       const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                       int M, int N, int K, int group) {
@@ -97,10 +97,10 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
   unsigned xn[NB][STEPS][2];
   load_x(warp, xn);
 
-  uint4 wn[DEPTH][R][2];
-  float sn[DEPTH][R][2][NS];
+  uint4 wn[2][R][2];
+  float sn[2][R][2][NS];
 #pragma unroll
-  for (int d = 0; d < DEPTH; ++d)
+  for (int d = 0; d < 2; ++d)
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -118,15 +118,13 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         w[r][h] = wn[0][r][h];
-#pragma unroll
-        for (int d = 0; d + 1 < DEPTH; ++d) wn[d][r][h] = wn[d + 1][r][h];
-        wn[DEPTH - 1][r][h] = load_w(kt + DEPTH * W, r, h);
+        wn[0][r][h] = wn[1][r][h];
+        wn[1][r][h] = load_w(kt + 2 * W, r, h);
 #pragma unroll
         for (int s = 0; s < NS; ++s) {
           sc[r][h][s] = sn[0][r][h][s];
-#pragma unroll
-          for (int d = 0; d + 1 < DEPTH; ++d) sn[d][r][h][s] = sn[d + 1][r][h][s];
-          sn[DEPTH - 1][r][h][s] = load_s(kt + DEPTH * W, r, h, s);
+          sn[0][r][h][s] = sn[1][r][h][s];
+          sn[1][r][h][s] = load_s(kt + 2 * W, r, h, s);
         }
       }
     unsigned xb[NB][STEPS][2];                         // this tile's B fragments; the next tile's are loaded now
@@ -197,11 +195,9 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_PACKED(BITS, NB, GS, R, W, MINB)                                                             \
-  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB, 2>(const bf16_t*, const uint4*, const float*, \
-                                                                    bf16_t*, int, int, int, int);           \
-  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB, 4>(const bf16_t*, const uint4*, const float*, \
-                                                                    bf16_t*, int, int, int, int);
+#define GEMV_PACKED(BITS, NB, GS, R, W, MINB)                                                         \
+  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB>(const bf16_t*, const uint4*, const float*, \
+                                                                 bf16_t*, int, int, int, int);
 GEMV_PACKED(8, 1, 1, 1, 8, 1)     // the plan's shapes (gemv_packed.py: plan), one and two B fragments
 GEMV_PACKED(8, 1, 1, 1, 4, 1)
 GEMV_PACKED(8, 1, 1, 1, 16, 2)

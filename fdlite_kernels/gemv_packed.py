@@ -4,8 +4,7 @@ gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, M <= 16;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles);
-    minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers); depth: K tiles of
-    weights each lane keeps in flight (2 or 4). Defaults: ``plan``.
+    minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers). Defaults: ``plan``.
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's).
 """
 from __future__ import annotations
@@ -20,7 +19,6 @@ MAX_M = 16                     # two B fragments of 8 tokens
 ROWS = (1, 2)
 WARPS = (4, 8, 16)
 MINB = (1, 2, 3, 4, 6, 8)
-DEPTHS = (2, 4)                # K tiles of weights in flight per lane
 
 
 def steps_per_scale(bits: int, group: int) -> int:
@@ -48,13 +46,11 @@ def plan(Np: int, K: int, bits: int) -> tuple[int, int, int]:
     return (1, 4, 1) if Np >= 6144 else (1, 8, 1)
 
 
-def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, depth: int) -> str:
-    return (f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}, "
-            f"{depth}>")
+def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int) -> str:
+    return f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}>"
 
 
-def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None,
-                depth=None):
+def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -65,15 +61,13 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     check(rows in ROWS, f"rows = {rows}, expected one of {ROWS}")
     check(warps in WARPS, f"warps = {warps}, expected one of {WARPS}")
     minb = pm if minb is None else minb
-    depth = DEPTHS[0] if depth is None else depth
-    check(depth in DEPTHS, f"depth = {depth}, expected one of {DEPTHS}")
     check(minb in MINB and minb * warps <= 64, f"minb = {minb} with {warps} warps: expected one of {MINB}, "
           f"at most 64 warps per SM")
     check(x.data.ptr % 4 == 0, f"x must be 4-byte aligned (address {x.data.ptr:#x}): the kernel reads bf16 pairs")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    nm = name(bits, M, group, rows, warps, minb, depth)
+    nm = name(bits, M, group, rows, warps, minb)
     fn = load("gemv_packed", name_expressions=(nm,)).get_function(nm)
     pairs = Np // 16
     fn((-(-pairs // rows),), (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
