@@ -29,7 +29,8 @@ W2 = __import__("fdlite.quant", fromlist=["get"]).get("wint2")()
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
 # gemv_packed block shapes timed by GEMV_TC=1: (row pairs, warps, resident blocks asked per SM)
-TC_SHAPES = ((1, 8, 1), (1, 4, 1), (1, 16, 2), (2, 8, 1))
+TC_SHAPES = ((1, 8, 1), (1, 8, 3), (1, 8, 4), (1, 4, 1), (1, 4, 6), (1, 4, 8), (1, 16, 1), (1, 16, 2), (2, 8, 1),
+             (2, 8, 3))
 WINT2 = os.environ.get("WINT2", "1") == "1"   # its host quantization (scale search) takes minutes per shape
 
 
@@ -165,12 +166,6 @@ def main():
                         rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} tc{r},{wp},{mb}",
                                      "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
                                      "speedup_vs_bf16": round(t_bf16 / t, 2)})
-            if os.environ.get("GEMV_TC") == "1" and M <= 16:     # int4 with biased codes + sum(x) correction
-                for r, wp, mb in TC_SHAPES:
-                    t = bench(lambda i: gemv_packed(x, p4[i], s4, N, 4, 128, out=y, rows=r, warps=wp, minb=mb, xsum=True))
-                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint4 tcx{r},{wp},{mb}",
-                                 "us": round(t, 2), "GB_s": round((N * K // 2 + 4 * N * K // 128) / t / 1e3, 1),
-                                 "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits
                 for wp in (4, 8):
                     for mt in (1, 2, 4):

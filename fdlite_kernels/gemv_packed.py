@@ -5,7 +5,6 @@ gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None):
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles);
     minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers). Defaults: ``plan``.
-    xsum (int4): feed the mma biased codes (q + 136) and subtract 136 x sum(x) per scale group (one mma of ones).
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's).
 """
 from __future__ import annotations
@@ -47,13 +46,11 @@ def plan(Np: int, K: int, bits: int) -> tuple[int, int, int]:
     return (1, 4, 1) if Np >= 6144 else (1, 8, 1)
 
 
-def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, xsum: bool) -> str:
-    return (f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}, "
-            f"{'true' if xsum and bits == 4 else 'false'}>")
+def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int) -> str:
+    return f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}>"
 
 
-def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None,
-                xsum=False):
+def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -70,7 +67,7 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    nm = name(bits, M, group, rows, warps, minb, xsum)
+    nm = name(bits, M, group, rows, warps, minb)
     fn = load("gemv_packed", name_expressions=(nm,)).get_function(nm)
     pairs = Np // 16
     fn((-(-pairs // rows),), (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
