@@ -20,7 +20,7 @@
 
 #define MAX_E 1024       // experts (moe_topk keeps MAX_E / 32 probabilities per lane in registers)
 #define LTOK 4           // tokens per moe_logits block: each router chunk loaded serves LTOK tokens
-#define WARPS 8          // moe_gemm_*: 8 warps per block (packed: they split the K tiles, as gemv_packed.cu)
+#define WARPS 8          // moe_gemm_*: 8 warps per block (packed: they split the K tiles)
 #define NT 2             // moe_gemm_packed: n8 tiles per block (16 output columns)
 #define ROWS 4           // moe_gemm_bf16: output columns per warp (as gemv_bf16.cu)
 
@@ -215,8 +215,8 @@ __device__ __forceinline__ void load_x4(const bf16_t* row, int k, int Kx, float*
   xf[3] = __uint_as_float(hi & 0xffff0000u);
 }
 
-// The gemv_packed.cu body per group of up to MMAX rows of one expert: lane l = 4 g + t of warp w reads the
-// 16-byte chunk of tile (n-tile, K tile w, w + WARPS, ...), two tiles in flight; the 4 lanes of an output row
+// A CUDA-core GEMV (the first gemv_packed.cu design; the dense decode GEMV now runs on the tensor cores) per
+// group of up to MMAX rows of one expert: lane l = 4 g + t of warp w reads the 16-byte chunk of tile (n-tile, K tile w, w + WARPS, ...), two tiles in flight; the 4 lanes of an output row
 // and the warps are reduced through shared memory; int8's channel scale multiplies the sum, int4's group scale
 // each step's (or, for groups covering whole tiles, each tile's) partial sum. A row's arithmetic does not depend
 // on which rows share its group (determinism across batches). Tried on the H100: warps owning 16 columns over
