@@ -215,12 +215,13 @@ __device__ __forceinline__ void load_x4(const bf16_t* row, int k, int Kx, float*
   xf[3] = __uint_as_float(hi & 0xffff0000u);
 }
 
-// A CUDA-core GEMV (the first gemv_packed.cu design; the dense decode GEMV now runs on the tensor cores) per
-// group of up to MMAX rows of one expert: lane l = 4 g + t of warp w reads the 16-byte chunk of tile (n-tile,
-// K tile w, w + WARPS, ...), two tiles in flight; the 4 lanes of an output row and the warps are reduced
-// through shared memory; int8's channel scale multiplies the sum, int4's group scale each step's (or, for groups covering whole tiles, each tile's) partial sum. A row's arithmetic does not depend
-// on which rows share its group (determinism across batches). Tried on the H100: warps owning 16 columns over
-// all of K, 128 columns a block (8x fewer blocks): no faster at 32 tokens, slower at 1.
+// A CUDA-core GEMV (the first gemv_packed.cu design; the dense decode GEMV now runs on the tensor cores) per group
+// of up to MMAX rows of one expert: lane l = 4 g + t of warp w reads the 16-byte chunk of tile (n-tile, K tile w, w
+// + WARPS, ...), two tiles in flight; the 4 lanes of an output row and the warps are reduced through shared memory;
+// int8's channel scale multiplies the sum, int4's group scale each step's (or, for groups covering whole tiles,
+// each tile's) partial sum. A row's arithmetic does not depend on which rows share its group (determinism across
+// batches). Tried on the H100: warps owning 16 columns over all of K, 128 columns a block (8x fewer blocks): no
+// faster at 32 tokens, slower at 1.
 template <int BITS, int MMAX>
 __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __restrict__ x,
                                                               const uint4* __restrict__ qp,
