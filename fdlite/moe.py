@@ -85,6 +85,13 @@ class Experts:
         return ys
 
 
+def block_nbytes(b) -> int:
+    """Weight bytes of an MoE block (router, correction bias, experts, shared experts): MoE and a tensor-parallel
+    rank's block (fdlite.parallel.rank.RankMoE) hold the same fields."""
+    arrays = [b.router_w] + ([] if b.correction_bias is None else [b.correction_bias])
+    return sum(int(a.nbytes) for a in arrays) + b.experts.nbytes + sum(lin.nbytes for lin in (b.shared or {}).values())
+
+
 @dataclass
 class MoE:
     """One MoE block's weights. shared: None or {"w13": Linear, "w2": Linear} (the shared-experts SwiGLU MLP)."""
@@ -100,9 +107,7 @@ class MoE:
     @property
     def nbytes(self) -> int:
         """Weight bytes (Model.memory_report counts the block through this)."""
-        arrays = [self.router_w] + ([] if self.correction_bias is None else [self.correction_bias])
-        return sum(int(a.nbytes) for a in arrays) + self.experts.nbytes + \
-            sum(lin.nbytes for lin in (self.shared or {}).values())
+        return block_nbytes(self)
 
     def __call__(self, x, xp):
         """x: (N, hidden) normed -> (N, hidden) (moe_forward). The families call the block, so a tensor-parallel

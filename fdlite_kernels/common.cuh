@@ -60,6 +60,21 @@ __device__ __forceinline__ void u4x8_to_bf16x2(unsigned w, unsigned* r) {
   }
 }
 
+// Word i of a 16-byte load (a lane's share of a packed weight tile).
+__device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// c += A (16 x 16, bf16, row) @ B (16 x 8, bf16, col), fp32 accumulation: a[4], b0, b1 and c[4] in the
+// fragment layout of mma.m16n8k16 (every tensor-core kernel here: mma_wq, mma_sk, gemv_packed).
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // e4m3fn bits -> float, exact for every finite code (NaN codes are never produced by the quantizers).

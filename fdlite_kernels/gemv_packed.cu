@@ -15,19 +15,6 @@
 // for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
 #include "common.cuh"
 
-__device__ __forceinline__ void mma_bf16_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                               unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 // Step j's A registers (rows g: lo, rows g + 8: hi) -> {a0, a2} of each: exact codes as bf16x2 pairs for
 // k = (2t, 2t+1) and (2t+8, 2t+9).
 template <int BITS>
@@ -149,11 +136,12 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
         const int j = s * (STEPS / NS) + jj;
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          unsigned lo[2], hi[2];
+          unsigned lo[2], hi[2];                       // rows g and g + 8: a = {a0, a1, a2, a3}
           codes_of_step<BITS>(w[r][0], j, lo);
           codes_of_step<BITS>(w[r][1], j, hi);
+          const unsigned a[4] = {lo[0], hi[0], lo[1], hi[1]};
 #pragma unroll
-          for (int b = 0; b < NB; ++b) mma_bf16_16816(part[r][b], lo[0], hi[0], lo[1], hi[1], xb[b][j][0], xb[b][j][1]);
+          for (int b = 0; b < NB; ++b) mma_16816(part[r][b], a, xb[b][j][0], xb[b][j][1]);
         }
       }
 #pragma unroll

@@ -9,6 +9,8 @@ The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import load
@@ -50,6 +52,12 @@ def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int) -> str
     return f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}>"
 
 
+@functools.lru_cache(maxsize=None)
+def kernel(device_id: int, name: str):
+    """The compiled instantiation, looked up once per device (an eager decode step launches it per linear)."""
+    return load("gemv_packed", name_expressions=(name,)).get_function(name)
+
+
 def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None):
     import cupy as cp  # noqa: PLC0415
 
@@ -67,8 +75,7 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    nm = name(bits, M, group, rows, warps, minb)
-    fn = load("gemv_packed", name_expressions=(nm,)).get_function(nm)
+    fn = kernel(cp.cuda.Device().id, name(bits, M, group, rows, warps, minb))
     pairs = Np // 16
     fn((-(-pairs // rows),), (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
     return y

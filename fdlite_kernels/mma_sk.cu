@@ -48,14 +48,6 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
                : "r"(smem_addr(p)));
 }
 
-__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // e4m3 x e4m3 -> f32 (sm_89+; the sm_80 build of CI's compile check traps, the launcher never picks it there)
 __device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsigned b0, unsigned b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890

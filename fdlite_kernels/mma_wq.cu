@@ -23,18 +23,6 @@ __device__ __forceinline__ unsigned pack_exact(float lo, float hi) {
   return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
 }
 
-__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 // bf16 pair at x[row, k], k even; zero outside the matrix rows
 __device__ __forceinline__ unsigned ld_x2(const bf16_t* x, int row, int M, int K, int k) {
   return row < M ? __ldg(reinterpret_cast<const unsigned*>(x + (size_t)row * K + k)) : 0u;
@@ -129,7 +117,7 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
         unsigned af[4] = {ld_x2(x, r0, M, K, ka), ld_x2(x, r0 + 8, M, K, ka),
                           ld_x2(x, r0, M, K, ka + kb), ld_x2(x, r0 + 8, M, K, ka + kb)};
 #pragma unroll
-        for (int h = 0; h < NT; ++h) mma_bf16(POST ? tmp[a][h] : acc[a][h], af, b[h][0], b[h][1]);
+        for (int h = 0; h < NT; ++h) mma_16816(POST ? tmp[a][h] : acc[a][h], af, b[h][0], b[h][1]);
       }
     }
     if (POST) {                                  // C columns 2t, 2t+1 of each n-tile: their rows' group scales

@@ -30,10 +30,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-__device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 // ---- routing -------------------------------------------------------------------------------------------------
 // All 256 threads of a block split H in 8-element chunks (16-byte loads; H % 8 == 0), so even one token spreads
 // the 655 KB fp32 router of ERNIE-4.5-21B over E blocks instead of one SM.

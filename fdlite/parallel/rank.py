@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..models.llama import mlp_block
-from ..moe import Experts, route
+from ..moe import Experts, block_nbytes, route
 from ..quant.base import Linear
 from . import experts as ep_
 from .layers import RowParallel, VocabEmbedding, VocabHead
@@ -92,9 +92,7 @@ class RankMoE:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.router_w] + ([] if self.correction_bias is None else [self.correction_bias])
-        return sum(int(a.nbytes) for a in arrays) + self.experts.nbytes + \
-            sum(lin.nbytes for lin in (self.shared or {}).values())
+        return block_nbytes(self)
 
     def __call__(self, h, xp):
         k = self.top_k
