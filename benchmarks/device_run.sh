@@ -79,6 +79,16 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
         > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32)" ;;
+    pdl)            # programmatic dependent launch: correctness of every kernel it touches, then plain vs PDL
+      T 150 $PT tests/test_gpu_kernels.py -k "pdl or gemv_bf16 or (gemv_packed and not block_shapes and (4096-4096 \
+        or 96-160))" 2>&1 | tail -2
+      T 150 $PT tests/test_gpu_attention.py -k "paged or fused or rope or kv_write or graph" 2>&1 | tail -2
+      T 100 $PT tests/test_gpu_model.py 2>&1 | tail -2
+      T 60 python3 benchmarks/op_probe.py 2>&1 | tee $OUT/op_probe.log | grep "^|"
+      for pdl in 0 1; do
+        T 120 env FDLITE_PDL=$pdl python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1 --gen 128 2>&1 \
+          | grep "^|" | sed "s/^/PDL=$pdl /"
+      done ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

@@ -46,3 +46,114 @@ def ptr(a):
     import cupy as cp  # noqa: PLC0415
 
     return _null(cp.cuda.Device().id) if a is None else a
+
+
+# --- programmatic dependent launch (PDL) ------------------------------------------------------------------
+# A kernel launched with PDL may start while the kernel before it on the stream is still running: its blocks
+# are scheduled once every block of that kernel has run `griddepcontrol.launch_dependents` (common.cuh:
+# pdl_launch), and its own `griddepcontrol.wait` (pdl_wait) blocks until that kernel has finished and its
+# writes are visible. A decode step is ~10 short kernels per layer; with PDL each one's launch and ramp-up (and
+# a GEMV's first weight loads, which depend on nothing) overlap the tail of the one before. Only kernels that
+# call pdl_wait before touching anything an earlier kernel writes (or reads) may be launched this way: the
+# launchers pass pdl=True for exactly those. CuPy has no launch attributes, so these go through the driver's
+# cuLaunchKernelEx; stream capture records them as programmatic edges of the CUDA graph.
+# FDLITE_PDL=0 turns it off (every kernel then launches the plain way, and pdl_wait returns at once).
+
+_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+def _pdl_types():
+    import ctypes  # noqa: PLC0415
+
+    class Value(ctypes.Union):
+        _fields_ = [("pad", ctypes.c_char * 64), ("allowed", ctypes.c_int)]
+
+    class Attribute(ctypes.Structure):
+        _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", Value)]
+
+    class Config(ctypes.Structure):
+        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
+                    ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(Attribute)), ("nattrs", ctypes.c_uint)]
+
+    return Attribute, Config
+
+
+@functools.lru_cache(maxsize=None)
+def _driver():
+    """(cuLaunchKernelEx, Attribute, Config, the PDL attribute) or None where the driver lacks it."""
+    import ctypes  # noqa: PLC0415
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        fn = lib.cuLaunchKernelEx
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    Attribute, Config = _pdl_types()
+    attr = Attribute()
+    attr.id = _CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.allowed = 1
+    return fn, Attribute, Config, attr
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_device(device_id: int) -> bool:
+    import cupy as cp  # noqa: PLC0415
+
+    return int(cp.cuda.Device(device_id).compute_capability) >= 90 and _driver() is not None
+
+
+def pdl_enabled() -> bool:
+    """Whether launch(..., pdl=True) uses PDL here: sm_90 or newer, a driver with cuLaunchKernelEx, and
+    FDLITE_PDL not "0"."""
+    import os  # noqa: PLC0415
+
+    import cupy as cp  # noqa: PLC0415
+
+    return os.environ.get("FDLITE_PDL", "1") != "0" and _pdl_device(cp.cuda.Device().id)
+
+
+def _c_args(args):
+    import ctypes  # noqa: PLC0415
+
+    out = []
+    for i, a in enumerate(args):
+        if hasattr(a, "data") and hasattr(a.data, "ptr"):
+            out.append(ctypes.c_void_p(a.data.ptr))
+        elif isinstance(a, np.int32):
+            out.append(ctypes.c_int32(int(a)))
+        elif isinstance(a, np.uint32):
+            out.append(ctypes.c_uint32(int(a)))
+        elif isinstance(a, np.int64):
+            out.append(ctypes.c_int64(int(a)))
+        elif isinstance(a, np.uint64):
+            out.append(ctypes.c_uint64(int(a)))
+        elif isinstance(a, np.float32):
+            out.append(ctypes.c_float(float(a)))
+        else:
+            raise TypeError(f"kernel argument {i} is a {type(a).__name__}: launch() takes cupy arrays and NumPy "
+                            f"int32 / uint32 / int64 / uint64 / float32 scalars")
+    return out
+
+
+def launch(fn, grid, block, args, shared_mem: int = 0, pdl: bool = False) -> None:
+    """fn(grid, block, args, shared_mem=...) for a compiled cupy Function, with PDL when ``pdl`` and
+    pdl_enabled() (the kernel must call pdl_wait first, see above)."""
+    if not (pdl and pdl_enabled()):
+        fn(grid, block, args, shared_mem=shared_mem)
+        return
+    import ctypes  # noqa: PLC0415
+
+    import cupy as cp  # noqa: PLC0415
+
+    cu_launch, _, Config, attr = _driver()
+    grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
+    vals = _c_args(args)
+    params = (ctypes.c_void_p * max(len(vals), 1))(*[ctypes.addressof(v) for v in vals])
+    cfg = Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem,
+                 cp.cuda.get_current_stream().ptr, ctypes.pointer(attr), 1)
+    rc = cu_launch(ctypes.addressof(cfg), fn.ptr, params, None)
+    if rc != 0:
+        raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc} (grid {grid}, block {block}, "
+                           f"{shared_mem} bytes of shared memory); FDLITE_PDL=0 launches without PDL")

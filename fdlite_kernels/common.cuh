@@ -106,3 +106,20 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
   }
   return sign | code;
 }
+
+// Programmatic dependent launch (_launch.py: launch(..., pdl=True)). pdl_wait: block until the kernel before
+// this one on the stream has finished and its writes are visible; a kernel launched with PDL calls it before
+// it touches anything an earlier kernel writes or reads (only constant weights may be read before it).
+// pdl_launch: let the next kernel's blocks be scheduled now (they run up to their own pdl_wait). Both are
+// no-ops for a plain launch and before sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}

@@ -3,6 +3,7 @@
 //   add_rms_norm:  x <- bf16(x + d); y = rms_norm(x)  (the residual add fused with the next norm; x in place)
 //   silu_mul:      y = silu(gu[:, :I]) * gu[:, I:]                          gu: [M, 2I]; y: [M, I]
 // One CTA per row for the norms (a row is read once into registers-sized chunks, reduced, then written).
+// Every kernel here is launched with PDL (pdl_wait before its first read).
 #include "common.cuh"
 
 #define THREADS 256
@@ -23,6 +24,8 @@ __global__ void __launch_bounds__(THREADS) rms_norm(bf16_t* __restrict__ x, cons
                                                      const bf16_t* __restrict__ w, bf16_t* __restrict__ y, int H,
                                                      float eps) {
   __shared__ float red[THREADS / 32];
+  pdl_launch();
+  pdl_wait();
   bf16_t* xr = x + (size_t)blockIdx.x * H;
   float ss = 0.f;
   for (int i = threadIdx.x; i < H; i += THREADS) {
@@ -48,6 +51,8 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
                                                        const bf16_t* __restrict__ w, bf16_t* __restrict__ y, int H,
                                                        float eps) {
   __shared__ float red[THREADS / 32];
+  pdl_launch();
+  pdl_wait();
   const int nv = H / 8;
   uint4* xr = reinterpret_cast<uint4*>(x + (size_t)blockIdx.x * H);
   const uint4* dr = reinterpret_cast<const uint4*>(d + (size_t)blockIdx.x * H);
@@ -105,6 +110,8 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
 
 __global__ void __launch_bounds__(THREADS) silu_mul(const bf16_t* __restrict__ gu, bf16_t* __restrict__ y, int M,
                                                      int I) {
+  pdl_launch();
+  pdl_wait();
   const size_t total = (size_t)M * I;
   for (size_t e = (size_t)blockIdx.x * THREADS + threadIdx.x; e < total; e += (size_t)gridDim.x * THREADS) {
     const size_t m = e / I, i = e % I;

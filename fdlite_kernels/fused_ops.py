@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect
+from ._launch import BF16, check, expect, launch
 
 _NAMES = ("rms_norm<false>", "rms_norm<true>", "rms_norm_v<false>", "rms_norm_v<true>", "silu_mul")   # all, for NVRTC
 _VEC_MAX_H = 8 * 256 * 4            # rms_norm_v: 16-byte vectors, THREADS 256, VPT 4
@@ -31,7 +31,7 @@ def _norm(x, d, w, eps: float, out):
     vec = H % 8 == 0 and H <= _VEC_MAX_H and all(a.flags.c_contiguous and a.data.ptr % 16 == 0 for a in arrays)
     fn = load("fused_ops", name_expressions=_NAMES).get_function(_NAMES[2 * vec + (d is not None)])
     if M:
-        fn((M,), (256,), (x, x if d is None else d, w, y, np.int32(H), np.float32(eps)))
+        launch(fn, (M,), (256,), (x, x if d is None else d, w, y, np.int32(H), np.float32(eps)), pdl=True)
     return y
 
 
@@ -53,5 +53,5 @@ def silu_mul(gu, out=None):
     total = M * (I2 // 2)
     if total:
         fn = load("fused_ops", name_expressions=_NAMES).get_function("silu_mul")
-        fn((min(-(-total // 256), 132 * 32),), (256,), (gu, y, np.int32(M), np.int32(I2 // 2)))
+        launch(fn, (min(-(-total // 256), 132 * 32),), (256,), (gu, y, np.int32(M), np.int32(I2 // 2)), pdl=True)
     return y

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect, grid_for, mmax
+from ._launch import BF16, check, expect, grid_for, launch, mmax
 
 _NAMES = tuple(f"gemv_bf16<{m}>" for m in (1, 4, 8, 16))
 MAX_M = 16
@@ -26,5 +26,5 @@ def gemv_bf16(x, w, out=None):
     m = mmax(M)
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     fn = load("gemv_bf16", name_expressions=_NAMES).get_function(f"gemv_bf16<{m}>")
-    fn((grid_for(N),), (256,), (x, w, y, np.int32(M), np.int32(N), np.int32(K)))
+    launch(fn, (grid_for(N),), (256,), (x, w, y, np.int32(M), np.int32(N), np.int32(K)), pdl=True)
     return y

@@ -81,9 +81,7 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       }
     }
   };
-  unsigned xn[NB][STEPS][2];
-  load_x(warp, xn);
-
+  pdl_launch();
   uint4 wn[2][R][2];
   float sn[2][R][2][NS];
 #pragma unroll
@@ -96,6 +94,11 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 #pragma unroll
         for (int s = 0; s < NS; ++s) sn[d][r][h][s] = load_s(warp + d * W, r, h, s);
       }
+  // Launched with PDL: the weights above depend on no kernel, so their loads are in flight while the kernel
+  // that writes x finishes; x (and y, written at the end) only after it has.
+  pdl_wait();
+  unsigned xn[NB][STEPS][2];
+  load_x(warp, xn);
 
   for (int kt = warp; kt < ktiles; kt += W) {
     uint4 w[R][2];

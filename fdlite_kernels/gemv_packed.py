@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from . import load
-from ._launch import BF16, check
+from ._launch import BF16, check, launch
 from .mma_wq import KT, _validate
 
 MAX_M = 16                     # two B fragments of 8 tokens
@@ -77,5 +77,6 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     fn = kernel(cp.cuda.Device().id, name(bits, M, group, rows, warps, minb))
     pairs = Np // 16
-    fn((-(-pairs // rows),), (32 * warps,), (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)))
+    launch(fn, (-(-pairs // rows),), (32 * warps,),
+           (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)), pdl=True)
     return y

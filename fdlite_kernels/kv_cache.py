@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect, ptr
+from ._launch import BF16, check, expect, launch, ptr
 
 FORMATS = {0: "bf16", 1: "int8", 2: "float8_e4m3fn", 3: "block_wise_fp8", 4: "int4_zp"}
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)     # what paged_attention takes (rope_kv_write: any even D <= 256)
@@ -67,11 +67,12 @@ def rope_kv_write(qkv, nh: int, nkv: int, D: int, cos_t, sin_t, rope_idx, slots,
     fn = load("kv_write", name_expressions=(f"rope_kv_write<{fmt}>",)).get_function(f"rope_kv_write<{fmt}>")
     if N:
         c, p = cache, ptr
-        fn((-(-N * (nh + 2 * nkv) // 4),), (128,),
+        launch(fn, (-(-N * (nh + 2 * nkv) // 4),), (128,),
            (qkv, np.int32(N), np.int32(nh), np.int32(nkv), np.int32(D), cos_t, sin_t, rope_idx, slots,
             p(q_norm), p(k_norm), np.int32(q_norm is not None), np.float32(eps), np.int32(bool(interleaved)), q,
             c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")), p(c.get("k_w")), p(c.get("v_w")),
-            p(c.get("k_z")), p(c.get("v_z")), np.int32(bool(c.get("round_to_int"))), np.int32(c["k"].shape[2])))
+            p(c.get("k_z")), p(c.get("v_z")), np.int32(bool(c.get("round_to_int"))), np.int32(c["k"].shape[2])),
+           pdl=True)
     return q
 
 
@@ -109,11 +110,12 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     mod = load("paged_attention", name_expressions=(name, "paged_attn_merge"))
     smem = 4 * gmax * (D + chunk + 2 * THREADS)
     c, p = cache, ptr
-    mod.get_function(name)((S, nkv, N), (128,), (
+    launch(mod.get_function(name), (S, nkv, N), (128,), (
         q, np.int32(nh), np.int32(nkv), np.int32(D), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
         p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
         np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq, row_pos, np.int32(window or 0),
-        np.float32(scale), np.int32(chunk), np.int32(S), po, pm, pl), shared_mem=smem)
-    mod.get_function("paged_attn_merge")((N * nh,), (128,), (
-        po, pm, pl, row_pos, np.int32(nh), np.int32(D), np.int32(window or 0), np.int32(chunk), np.int32(S), o))
+        np.float32(scale), np.int32(chunk), np.int32(S), po, pm, pl), shared_mem=smem, pdl=True)
+    launch(mod.get_function("paged_attn_merge"), (N * nh,), (128,), (
+        po, pm, pl, row_pos, np.int32(nh), np.int32(D), np.int32(window or 0), np.int32(chunk), np.int32(S), o),
+        pdl=True)
     return o

@@ -29,6 +29,8 @@ template <int FMT>
 __global__ void __launch_bounds__(32 * WARPS) rope_kv_write(ROPE_KV_WRITE_PARAMS) {
   __shared__ u8 nib[WARPS][256];              // int4: a warp's codes, packed two per byte after a sync
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  pdl_launch();
+  pdl_wait();                                 // launched with PDL: nothing is read before the QKV GEMV is done
   const int heads = nh + 2 * nkv;
   const long item = (long)blockIdx.x * WARPS + wid;
   if (item >= (long)N * heads) return;        // whole warps exit together: the syncs below are warp-level

@@ -100,6 +100,8 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : FP8 ? (BM + 4) / 4 : 0;   // uint4 of scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
+  pdl_launch();
+  pdl_wait();                                       // launched with PDL: before the first read (and any return)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;

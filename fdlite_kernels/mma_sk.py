@@ -18,6 +18,7 @@ import numpy as np
 
 from . import load
 from ._launch import BF16, check
+from ._launch import launch as launch_fn
 from .mma_wq import KT as _KT_PACKED
 from .mma_wq import _validate
 
@@ -113,10 +114,11 @@ def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x,
     dev = cp.cuda.Device().id
     route, S, rowtiles, xdiv, qp_es, scale_es = gather or (ptr(None), 0, 1, 1, 0, 0)
     fn = kernel(dev, bits, mt, post, warps, gather is not None)
-    fn(grid, (32 * warps,), (x, w, scale, y, ws, flags_for(dev, cp.cuda.get_current_stream().ptr), np.int32(M),
-                             np.int32(N), np.int32(Np), np.int32(K), np.int32(group), np.int32(per), route,
-                             np.int32(S), np.int32(rowtiles), np.int32(xdiv), np.int64(qp_es), np.int64(scale_es),
-                             ptr(xscale)), shared_mem=smem_bytes(bits, mt))
+    launch_fn(fn, grid, (32 * warps,), (x, w, scale, y, ws, flags_for(dev, cp.cuda.get_current_stream().ptr),
+                                        np.int32(M), np.int32(N), np.int32(Np), np.int32(K), np.int32(group),
+                                        np.int32(per), route, np.int32(S), np.int32(rowtiles), np.int32(xdiv),
+                                        np.int64(qp_es), np.int64(scale_es), ptr(xscale)),
+              shared_mem=smem_bytes(bits, mt), pdl=True)
 
 
 def _planned(bits: int, post: bool, x, w, scale, y, M: int, N: int, Np: int, K: int, group: int, mt, splits, warps,

@@ -38,6 +38,8 @@ template <int FMT, int GMAX>
 __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   extern __shared__ float smem[];
   const int s = blockIdx.x, hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+  pdl_launch();
+  pdl_wait();                                   // launched with PDL: before the first read (and any return)
   const int g = nh / nkv;
   const int pos = row_pos[n];
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
@@ -216,6 +218,8 @@ __global__ void __launch_bounds__(THREADS) paged_attn_merge(const float* __restr
                                                              const float* __restrict__ pl, const int* __restrict__ row_pos,
                                                              int nh, int D, int window, int chunk, int S,
                                                              bf16_t* __restrict__ o) {
+  pdl_launch();
+  pdl_wait();
   const int n = blockIdx.x / nh;
   const size_t base = (size_t)blockIdx.x * S;
   const int pos = row_pos[n];

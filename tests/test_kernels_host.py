@@ -175,3 +175,32 @@ def test_gemv_packed_plan_is_a_compilable_block_shape():
             rows, warps, minb = plan(Np, K, bits)
             assert rows in ROWS and warps in WARPS and minb in MINB and warps * minb <= 64
     assert plan(28672, 4096, 4) == (1, 4, 1) and plan(4096, 14336, 8) == (1, 16, 2)
+
+
+def test_pdl_launch_structs_match_cuda_h():
+    """The ctypes mirrors of CUlaunchAttribute and CUlaunchConfig have cuda.h's sizes and offsets (a wrong
+    layout would hand the driver garbage grid sizes or attributes)."""
+    import ctypes
+
+    from fdlite_kernels._launch import _pdl_types
+
+    Attribute, Config = _pdl_types()
+    assert ctypes.sizeof(Attribute) == 72 and Attribute.value.offset == 8
+    assert ctypes.sizeof(Config) == 56
+    assert (Config.shared.offset, Config.stream.offset, Config.attrs.offset, Config.nattrs.offset) == (24, 32, 40, 48)
+
+
+def test_pdl_launch_arguments_are_marshalled_or_refused():
+    import ctypes
+
+    from fdlite_kernels._launch import _c_args
+
+    class Fake:                                  # what launch() reads of a cupy array
+        class data:
+            ptr = 0x7F0000001000
+
+    vals = _c_args((Fake(), np.int32(-3), np.float32(0.5), np.int64(1 << 40)))
+    assert [type(v) for v in vals] == [ctypes.c_void_p, ctypes.c_int32, ctypes.c_float, ctypes.c_int64]
+    assert (vals[0].value, vals[1].value, vals[2].value, vals[3].value) == (0x7F0000001000, -3, 0.5, 1 << 40)
+    with pytest.raises(TypeError, match="argument 1 is a int"):
+        _c_args((Fake(), 7))
