@@ -153,7 +153,8 @@ def launch(fn, grid, block, args, shared_mem: int = 0, pdl: bool = False) -> Non
     params = (ctypes.c_void_p * max(len(vals), 1))(*[ctypes.addressof(v) for v in vals])
     cfg = Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem,
                  cp.cuda.get_current_stream().ptr, ctypes.pointer(attr), 1)
-    rc = cu_launch(ctypes.addressof(cfg), fn.ptr, params, None)
+    func = fn.kernel if hasattr(fn, "kernel") else fn        # RawKernel (RawModule.get_function) -> its Function
+    rc = cu_launch(ctypes.addressof(cfg), func.ptr, params, None)
     if rc != 0:
         raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc} (grid {grid}, block {block}, "
                            f"{shared_mem} bytes of shared memory); FDLITE_PDL=0 launches without PDL")
