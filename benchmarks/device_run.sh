@@ -89,6 +89,15 @@ for stage in "$@"; do
         T 120 env FDLITE_PDL=$pdl python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1 --gen 128 2>&1 \
           | grep "^|" | sed "s/^/PDL=$pdl /"
       done ;;
+    attn)           # the one-kernel paged attention against its twin (every format), then plain vs PDL timings
+      T 60 $PT tests/test_gpu_kernels.py -k "pdl" -x 2>&1 | grep -E "Error|error|assert|passed|failed" | head -20
+      T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|Error|passed|failed" | head -20
+      T 100 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py 2>&1 | tail -2
+      T 60 python3 benchmarks/op_probe.py 2>&1 | tee $OUT/op_probe.log | grep "^|"
+      for pdl in 0 1; do
+        T 150 env FDLITE_PDL=$pdl python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 \
+          | grep "^|" | sed "s/^/PDL=$pdl /"
+      done ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

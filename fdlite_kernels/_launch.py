@@ -41,6 +41,22 @@ def _null(device_id: int):
         return cp.zeros(1, np.float32)       # stands for an absent pointer argument; never read
 
 
+COUNTERS = 1 << 16     # arrival counters per (device, stream): mma_sk's output tiles, attention's (row, kv head)
+_counters: dict = {}
+
+
+def counters():
+    """Zeroed int32 counters for the current device and stream (two streams' launches must not share them).
+    Kernels that count arrivals in them leave them zero again, so the next launch, or graph replay, reuses them;
+    kernels of one stream run one after the other (a PDL launch touches them only after pdl_wait)."""
+    import cupy as cp  # noqa: PLC0415
+
+    key = (cp.cuda.Device().id, cp.cuda.get_current_stream().ptr)
+    if key not in _counters:
+        _counters[key] = cp.zeros(COUNTERS, np.int32)
+    return _counters[key]
+
+
 def ptr(a):
     """a, or for None a valid never-read device pointer (kernels take every pointer argument)."""
     import cupy as cp  # noqa: PLC0415

@@ -12,7 +12,6 @@ __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* __restrict__ x, c
                                                  bf16_t* __restrict__ y, int M, int N, int K) {
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
-  pdl_launch();
   pdl_wait();                                                   // launched with PDL
   for (int n0 = (blockIdx.x * warps + (threadIdx.x >> 5)) * ROWS; n0 < N; n0 += gridDim.x * warps * ROWS) {
     float acc[MMAX][ROWS];

@@ -81,7 +81,6 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       }
     }
   };
-  pdl_launch();
   uint4 wn[2][R][2];
   float sn[2][R][2][NS];
 #pragma unroll
@@ -161,6 +160,7 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
     }
   }
 
+  pdl_launch();                                        // the next kernel may start; only the reduction is left
   // warps -> shared memory, lane-major (conflict-free); then one thread per (r, b, c, lane) sums the warps
   constexpr int V = R * NB * 4;
   __shared__ float red[W][V][32];

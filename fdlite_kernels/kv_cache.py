@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect, launch, ptr
+from ._launch import BF16, COUNTERS, check, counters, expect, launch, ptr
 
 FORMATS = {0: "bf16", 1: "int8", 2: "float8_e4m3fn", 3: "block_wise_fp8", 4: "int4_zp"}
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)     # what paged_attention takes (rope_kv_write: any even D <= 256)
 GMAX = (1, 2, 4, 8, 16)
 CHUNKS = (32, 64, 128, 256)                # keys per split of paged attention (powers of two)
-THREADS = 128                              # paged_attention.cu's CTA size
+THREADS = 128                              # paged_attention.cu's CTA size (4 warps)
 
 
 def split_chunk(visible: int) -> int:
@@ -99,23 +99,25 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     visible = min(max_len, window) if window else max_len
     chunk = split_chunk(visible)
     S = max(1, -(-visible // chunk))
-    po = cp.empty((N, nh, S, D), np.float32)
-    pm = cp.empty((N, nh, S), np.float32)
-    pl = cp.empty((N, nh, S), np.float32)
     o = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
     if not N:
         return o
+    check(o.shape == (N, nh, D) and o.dtype == BF16 and o.flags.c_contiguous,
+          f"out: {o.dtype} {o.shape}, expected C-contiguous bf16 {(N, nh, D)}")
+    po = cp.empty((N, nh, S, D), np.float32) if S > 1 else o       # partials: read only where a row splits
+    pm = cp.empty((N, nh, S), np.float32) if S > 1 else o
+    pl = cp.empty((N, nh, S), np.float32) if S > 1 else o
     fmt = cache["fmt"]
-    name = f"paged_attn<{fmt}, {gmax}>"
-    mod = load("paged_attention", name_expressions=(name, "paged_attn_merge"))
-    smem = 4 * gmax * (D + chunk + 2 * THREADS)
+    name = f"paged_attn<{fmt}, {gmax}, {D}>"
+    fn = load("paged_attention", name_expressions=(name,)).get_function(name)
     c, p = cache, ptr
-    launch(mod.get_function(name), (S, nkv, N), (128,), (
-        q, np.int32(nh), np.int32(nkv), np.int32(D), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
-        p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
-        np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq, row_pos, np.int32(window or 0),
-        np.float32(scale), np.int32(chunk), np.int32(S), po, pm, pl), shared_mem=smem, pdl=True)
-    launch(mod.get_function("paged_attn_merge"), (N * nh,), (128,), (
-        po, pm, pl, row_pos, np.int32(nh), np.int32(D), np.int32(window or 0), np.int32(chunk), np.int32(S), o),
-        pdl=True)
+    step = min(COUNTERS // nkv, 65535)             # rows per launch: a counter per (row, kv head); grid z <= 65535
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        launch(fn, (S, nkv, r1 - r0), (THREADS,), (
+            q[r0:r1], np.int32(nh), np.int32(nkv), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
+            p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
+            np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq[r0:r1], row_pos[r0:r1],
+            np.int32(window or 0), np.float32(scale), np.int32(chunk), np.int32(S), po[r0:r1], pm[r0:r1],
+            pl[r0:r1], counters(), o[r0:r1]), shared_mem=4 * g * D, pdl=True)
     return o

@@ -100,7 +100,6 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : FP8 ? (BM + 4) / 4 : 0;   // uint4 of scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
-  pdl_launch();
   pdl_wait();                                       // launched with PDL: before the first read (and any return)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -281,6 +280,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     }
   }
   cp_async_wait<0>();
+  pdl_launch();                                     // the next kernel may start; only the epilogue is left
 
   // C fragment c of (a, h): block row 16a + g (+8 for c >= 2), i.e. y row yrow_s[...]; column 8 (wnt + h) + 2t + (c & 1)
   if (gridDim.z == 1) {

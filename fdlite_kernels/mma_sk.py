@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 from . import load
-from ._launch import BF16, check
+from ._launch import BF16, COUNTERS, check, counters
 from ._launch import launch as launch_fn
 from .mma_wq import KT as _KT_PACKED
 from .mma_wq import _validate
@@ -27,7 +27,6 @@ KT = {**_KT_PACKED, 16: 64, FP8: 128}   # K columns per stage: int4 and fp8 128,
 
 BN = 128            # output columns per block (mma_sk.cu: SK_BN)
 STAGES = 4          # SK_STAGES
-FLAGS = 1 << 16    # split-K arrival counters per (device, stream): one per output tile of a launch
 
 
 def smem_bytes(bits: int, mt: int) -> int:
@@ -60,20 +59,6 @@ def sms(device_id: int) -> int:
     import cupy as cp  # noqa: PLC0415
 
     return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
-
-
-_flags: dict = {}
-
-
-def flags_for(device_id: int, stream_ptr: int):
-    """Zeroed counters, one buffer per stream (two streams' launches must not share them); the kernel leaves
-    them zero again, so graph replays reuse them."""
-    import cupy as cp  # noqa: PLC0415
-
-    key = (device_id, stream_ptr)
-    if key not in _flags:
-        _flags[key] = cp.zeros(FLAGS, np.int32)
-    return _flags[key]
 
 
 def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
@@ -109,12 +94,12 @@ def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x,
 
     from ._launch import ptr  # noqa: PLC0415
 
-    check(grid[0] * grid[1] <= FLAGS, f"{grid[0] * grid[1]} output tiles exceed the {FLAGS} split-K counters")
+    check(grid[0] * grid[1] <= COUNTERS, f"{grid[0] * grid[1]} output tiles exceed the {COUNTERS} split-K counters")
     ws = cp.empty((grid[2], M, Np), np.float32) if grid[2] > 1 else y      # not read when unsplit
     dev = cp.cuda.Device().id
     route, S, rowtiles, xdiv, qp_es, scale_es = gather or (ptr(None), 0, 1, 1, 0, 0)
     fn = kernel(dev, bits, mt, post, warps, gather is not None)
-    launch_fn(fn, grid, (32 * warps,), (x, w, scale, y, ws, flags_for(dev, cp.cuda.get_current_stream().ptr),
+    launch_fn(fn, grid, (32 * warps,), (x, w, scale, y, ws, counters(),
                                         np.int32(M), np.int32(N), np.int32(Np), np.int32(K), np.int32(group),
                                         np.int32(per), route, np.int32(S), np.int32(rowtiles), np.int32(xdiv),
                                         np.int64(qp_es), np.int64(scale_es), ptr(xscale)),
