@@ -98,6 +98,14 @@ for stage in "$@"; do
         T 150 env FDLITE_PDL=$pdl python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 \
           | grep "^|" | sed "s/^/PDL=$pdl /"
       done ;;
+    attnprobe)      # why a short-context attention call costs what it does: Nsight Compute on one launch
+      T 60 $PT tests/test_gpu_kernels.py -k "pdl" -x 2>&1 | grep -E "Error|assert|passed|failed" | head -20
+      T 60 python3 benchmarks/op_probe.py --ctx 32,64,300 --max-len 32,64,512 2>&1 | grep "^| paged"
+      T 120 ncu --kernel-name regex:paged_attn --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+        --section WarpStateStats --section LaunchStats --section Occupancy --section SchedulerStats \
+        python3 benchmarks/op_probe.py --ctx 64 --max-len 512 --reps 1 > $OUT/ncu_attn.txt 2>&1
+      grep -E "Duration|Elapsed Cycles|Registers|Achieved Occupancy|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Theoretical Occ|Eligible" \
+        $OUT/ncu_attn.txt | head -40 ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

@@ -426,7 +426,8 @@ def test_wint2_batched_rows_on_the_gpu(cp, M):
 def test_pdl_chain_in_a_graph_equals_plain_launches(cp, monkeypatch, M):
     """A dependent chain of PDL-launched kernels (norm -> int4 GEMV -> SwiGLU -> int8 GEMV -> norm; each reads the
     one before's output, and the GEMVs start their weight loads before pdl_wait) replayed from a CUDA graph many
-    times gives bit for bit what plain launches give: a missing or misplaced wait would read stale inputs."""
+    times gives bit for bit what plain launches give, eagerly and in a graph: a missing or misplaced wait would
+    read stale inputs."""
     from fdlite_kernels import fused_ops
     from fdlite_kernels._launch import pdl_enabled
     from fdlite_kernels.gemv_packed import gemv_packed
@@ -437,25 +438,37 @@ def test_pdl_chain_in_a_graph_equals_plain_launches(cp, monkeypatch, M):
     x0, d, w = (cp.asarray(rng.standard_normal(s).astype(BF16)) for s in ((M, H), (M, H), (H,)))
     wa, wb = [tuple(cp.asarray(v) for v in c[1:3]) + (c[3],) for c in (a, b)]
 
-    def chain(x):
+    def chain(x):                                                  # every stage's output, kept alive
         h = fused_ops.add_rms_norm(x, d, w, 1e-5)
         gu = gemv_packed(h, wa[0], wa[1], 2 * I, 4, wa[2])
-        y = gemv_packed(fused_ops.silu_mul(gu), wb[0], wb[1], H, 8, wb[2])
-        return fused_ops.rms_norm(y, w, 1e-5)
+        sw = fused_ops.silu_mul(gu)
+        y = gemv_packed(sw, wb[0], wb[1], H, 8, wb[2])
+        return [h, gu, sw, y, fused_ops.rms_norm(y, w, 1e-5)]
 
-    monkeypatch.setenv("FDLITE_PDL", "0")
-    x = x0.copy()
-    want = [cp.asnumpy(chain(x)) for _ in range(3)]                # x accumulates d in place: three different steps
-    monkeypatch.setenv("FDLITE_PDL", "1")
+    def run(pdl, graph):
+        monkeypatch.setenv("FDLITE_PDL", pdl)
+        s = cp.cuda.Stream(non_blocking=True)
+        with s:
+            x = x0.copy()
+            if not graph:
+                return [[cp.asnumpy(v) for v in chain(x)] for _ in range(3)]   # x accumulates d: three steps
+            s.begin_capture()
+            outs = chain(x)
+            g = s.end_capture()
+            got = []
+            for _ in range(3):
+                g.launch(s)
+                s.synchronize()
+                got.append([cp.asnumpy(v) for v in outs])
+            return got
+
+    want = run("0", False)
     if int(cp.cuda.Device().compute_capability) >= 90:
+        monkeypatch.setenv("FDLITE_PDL", "1")
         assert pdl_enabled()
-    s = cp.cuda.Stream(non_blocking=True)
-    with s:
-        x = x0.copy()
-        s.begin_capture()
-        out = chain(x)
-        g = s.end_capture()
-        for i in range(3):
-            g.launch(s)
-            s.synchronize()
-            np.testing.assert_array_equal(cp.asnumpy(out), want[i])
+    names = ("h", "gu", "silu", "y", "out")
+    for pdl, graph in (("0", True), ("1", False), ("1", True)):
+        got = run(pdl, graph)
+        bad = [f"step {i} {n}: {int((got[i][j] != want[i][j]).sum())} of {want[i][j].size} differ"
+               for i in range(3) for j, n in enumerate(names) if not np.array_equal(got[i][j], want[i][j])]
+        assert not bad, f"PDL={pdl} graph={graph}: " + "; ".join(bad)
