@@ -106,6 +106,13 @@ for stage in "$@"; do
         python3 benchmarks/op_probe.py --ctx 64 --max-len 512 --reps 1 > $OUT/ncu_attn.txt 2>&1
       grep -E "Duration|Elapsed Cycles|Registers|Achieved Occupancy|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Theoretical Occ|Eligible" \
         $OUT/ncu_attn.txt | head -40 ;;
+    pdltests)       # every GPU test file touched by PDL and the one-kernel attention
+      T 60 $PT tests/test_gpu_kernels.py -k "pdl" 2>&1 | grep -E "Error|assert|passed|failed" | head -20
+      T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 150 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py tests/test_quant_device_path.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 150 $PT tests/test_moe_gpu_path.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_packed and not block_shapes or gemv_bf16 or (mma_sk and (4096-4096 or 96-160))" \
+        2>&1 | grep -E "^FAILED|passed|failed" | head -10 ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

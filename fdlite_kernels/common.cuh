@@ -110,12 +110,19 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
 // Programmatic dependent launch (_launch.py: launch(..., pdl=True)). pdl_wait: block until the kernel before
 // this one on the stream has finished and its writes are visible; a kernel launched with PDL calls it before
 // it touches anything an earlier kernel writes or reads (only constant weights may be read before it).
+// It returns 0 from the asm, and kernels add it to the pointers they read after the wait, so those loads
+// depend on it in the program too (a graph replay once read an input before the kernel writing it was done).
+// Data an earlier kernel wrote is read with coherent loads (__ldcg), never the read-only path (__ldg, or what the
+// compiler makes of const __restrict__ pointers): read-only loads assume the data cannot change while the kernel
+// runs, which is false under PDL, and they may be scheduled above the wait.
 // pdl_launch: let the next kernel's blocks be scheduled now (they run up to their own pdl_wait). Both are
 // no-ops for a plain launch and before sm_90.
-__device__ __forceinline__ void pdl_wait() {
+__device__ __forceinline__ int pdl_wait() {
+  int z = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n\tmov.b32 %0, 0;" : "=r"(z) : : "memory");
 #endif
+  return z;
 }
 
 __device__ __forceinline__ void pdl_launch() {

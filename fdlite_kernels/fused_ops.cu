@@ -25,13 +25,14 @@ __global__ void __launch_bounds__(THREADS) rms_norm(bf16_t* __restrict__ x, cons
                                                      float eps) {
   __shared__ float red[THREADS / 32];
   pdl_launch();
-  pdl_wait();
+  const int z = pdl_wait();
+  x += z, d += z;
   bf16_t* xr = x + (size_t)blockIdx.x * H;
   float ss = 0.f;
   for (int i = threadIdx.x; i < H; i += THREADS) {
     float v = bf16_to_f32(xr[i]);
     if (ADD) {
-      const bf16_t r = f32_to_bf16(v + bf16_to_f32(d[(size_t)blockIdx.x * H + i]));
+      const bf16_t r = f32_to_bf16(v + bf16_to_f32(__ldcg(d + (size_t)blockIdx.x * H + i)));
       xr[i] = r;                                   // each element is read and written by the same thread
       v = bf16_to_f32(r);
     }
@@ -52,7 +53,8 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
                                                        float eps) {
   __shared__ float red[THREADS / 32];
   pdl_launch();
-  pdl_wait();
+  const int z = pdl_wait();
+  x += z, d += z;
   const int nv = H / 8;
   uint4* xr = reinterpret_cast<uint4*>(x + (size_t)blockIdx.x * H);
   const uint4* dr = reinterpret_cast<const uint4*>(d + (size_t)blockIdx.x * H);
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
     const int i = threadIdx.x + u * THREADS;
     if (i < nv) {
       xv[u] = xr[i];
-      if (ADD) dv[u] = dr[i];
+      if (ADD) dv[u] = __ldcg(dr + i);          // coherent loads of what earlier kernels wrote (PDL)
     }
   }
   float ss = 0.f;
@@ -111,12 +113,12 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
 __global__ void __launch_bounds__(THREADS) silu_mul(const bf16_t* __restrict__ gu, bf16_t* __restrict__ y, int M,
                                                      int I) {
   pdl_launch();
-  pdl_wait();
+  gu += pdl_wait();
   const size_t total = (size_t)M * I;
   for (size_t e = (size_t)blockIdx.x * THREADS + threadIdx.x; e < total; e += (size_t)gridDim.x * THREADS) {
     const size_t m = e / I, i = e % I;
-    const float g = bf16_to_f32(gu[m * 2 * I + i]);
-    y[e] = f32_to_bf16(g / (1.f + expf(-g)) * bf16_to_f32(gu[m * 2 * I + I + i]));
+    const float g = bf16_to_f32(__ldcg(gu + m * 2 * I + i));
+    y[e] = f32_to_bf16(g / (1.f + expf(-g)) * bf16_to_f32(__ldcg(gu + m * 2 * I + I + i)));
   }
 }
 

@@ -12,7 +12,7 @@ __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* __restrict__ x, c
                                                  bf16_t* __restrict__ y, int M, int N, int K) {
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
-  pdl_wait();                                                   // launched with PDL
+  x += pdl_wait();                                              // launched with PDL (common.cuh)
   for (int n0 = (blockIdx.x * warps + (threadIdx.x >> 5)) * ROWS; n0 < N; n0 += gridDim.x * warps * ROWS) {
     float acc[MMAX][ROWS];
 #pragma unroll
@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* __restrict__ x, c
       for (int m = 0; m < MMAX; ++m) {
         if (m < M) {
           float xf[8];
-          bf16x8_to_f32(__ldg(reinterpret_cast<const uint4*>(x + (size_t)m * K + k)), xf);
+          bf16x8_to_f32(__ldcg(reinterpret_cast<const uint4*>(x + (size_t)m * K + k)), xf);   // coherent (PDL)
 #pragma unroll
           for (int r = 0; r < ROWS; ++r) {
             float s = 0.f;

@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       const unsigned* xr = reinterpret_cast<const unsigned*>(x + (size_t)m * K + kt * KT + 2 * t);
 #pragma unroll
       for (int j = 0; j < STEPS; ++j) {
-        xv[b][j][0] = ok ? __ldg(xr + 8 * j) : 0u;
-        xv[b][j][1] = ok ? __ldg(xr + 8 * j + 4) : 0u;
+        xv[b][j][0] = ok ? __ldcg(xr + 8 * j) : 0u;         // coherent: written by the kernel before (PDL)
+        xv[b][j][1] = ok ? __ldcg(xr + 8 * j + 4) : 0u;
       }
     }
   };
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       }
   // Launched with PDL: the weights above depend on no kernel, so their loads are in flight while the kernel
   // that writes x finishes; x (and y, written at the end) only after it has.
-  pdl_wait();
+  x += pdl_wait();                                     // x's loads depend on the wait (common.cuh)
   unsigned xn[NB][STEPS][2];
   load_x(warp, xn);
 

@@ -30,7 +30,8 @@ __global__ void __launch_bounds__(32 * WARPS) rope_kv_write(ROPE_KV_WRITE_PARAMS
   __shared__ u8 nib[WARPS][256];              // int4: a warp's codes, packed two per byte after a sync
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
   pdl_launch();
-  pdl_wait();                                 // launched with PDL: nothing is read before the QKV GEMV is done
+  const int pz = pdl_wait();                  // launched with PDL: nothing is read before the QKV GEMV is done
+  qkv += pz, rope_idx += pz, slots += pz;
   const int heads = nh + 2 * nkv;
   const long item = (long)blockIdx.x * WARPS + wid;
   if (item >= (long)N * heads) return;        // whole warps exit together: the syncs below are warp-level
@@ -46,8 +47,8 @@ __global__ void __launch_bounds__(32 * WARPS) rope_kv_write(ROPE_KV_WRITE_PARAMS
     const int p = lane + 32 * j;
     ia[j] = interleaved ? 2 * p : p;
     ib[j] = interleaved ? 2 * p + 1 : p + P;
-    a[j] = p < P ? bf16_to_f32(src[ia[j]]) : 0.f;
-    b[j] = p < P ? bf16_to_f32(src[ib[j]]) : 0.f;
+    a[j] = p < P ? bf16_to_f32(__ldcg(src + ia[j])) : 0.f;      // coherent: the QKV GEMV's output (PDL)
+    b[j] = p < P ? bf16_to_f32(__ldcg(src + ib[j])) : 0.f;
   }
   if (kind < 2) {
     if (has_norm) {
@@ -65,8 +66,8 @@ __global__ void __launch_bounds__(32 * WARPS) rope_kv_write(ROPE_KV_WRITE_PARAMS
         }
       }
     }
-    const float* ct = cos_t + (size_t)rope_idx[n] * P;
-    const float* st = sin_t + (size_t)rope_idx[n] * P;
+    const float* ct = cos_t + (size_t)__ldcg(rope_idx + n) * P;
+    const float* st = sin_t + (size_t)__ldcg(rope_idx + n) * P;
 #pragma unroll
     for (int j = 0; j < MAX_PAIRS; ++j) {
       const int p = lane + 32 * j;
@@ -91,7 +92,7 @@ __global__ void __launch_bounds__(32 * WARPS) rope_kv_write(ROPE_KV_WRITE_PARAMS
   }
   // k or v: into the cache at the token's slot
   const int hk = kind == 1 ? h - nh : h - nh - nkv;
-  const int slot = slots[n];
+  const int slot = __ldcg(slots + n);
   const size_t row = ((size_t)(slot / block_size) * nkv + hk) * block_size + slot % block_size;
   u8* cache = kind == 1 ? kc : vc;
   const float* qs = kind == 1 ? kqs : vqs;

@@ -100,7 +100,8 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : FP8 ? (BM + 4) / 4 : 0;   // uint4 of scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
-  pdl_wait();                                       // launched with PDL: before the first read (and any return)
+  const int z = pdl_wait();                         // launched with PDL: before the first read (and any return)
+  x += z, route += z, xscale += z;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -114,14 +115,14 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   if (GATHER) {
     const int slot = blockIdx.y / rowtiles, m0 = (blockIdx.y % rowtiles) * BM;
     const int* offs = route + M + S;
-    const int o0 = offs[slot] + m0;
-    rows = min(BM, offs[slot + 1] - o0);
+    const int o0 = __ldcg(offs + slot) + m0;        // coherent: the routing kernel's output (PDL)
+    rows = min(BM, __ldcg(offs + slot + 1) - o0);
     if (rows <= 0) return;                          // the same for every thread and every K split of the tile
-    const int e = route[M + slot];
+    const int e = __ldcg(route + M + slot);
     qp += (size_t)e * qp_es;
     scale += (size_t)e * scale_es;
     for (int r = threadIdx.x; r < rows; r += 32 * SK_WARPS) {
-      yrow_s[r] = route[o0 + r];
+      yrow_s[r] = __ldcg(route + o0 + r);
       xrow_s[r] = yrow_s[r] / xdiv;
     }
   } else {

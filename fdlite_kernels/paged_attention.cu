@@ -85,16 +85,17 @@ __device__ __forceinline__ void unit_values(const unsigned (&w)[NW], float* f) {
   }
 }
 
+// coherent loads: the newest token's row was written by the kernel before (PDL)
 template <int NW>
 __device__ __forceinline__ void load_unit(const u8* p, unsigned (&w)[NW]) {
   if (NW == 4) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint4 v = __ldcg(reinterpret_cast<const uint4*>(p));
     w[0] = v.x, w[1] = v.y, w[NW > 2 ? 2 : 0] = v.z, w[NW > 3 ? 3 : 0] = v.w;
   } else if (NW == 2) {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    const uint2 v = __ldcg(reinterpret_cast<const uint2*>(p));
     w[0] = v.x, w[NW > 1 ? 1 : 0] = v.y;
   } else {
-    w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+    w[0] = __ldcg(reinterpret_cast<const unsigned*>(p));
   }
 }
 
@@ -108,9 +109,10 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   __shared__ int last;
   const int s = blockIdx.x, hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5, li = lane % L, slot = lane / L;
-  pdl_wait();                                     // launched with PDL: before the first read (and any return)
+  const int z = pdl_wait();                       // launched with PDL: before the first read (and any return)
+  q += z, kc += z, vc += z, kts += z, vts += z, block_tables += z, row_seq += z, row_pos += z;
   const int g = nh / nkv;
-  const int pos = row_pos[n];
+  const int pos = __ldcg(row_pos + n);            // coherent loads of what earlier kernels wrote (common.cuh)
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
   const int visible = pos + 1 - lo;
   const int ck = row_chunk(visible, S, chunk);    // this row's keys per split (<= chunk)
@@ -119,8 +121,8 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   if (start > pos) return;
   const int ntok = min(pos + 1 - start, ck);
   const int b0 = start / block_size;
-  const int* table = block_tables + (size_t)row_seq[n] * max_blocks;
-  for (int i = tid; i <= (start + ntok - 1) / block_size - b0; i += THREADS) tab[i] = table[b0 + i];
+  const int* table = block_tables + (size_t)__ldcg(row_seq + n) * max_blocks;
+  for (int i = tid; i <= (start + ntok - 1) / block_size - b0; i += THREADS) tab[i] = __ldcg(table + b0 + i);
   for (int i = tid; i < g * D; i += THREADS) obuf[i] = 0.f;
 
   // queries of the group on this lane's elements d = (u L + li) E + e, scaled, with K's scales folded in
@@ -133,7 +135,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         const int d = (u * L + li) * E + e;
-        float v = i < g ? bf16_to_f32(q[((size_t)n * nh + hk * g + i) * D + d]) * scale : 0.f;
+        float v = i < g ? bf16_to_f32(__ldcg(q + ((size_t)n * nh + hk * g + i) * D + d)) * scale : 0.f;
         if (FMT == KV_INT8 || FMT == KV_INT4ZP) v *= __ldg(ks + hk * D + d);
         if (FMT == KV_FP8) v *= __ldg(ks + hk);
         if (FMT == KV_INT4ZP) zq[i] = fmaf(v, __ldg(kz + hk * D + d), zq[i]);
@@ -168,7 +170,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
           load_unit<NW>(kc + row * RB + (u * L + li) * VEC, kw[b][u]);
           load_unit<NW>(vc + row * RB + (u * L + li) * VEC, vw[b][u]);
         }
-        if (FMT == KV_BFP8) kt[b] = __ldg(kts + row), vt[b] = __ldg(vts + row);
+        if (FMT == KV_BFP8) kt[b] = __ldcg(kts + row), vt[b] = __ldcg(vts + row);
       } else {
 #pragma unroll
         for (int u = 0; u < U; ++u)
