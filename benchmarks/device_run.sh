@@ -113,6 +113,15 @@ for stage in "$@"; do
       T 150 $PT tests/test_moe_gpu_path.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
       T 200 $PT tests/test_gpu_kernels.py -k "gemv_packed and not block_shapes or gemv_bf16 or (mma_sk and (4096-4096 or 96-160))" \
         2>&1 | grep -E "^FAILED|passed|failed" | head -10 ;;
+    bench6)         # this session's numbers: small ops and attention, the four projections, the 8B end to end
+      T 60 python3 benchmarks/op_probe.py 2>&1 | tee $OUT/op_probe.log | grep "^|"
+      for pdl in 1 0; do
+        T 150 env FDLITE_PDL=$pdl PACKED_ONLY=1 GEMV_MS=1,4,8 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv_pdl$pdl.log 2>&1
+        echo "PDL=$pdl"; grep -A12 "sum over" $OUT/gemv_pdl$pdl.log
+      done
+      T 240 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|"
+      T 60 env FDLITE_PDL=0 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|" \
+        | sed "s/^/PDL=0 /" ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done
