@@ -122,6 +122,14 @@ for stage in "$@"; do
       T 240 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|"
       T 60 env FDLITE_PDL=0 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|" \
         | sed "s/^/PDL=0 /" ;;
+    bench7)         # after the L1-cached coherent x loads: correctness, the projections, the 8B end to end
+      T 60 $PT tests/test_gpu_kernels.py -k "pdl or (gemv_packed and not block_shapes and (4096-4096 or 96-160)) or gemv_bf16" \
+        2>&1 | grep -E "^FAILED|Error|passed|failed" | head -10
+      T 150 env PACKED_ONLY=1 GEMV_MS=1,4,8 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A12 "sum over" $OUT/gemv.log
+      T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|"
+      T 60 env FDLITE_PDL=0 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" \
+        | sed "s/^/PDL=0 /" ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

@@ -112,9 +112,11 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
 // it touches anything an earlier kernel writes or reads (only constant weights may be read before it).
 // It returns 0 from the asm, and kernels add it to the pointers they read after the wait, so those loads
 // depend on it in the program too (a graph replay once read an input before the kernel writing it was done).
-// Data an earlier kernel wrote is read with coherent loads (__ldcg), never the read-only path (__ldg, or what the
-// compiler makes of const __restrict__ pointers): read-only loads assume the data cannot change while the kernel
-// runs, which is false under PDL, and they may be scheduled above the wait.
+// Data an earlier kernel wrote is read with coherent loads (__ldca where L1 reuse matters, as a GEMV's x; else
+// __ldcg), never the read-only path (__ldg, or what the compiler makes of const __restrict__ pointers): read-only
+// loads assume the data cannot change while the kernel runs, which is false under PDL. With __ldg the GEMV's x
+// was read before the norm writing it had finished (a graph replay, test_pdl_chain_in_a_graph_...); plain
+// coherent loads after griddepcontrol.wait are what the CUDA guide prescribes. __ldcg there cost the GEMV a third.
 // pdl_launch: let the next kernel's blocks be scheduled now (they run up to their own pdl_wait). Both are
 // no-ops for a plain launch and before sm_90.
 __device__ __forceinline__ int pdl_wait() {

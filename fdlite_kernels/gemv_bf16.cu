@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* __restrict__ x, c
       for (int m = 0; m < MMAX; ++m) {
         if (m < M) {
           float xf[8];
-          bf16x8_to_f32(__ldcg(reinterpret_cast<const uint4*>(x + (size_t)m * K + k)), xf);   // coherent (PDL)
+          bf16x8_to_f32(__ldca(reinterpret_cast<const uint4*>(x + (size_t)m * K + k)), xf);   // coherent (PDL)
 #pragma unroll
           for (int r = 0; r < ROWS; ++r) {
             float s = 0.f;

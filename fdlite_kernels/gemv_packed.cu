@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       const unsigned* xr = reinterpret_cast<const unsigned*>(x + (size_t)m * K + kt * KT + 2 * t);
 #pragma unroll
       for (int j = 0; j < STEPS; ++j) {
-        xv[b][j][0] = ok ? __ldcg(xr + 8 * j) : 0u;         // coherent: written by the kernel before (PDL)
-        xv[b][j][1] = ok ? __ldcg(xr + 8 * j + 4) : 0u;
+        xv[b][j][0] = ok ? __ldca(xr + 8 * j) : 0u;         // coherent, L1-cached (written by the kernel before)
+        xv[b][j][1] = ok ? __ldca(xr + 8 * j + 4) : 0u;
       }
     }
   };

@@ -103,7 +103,7 @@ def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x,
                                         np.int32(M), np.int32(N), np.int32(Np), np.int32(K), np.int32(group),
                                         np.int32(per), route, np.int32(S), np.int32(rowtiles), np.int32(xdiv),
                                         np.int64(qp_es), np.int64(scale_es), ptr(xscale)),
-              shared_mem=smem_bytes(bits, mt), pdl=True)
+              shared_mem=smem_bytes(bits, mt), pdl=False)   # plain: PDL cost batch 32 7% (BENCHMARKS.md)
 
 
 def _planned(bits: int, post: bool, x, w, scale, y, M: int, N: int, Np: int, K: int, group: int, mt, splits, warps,
