@@ -130,6 +130,12 @@ for stage in "$@"; do
       T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|"
       T 60 env FDLITE_PDL=0 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" \
         | sed "s/^/PDL=0 /" ;;
+    bench8)         # attention with fewer registers and splits sized by the grid: twin tests, then batch 1 and 32
+      T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 60 python3 benchmarks/op_probe.py --batch 1 2>&1 | grep "^| paged"
+      T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
+      T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|"
+      T 100 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 64 2>&1 | grep "^|" ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

@@ -29,6 +29,17 @@ def split_chunk(visible: int) -> int:
     return next((c for c in CHUNKS if c >= want), CHUNKS[-1])
 
 
+def min_chunk(rows: int, nkv: int, visible: int, sms: int = 132) -> int:
+    """Fewest keys per split for ``rows`` query rows (paged_attention.cu: row_chunk starts there): the smallest
+    chunk from 32 whose splits of the longest context keep the grid within about 8 CTAs per SM. A batch-1 decode
+    (8 (row, kv head) pairs) splits down to 32 keys; at batch 32 (256 pairs) the pairs nearly fill the GPU
+    alone, and splitting a short context further only adds each CTA's fixed work and the merge."""
+    c = CHUNKS[0]
+    while c < CHUNKS[-1] and rows * nkv * -(-visible // c) > 8 * sms:
+        c *= 2
+    return c
+
+
 def _check_cache(c: dict, nkv: int, D: int):
     check(c["fmt"] in FORMATS, f"cache fmt = {c['fmt']}, expected one of {sorted(FORMATS)}")
     width = D // 2 if c["fmt"] == 4 else D
@@ -99,6 +110,7 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     visible = min(max_len, window) if window else max_len
     chunk = split_chunk(visible)
     S = max(1, -(-visible // chunk))
+    cmin = min_chunk(N, nkv, visible)
     o = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
     if not N:
         return o
@@ -118,6 +130,6 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
             q[r0:r1], np.int32(nh), np.int32(nkv), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
             p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
             np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq[r0:r1], row_pos[r0:r1],
-            np.int32(window or 0), np.float32(scale), np.int32(chunk), np.int32(S), po[r0:r1], pm[r0:r1],
-            pl[r0:r1], counters(), o[r0:r1]), shared_mem=4 * g * D, pdl=True)
+            np.int32(window or 0), np.float32(scale), np.int32(cmin), np.int32(chunk), np.int32(S), po[r0:r1],
+            pm[r0:r1], pl[r0:r1], counters(), o[r0:r1]), shared_mem=4 * g * D, pdl=True)
     return o

@@ -16,7 +16,8 @@
 // GMAX >= nh / nkv query heads share a kv head (GQA). D in {8, 16, 32, 64, 128, 256}.
 //
 // Lanes and keys: a key's row is cut into units of VEC bytes (16, 8 or 4: the widest whose elements times GMAX
-// stay within 64 registers of queries and 64 of accumulators); L lanes share a key (L units, U more per lane
+// stay within 32 registers of queries and 32 of accumulators; 64 took 234 registers for int8 and halved the
+// CTAs per SM, which batch 32 felt); L lanes share a key (L units, U more per lane
 // when a row has over 32), so a warp step covers 32 / L keys and a row is read with coalesced wide loads.
 // A warp issues the K and V loads of NB steps together (V does not wait for the scores: one memory latency
 // per batch), then scores them (the L lanes' partial dots meet by shuffles), updates its running max, and
@@ -30,15 +31,18 @@
       const float* __restrict__ kts, const float* __restrict__ vts, const float* __restrict__ ks,             \
       const float* __restrict__ vs, const float* __restrict__ kz, const float* __restrict__ vz,               \
       const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ row_seq,  \
-      const int* __restrict__ row_pos, int window, float scale, int chunk, int S, float* __restrict__ po,     \
+      const int* __restrict__ row_pos, int window, float scale, int cmin, int chunk, int S,                  \
+      float* __restrict__ po,                                                                                \
       float* __restrict__ pm, float* __restrict__ pl, int* __restrict__ flags, bf16_t* __restrict__ o
 
-// Keys per split for a row that sees `visible` keys: the smallest power of two from 32 up to `cmax` (the host's
-// chunk for the longest context of the grid) whose S splits cover them. The grid is sized for the longest context
-// (a captured graph serves every length up to it), so a short context spreads over a few short splits instead of
-// sitting in one long one.
-__device__ __forceinline__ int row_chunk(int visible, int S, int cmax) {
-  int c = 32;
+// Keys per split for a row that sees `visible` keys: the smallest power of two from `cmin` up to `cmax` (the
+// host's chunk for the longest context of the grid) whose S splits cover them, or cmin where that is larger
+// (both <= 256: TABMAX). The grid is sized for the longest
+// context (a captured graph serves every length up to it), so a short context spreads over a few short splits
+// instead of sitting in one long one; cmin (host: min_chunk) stops splitting where the rows and kv heads alone
+// already fill the GPU (each split costs a CTA's fixed work and a share of the merge).
+__device__ __forceinline__ int row_chunk(int visible, int S, int cmin, int cmax) {
+  int c = cmin;
   while (c < cmax && c * S < visible) c <<= 1;
   return c;
 }
@@ -51,7 +55,7 @@ template <int FMT, int GMAX, int D>
 struct AttnGeo {
   static constexpr int RB = FMT == KV_BF16 ? 2 * D : (FMT == KV_INT4ZP ? D / 2 : D);   // bytes of a row
   static constexpr int EP2 = FMT == KV_BF16 ? 1 : (FMT == KV_INT4ZP ? 4 : 2);          // elements per 2 bytes
-  static constexpr int V0 = 8 * EP2 * GMAX <= 64 ? 16 : (4 * EP2 * GMAX <= 64 ? 8 : 4);
+  static constexpr int V0 = 8 * EP2 * GMAX <= 32 ? 16 : (4 * EP2 * GMAX <= 32 ? 8 : 4);
   static constexpr int VEC = V0 < RB ? V0 : RB;                                          // bytes per unit
   static constexpr int NW = VEC / 4;                                                     // words per unit
   static constexpr int E = VEC * EP2 / 2;                                                // elements per unit
@@ -115,7 +119,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
   const int pos = __ldcg(row_pos + n);            // coherent loads of what earlier kernels wrote (common.cuh)
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
   const int visible = pos + 1 - lo;
-  const int ck = row_chunk(visible, S, chunk);    // this row's keys per split (<= chunk)
+  const int ck = row_chunk(visible, S, cmin, chunk);   // this row's keys per split (<= chunk)
   const int nsplit = (visible + ck - 1) / ck;     // splits holding keys: the ones that arrive at the merge
   const int start = lo + s * ck;
   if (start > pos) return;
