@@ -136,6 +136,15 @@ for stage in "$@"; do
       T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
       T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|"
       T 100 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 64 2>&1 | grep "^|" ;;
+    bench9)         # min_chunk at 2 CTAs per SM: the attention twins, the op probe at batch 8 and 32, the 8B end to end
+      T 150 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
+      T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
+      T 200 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|" ;;
+    bench10)        # min_chunk at 4 CTAs per SM: the op probe at batch 8 and 32, wint4 end to end
+      T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
+      T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200 --max-len 512 2>&1 | grep "^| paged"
+      T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 8,32 --gen 128 2>&1 | grep "^|" ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

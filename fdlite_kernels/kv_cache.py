@@ -31,11 +31,12 @@ def split_chunk(visible: int) -> int:
 
 def min_chunk(rows: int, nkv: int, visible: int, sms: int = 132) -> int:
     """Fewest keys per split for ``rows`` query rows (paged_attention.cu: row_chunk starts there): the smallest
-    chunk from 32 whose splits of the longest context keep the grid within about 8 CTAs per SM. A batch-1 decode
-    (8 (row, kv head) pairs) splits down to 32 keys; at batch 32 (256 pairs) the pairs nearly fill the GPU
-    alone, and splitting a short context further only adds each CTA's fixed work and the merge."""
+    chunk from 32 whose splits of the longest context keep the grid within about 4 CTAs per SM. A batch-1 decode
+    (8 (row, kv head) pairs) splits down to 32 keys; at batch 32 the 256 pairs fill the GPU alone, and one split
+    of 200 keys took 33 µs where two took 47 (H100, BENCHMARKS.md): each split adds its CTA's fixed work and a
+    share of the merge. At batch 8, 4 CTAs per SM beat 2 (19.6 against 23.7 µs at 200 keys)."""
     c = CHUNKS[0]
-    while c < CHUNKS[-1] and rows * nkv * -(-visible // c) > 8 * sms:
+    while c < CHUNKS[-1] and rows * nkv * -(-visible // c) > 4 * sms:
         c *= 2
     return c
 

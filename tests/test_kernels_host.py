@@ -210,11 +210,11 @@ def test_attention_min_chunk_splits_only_while_the_gpu_is_not_full():
     from fdlite_kernels.kv_cache import CHUNKS, min_chunk, split_chunk
 
     assert min_chunk(1, 8, 512) == 32                      # batch-1 decode: 8 pairs x 16 splits
-    assert min_chunk(8, 8, 512) == 32 and min_chunk(16, 8, 512) == 64
-    assert min_chunk(32, 8, 512) == 128 and min_chunk(32, 8, 4096) == 256
+    assert min_chunk(2, 8, 512) == 32 and min_chunk(8, 8, 512) == 64
+    assert min_chunk(32, 8, 512) == 256 and min_chunk(32, 8, 4096) == 256
     assert min_chunk(4096, 8, 300) == CHUNKS[-1]           # a long prefill chunk: never above 256 (TABMAX)
     for rows in (1, 3, 32, 500):
         for visible in (1, 64, 700, 5000):
             c = min_chunk(rows, 8, visible)
-            assert c in CHUNKS and (c == CHUNKS[0] or rows * 8 * -(-visible // (c // 2)) > 8 * 132)
+            assert c in CHUNKS and (c == CHUNKS[0] or rows * 8 * -(-visible // (c // 2)) > 4 * 132)
             assert split_chunk(visible) * 16 >= min(visible, CHUNKS[-1] * 16)
