@@ -145,6 +145,15 @@ for stage in "$@"; do
       T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
       T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200 --max-len 512 2>&1 | grep "^| paged"
       T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 8,32 --gen 128 2>&1 | grep "^|" ;;
+    bench11)        # attention with 8 warps per CTA where few (row, kv head) pairs: twins, probe, the 8B end to end
+      T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 60 python3 benchmarks/op_probe.py 2>&1 | grep "^| paged"
+      T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
+      T 200 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" ;;
+    final)          # the session's final code: attention twins, probes, the 8B end to end at batch 1, 8 and 32
+      T 120 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | grep -E "^FAILED|passed|failed" | head -10
+      T 60 python3 benchmarks/op_probe.py --ctx 64,1000,4000 --max-len 512,4096 2>&1 | grep "^| paged"
+      T 240 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|" ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

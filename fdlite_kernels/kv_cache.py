@@ -13,12 +13,12 @@ import numpy as np
 
 from . import load
 from ._launch import BF16, COUNTERS, check, counters, expect, launch, ptr
+from .mma_sk import sms
 
 FORMATS = {0: "bf16", 1: "int8", 2: "float8_e4m3fn", 3: "block_wise_fp8", 4: "int4_zp"}
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)     # what paged_attention takes (rope_kv_write: any even D <= 256)
 GMAX = (1, 2, 4, 8, 16)
 CHUNKS = (32, 64, 128, 256)                # keys per split of paged attention (powers of two)
-THREADS = 128                              # paged_attention.cu's CTA size (4 warps)
 
 
 def split_chunk(visible: int) -> int:
@@ -111,7 +111,9 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     visible = min(max_len, window) if window else max_len
     chunk = split_chunk(visible)
     S = max(1, -(-visible // chunk))
-    cmin = min_chunk(N, nkv, visible)
+    n_sm = sms(cp.cuda.Device().id)
+    warps = 8 if N * nkv <= 16 else 4             # a batch-1/2 decode: fatter CTAs, fewer splits (BENCHMARKS.md)
+    cmin = max(min_chunk(N, nkv, visible, n_sm), 64 if warps == 8 else 32)
     o = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
     if not N:
         return o
@@ -121,13 +123,13 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     pm = cp.empty((N, nh, S), np.float32) if S > 1 else o
     pl = cp.empty((N, nh, S), np.float32) if S > 1 else o
     fmt = cache["fmt"]
-    name = f"paged_attn<{fmt}, {gmax}, {D}>"
+    name = f"paged_attn<{fmt}, {gmax}, {D}, {warps}>"
     fn = load("paged_attention", name_expressions=(name,)).get_function(name)
     c, p = cache, ptr
     step = min(COUNTERS // nkv, 65535)             # rows per launch: a counter per (row, kv head); grid z <= 65535
     for r0 in range(0, N, step):
         r1 = min(N, r0 + step)
-        launch(fn, (S, nkv, r1 - r0), (THREADS,), (
+        launch(fn, (S, nkv, r1 - r0), (32 * warps,), (
             q[r0:r1], np.int32(nh), np.int32(nkv), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
             p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
             np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq[r0:r1], row_pos[r0:r1],

@@ -47,8 +47,6 @@ __device__ __forceinline__ int row_chunk(int visible, int S, int cmin, int cmax)
   return c;
 }
 
-#define THREADS 128
-#define WARPS 4
 #define TABMAX 264          // block-table entries of one split: chunk (<= 256) / block_size + 1
 
 template <int FMT, int GMAX, int D>
@@ -103,13 +101,17 @@ __device__ __forceinline__ void load_unit(const u8* p, unsigned (&w)[NW]) {
   }
 }
 
-template <int FMT, int GMAX, int D>
-__global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
+// W warps per CTA (4 or 8): 8 for a batch-1 or -2 decode (<= 16 (row, kv head) pairs leave the GPU idle), so a
+// short context fits one split of 8 warps' batches and needs no merge. At batch 8 it lost to 4 warps (one 8-warp
+// CTA of 140 registers per SM).
+template <int FMT, int GMAX, int D, int W>
+__global__ void __launch_bounds__(32 * W) paged_attn(PAGED_ATTN_PARAMS) {
+  constexpr int THREADS = 32 * W;
   using G = AttnGeo<FMT, GMAX, D>;
   constexpr int RB = G::RB, VEC = G::VEC, NW = G::NW, E = G::E, L = G::L, U = G::U, KPW = G::KPW, NB = G::NB;
   extern __shared__ float obuf[];                 // [g][D]: the warps' rescaled output sums
   __shared__ int tab[TABMAX];                     // the split's slice of the block table
-  __shared__ float wm[WARPS][GMAX], wl[WARPS][GMAX];
+  __shared__ float wm[W][GMAX], wl[W][GMAX];
   __shared__ int last;
   const int s = blockIdx.x, hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5, li = lane % L, slot = lane / L;
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
       for (int e = 0; e < E; ++e) acc[i][u][e] = 0.f;
   }
   constexpr int BK = NB * KPW;                    // keys per warp batch
-  for (int kb = warp * BK; kb < ntok; kb += WARPS * BK) {   // the batch's first key is always valid
+  for (int kb = warp * BK; kb < ntok; kb += W * BK) {   // the batch's first key is always valid
     unsigned kw[NB][U][NW], vw[NB][U][NW];
     float kt[NB], vt[NB];
 #pragma unroll
@@ -264,7 +266,7 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
       if (i >= g) continue;
       float M = wm[0][i];
 #pragma unroll
-      for (int w = 1; w < WARPS; ++w) M = fmaxf(M, wm[w][i]);
+      for (int w = 1; w < W; ++w) M = fmaxf(M, wm[w][i]);
       const float f = m[i] == neg_inf() ? 0.f : __expf(m[i] - M);
 #pragma unroll
       for (int u = 0; u < U; ++u)
@@ -284,10 +286,10 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
     const int i = x / D, d = x % D;
     float M = wm[0][i];
 #pragma unroll
-    for (int w = 1; w < WARPS; ++w) M = fmaxf(M, wm[w][i]);
+    for (int w = 1; w < W; ++w) M = fmaxf(M, wm[w][i]);
     float lsum = 0.f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) lsum += wm[w][i] == neg_inf() ? 0.f : wl[w][i] * __expf(wm[w][i] - M);
+    for (int w = 0; w < W; ++w) lsum += wm[w][i] == neg_inf() ? 0.f : wl[w][i] * __expf(wm[w][i] - M);
     const size_t h = (size_t)n * nh + hk * g + i;
     if (nsplit == 1) {
       o[h * D + d] = f32_to_bf16(obuf[x] / lsum);
@@ -323,8 +325,9 @@ __global__ void __launch_bounds__(THREADS) paged_attn(PAGED_ATTN_PARAMS) {
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define INST(F, G, D) template __global__ void paged_attn<F, G, D>(PAGED_ATTN_PARAMS);
-#define INST_F(F) INST(F, 1, 64) INST(F, 2, 16) INST(F, 4, 128) INST(F, 4, 32) INST(F, 8, 256) INST(F, 16, 8)
+#define INST(F, G, D, W) template __global__ void paged_attn<F, G, D, W>(PAGED_ATTN_PARAMS);
+#define INST_F(F) INST(F, 1, 64, 4) INST(F, 2, 16, 8) INST(F, 4, 128, 4) INST(F, 4, 128, 8) INST(F, 8, 256, 4) \
+  INST(F, 16, 8, 8)
 INST_F(KV_BF16)
 INST_F(KV_INT8)
 INST_F(KV_FP8)
