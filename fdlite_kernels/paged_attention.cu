@@ -12,13 +12,13 @@
 //   q: bf16 [N, nh, D]; block_tables: i32 [B, max_blocks]; row_seq, row_pos: i32 [N]
 //   kc, vc: the layer's cache; kts, vts: BFP8 token scales; ks, vs, kz, vz: read-side scales (kv_codec.cuh)
 //   po: f32 [N, nh, S, D], pm, pl: f32 [N, nh, S] (S splits of at most `chunk` keys); o: bf16 [N, nh, D]
-//   flags: i32 [N * nkv] arrival counters, zero before and after the launch
-// GMAX >= nh / nkv query heads share a kv head (GQA). D in {8, 16, 32, 64, 128, 256}.
+//   flags: i32 [N * nkv] arrival counters, zero before and after the launch; cmin, chunk: see row_chunk
+// GMAX >= nh / nkv query heads share a kv head (GQA). D in {8, 16, 32, 64, 128, 256}. Launched with PDL.
 //
 // Lanes and keys: a key's row is cut into units of VEC bytes (16, 8 or 4: the widest whose elements times GMAX
 // stay within 32 registers of queries and 32 of accumulators; 64 took 234 registers for int8 and halved the
-// CTAs per SM, which batch 32 felt); L lanes share a key (L units, U more per lane
-// when a row has over 32), so a warp step covers 32 / L keys and a row is read with coalesced wide loads.
+// CTAs per SM, which batch 32 felt); L lanes share a key (L units, U more per lane when a row has over 32), so
+// a warp step covers 32 / L keys and a row is read with coalesced wide loads.
 // A warp issues the K and V loads of NB steps together (V does not wait for the scores: one memory latency
 // per batch), then scores them (the L lanes' partial dots meet by shuffles), updates its running max, and
 // accumulates V. Scales are folded out of the inner loops: per-channel / per-head K scales into the queries,
@@ -32,15 +32,15 @@
       const float* __restrict__ vs, const float* __restrict__ kz, const float* __restrict__ vz,               \
       const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ row_seq,  \
       const int* __restrict__ row_pos, int window, float scale, int cmin, int chunk, int S,                  \
-      float* __restrict__ po,                                                                                \
-      float* __restrict__ pm, float* __restrict__ pl, int* __restrict__ flags, bf16_t* __restrict__ o
+      float* __restrict__ po, float* __restrict__ pm, float* __restrict__ pl, int* __restrict__ flags,       \
+      bf16_t* __restrict__ o
 
 // Keys per split for a row that sees `visible` keys: the smallest power of two from `cmin` up to `cmax` (the
 // host's chunk for the longest context of the grid) whose S splits cover them, or cmin where that is larger
-// (both <= 256: TABMAX). The grid is sized for the longest
-// context (a captured graph serves every length up to it), so a short context spreads over a few short splits
-// instead of sitting in one long one; cmin (host: min_chunk) stops splitting where the rows and kv heads alone
-// already fill the GPU (each split costs a CTA's fixed work and a share of the merge).
+// (both <= 256: TABMAX). The grid is sized for the longest context (a captured graph serves every length up to
+// it), so a short context spreads over a few short splits instead of sitting in one long one; cmin (host:
+// min_chunk) stops splitting where the rows and kv heads alone already fill the GPU (each split costs a CTA's
+// fixed work and a share of the merge).
 __device__ __forceinline__ int row_chunk(int visible, int S, int cmin, int cmax) {
   int c = cmin;
   while (c < cmax && c * S < visible) c <<= 1;
