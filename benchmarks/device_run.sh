@@ -154,6 +154,10 @@ for stage in "$@"; do
       T 120 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | grep -E "^FAILED|passed|failed" | head -10
       T 60 python3 benchmarks/op_probe.py --ctx 64,1000,4000 --max-len 512,4096 2>&1 | grep "^| paged"
       T 240 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|" ;;
+    norm)           # the norm's weights loaded before pdl_wait: twins, PDL chain, probe, batch-1 end to end
+      T 100 $PT tests/test_gpu_attention.py tests/test_gpu_kernels.py -k "fused or pdl" 2>&1 | grep -E "^FAILED|passed|failed"
+      T 60 python3 benchmarks/op_probe.py --ctx 64 --max-len 512 2>&1 | grep "^|"
+      T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" ;;
     *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
   esac
 done

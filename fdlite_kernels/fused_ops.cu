@@ -53,9 +53,16 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
                                                        float eps) {
   __shared__ float red[THREADS / 32];
   pdl_launch();
+  const int nv = H / 8;
+  const uint4* wr = reinterpret_cast<const uint4*>(w);
+  uint4 wv[VPT];                                 // the norm's weights depend on no kernel: loaded before the wait
+#pragma unroll
+  for (int u = 0; u < VPT; ++u) {
+    const int i = threadIdx.x + u * THREADS;
+    if (i < nv) wv[u] = __ldg(wr + i);
+  }
   const int z = pdl_wait();
   x += z, d += z;
-  const int nv = H / 8;
   uint4* xr = reinterpret_cast<uint4*>(x + (size_t)blockIdx.x * H);
   const uint4* dr = reinterpret_cast<const uint4*>(d + (size_t)blockIdx.x * H);
   uint4 xv[VPT], dv[VPT];
@@ -88,15 +95,13 @@ __global__ void __launch_bounds__(THREADS) rms_norm_v(bf16_t* __restrict__ x, co
     }
   }
   const float r = sqrtf(block_sum(ss, red) / (float)H + eps);
-  const uint4* wr = reinterpret_cast<const uint4*>(w);
   uint4* yr = reinterpret_cast<uint4*>(y + (size_t)blockIdx.x * H);
 #pragma unroll
   for (int u = 0; u < VPT; ++u) {
     const int i = threadIdx.x + u * THREADS;
     if (i < nv) {
-      const uint4 wv = __ldg(wr + i);
       const unsigned* a = reinterpret_cast<const unsigned*>(&xv[u]);
-      const unsigned* b = reinterpret_cast<const unsigned*>(&wv);
+      const unsigned* b = reinterpret_cast<const unsigned*>(&wv[u]);
       uint4 o;
       unsigned* oo = reinterpret_cast<unsigned*>(&o);
 #pragma unroll
