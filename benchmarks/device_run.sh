@@ -79,16 +79,6 @@ for stage in "$@"; do
       T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 32 --steps 4 --ncu \
         > $OUT/ncu_b32.csv 2>$OUT/ncu_b32.err
       python3 benchmarks/ncu_summary.py $OUT/ncu_b32.csv > $OUT/ncu_b32.txt; head -16 $OUT/ncu_b32.txt ;;
-    pdl)            # programmatic dependent launch: correctness of every kernel it touches, then plain vs PDL
-      T 150 $PT tests/test_gpu_kernels.py -k "pdl or gemv_bf16 or (gemv_packed and not block_shapes and (4096-4096 \
-        or 96-160))" 2>&1 | tail -2
-      T 150 $PT tests/test_gpu_attention.py -k "paged or fused or rope or kv_write or graph" 2>&1 | tail -2
-      T 100 $PT tests/test_gpu_model.py 2>&1 | tail -2
-      T 60 python3 benchmarks/op_probe.py 2>&1 | tee $OUT/op_probe.log | grep "^|"
-      for pdl in 0 1; do
-        T 120 env FDLITE_PDL=$pdl python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1 --gen 128 2>&1 \
-          | grep "^|" | sed "s/^/PDL=$pdl /"
-      done ;;
     attn)           # the one-kernel paged attention against its twin (every format), then plain vs PDL timings
       T 60 $PT tests/test_gpu_kernels.py -k "pdl" -x 2>&1 | grep -E "Error|error|assert|passed|failed" | head -20
       T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|Error|passed|failed" | head -20
@@ -113,43 +103,6 @@ for stage in "$@"; do
       T 150 $PT tests/test_moe_gpu_path.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
       T 200 $PT tests/test_gpu_kernels.py -k "gemv_packed and not block_shapes or gemv_bf16 or (mma_sk and (4096-4096 or 96-160))" \
         2>&1 | grep -E "^FAILED|passed|failed" | head -10 ;;
-    bench6)         # this session's numbers: small ops and attention, the four projections, the 8B end to end
-      T 60 python3 benchmarks/op_probe.py 2>&1 | tee $OUT/op_probe.log | grep "^|"
-      for pdl in 1 0; do
-        T 150 env FDLITE_PDL=$pdl PACKED_ONLY=1 GEMV_MS=1,4,8 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv_pdl$pdl.log 2>&1
-        echo "PDL=$pdl"; grep -A12 "sum over" $OUT/gemv_pdl$pdl.log
-      done
-      T 240 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|"
-      T 60 env FDLITE_PDL=0 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|" \
-        | sed "s/^/PDL=0 /" ;;
-    bench7)         # after the L1-cached coherent x loads: correctness, the projections, the 8B end to end
-      T 60 $PT tests/test_gpu_kernels.py -k "pdl or (gemv_packed and not block_shapes and (4096-4096 or 96-160)) or gemv_bf16" \
-        2>&1 | grep -E "^FAILED|Error|passed|failed" | head -10
-      T 150 env PACKED_ONLY=1 GEMV_MS=1,4,8 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
-      grep -A12 "sum over" $OUT/gemv.log
-      T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|"
-      T 60 env FDLITE_PDL=0 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" \
-        | sed "s/^/PDL=0 /" ;;
-    bench8)         # attention with fewer registers and splits sized by the grid: twin tests, then batch 1 and 32
-      T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
-      T 60 python3 benchmarks/op_probe.py --batch 1 2>&1 | grep "^| paged"
-      T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
-      T 200 python3 benchmarks/e2e.py --quant wint8,wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|"
-      T 100 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 64 2>&1 | grep "^|" ;;
-    bench9)         # min_chunk at 2 CTAs per SM: the attention twins, the op probe at batch 8 and 32, the 8B end to end
-      T 150 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | grep -E "^FAILED|passed|failed" | head -10
-      T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
-      T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
-      T 200 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8,32 --gen 128 2>&1 | grep "^|" ;;
-    bench10)        # min_chunk at 4 CTAs per SM: the op probe at batch 8 and 32, wint4 end to end
-      T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
-      T 60 python3 benchmarks/op_probe.py --batch 32 --ctx 200 --max-len 512 2>&1 | grep "^| paged"
-      T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 8,32 --gen 128 2>&1 | grep "^|" ;;
-    bench11)        # attention with 8 warps per CTA where few (row, kv head) pairs: twins, probe, the 8B end to end
-      T 200 $PT tests/test_gpu_attention.py 2>&1 | grep -E "^FAILED|passed|failed" | head -10
-      T 60 python3 benchmarks/op_probe.py 2>&1 | grep "^| paged"
-      T 60 python3 benchmarks/op_probe.py --batch 8 --ctx 200,1000 --max-len 512,4096 2>&1 | grep "^| paged"
-      T 200 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" ;;
     final)          # the session's final code: attention twins, probes, the 8B end to end at batch 1, 8 and 32
       T 120 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | grep -E "^FAILED|passed|failed" | head -10
       T 60 python3 benchmarks/op_probe.py --ctx 64,1000,4000 --max-len 512,4096 2>&1 | grep "^| paged"
@@ -158,6 +111,6 @@ for stage in "$@"; do
       T 100 $PT tests/test_gpu_attention.py tests/test_gpu_kernels.py -k "fused or pdl" 2>&1 | grep -E "^FAILED|passed|failed"
       T 60 python3 benchmarks/op_probe.py --ctx 64 --max-len 512 2>&1 | grep "^|"
       T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 pdl)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm)" ;;
   esac
 done
