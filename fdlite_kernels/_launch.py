@@ -57,6 +57,14 @@ def counters():
     return _counters[key]
 
 
+@functools.lru_cache(maxsize=None)
+def sms(device_id: int) -> int:
+    """The device's multiprocessor count (grid sizing: mma_sk's split plan, attention's splits)."""
+    import cupy as cp  # noqa: PLC0415
+
+    return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
+
+
 def ptr(a):
     """a, or for None a valid never-read device pointer (kernels take every pointer argument)."""
     import cupy as cp  # noqa: PLC0415
@@ -96,7 +104,7 @@ def _pdl_types():
 
 @functools.lru_cache(maxsize=None)
 def _driver():
-    """(cuLaunchKernelEx, Attribute, Config, the PDL attribute) or None where the driver lacks it."""
+    """(cuLaunchKernelEx, Config, the PDL attribute) or None where the driver lacks it."""
     import ctypes  # noqa: PLC0415
 
     try:
@@ -110,7 +118,7 @@ def _driver():
     attr = Attribute()
     attr.id = _CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
     attr.value.allowed = 1
-    return fn, Attribute, Config, attr
+    return fn, Config, attr
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,7 +171,7 @@ def launch(fn, grid, block, args, shared_mem: int = 0, pdl: bool = False) -> Non
 
     import cupy as cp  # noqa: PLC0415
 
-    cu_launch, _, Config, attr = _driver()
+    cu_launch, Config, attr = _driver()
     grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
     vals = _c_args(args)
     params = (ctypes.c_void_p * max(len(vals), 1))(*[ctypes.addressof(v) for v in vals])

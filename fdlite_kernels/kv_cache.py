@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import load
-from ._launch import BF16, COUNTERS, check, counters, expect, launch, ptr
-from .mma_sk import sms
+from ._launch import BF16, COUNTERS, check, counters, expect, launch, ptr, sms
 
 FORMATS = {0: "bf16", 1: "int8", 2: "float8_e4m3fn", 3: "block_wise_fp8", 4: "int4_zp"}
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)     # what paged_attention takes (rope_kv_write: any even D <= 256)
@@ -29,14 +28,14 @@ def split_chunk(visible: int) -> int:
     return next((c for c in CHUNKS if c >= want), CHUNKS[-1])
 
 
-def min_chunk(rows: int, nkv: int, visible: int, sms: int = 132) -> int:
+def min_chunk(rows: int, nkv: int, visible: int, n_sm: int = 132) -> int:
     """Fewest keys per split for ``rows`` query rows (paged_attention.cu: row_chunk starts there): the smallest
     chunk from 32 whose splits of the longest context keep the grid within about 4 CTAs per SM. A batch-1 decode
     (8 (row, kv head) pairs) splits down to 32 keys; at batch 32 the 256 pairs fill the GPU alone, and one split
     of 200 keys took 33 µs where two took 47 (H100, BENCHMARKS.md): each split adds its CTA's fixed work and a
     share of the merge. At batch 8, 4 CTAs per SM beat 2 (19.6 against 23.7 µs at 200 keys)."""
     c = CHUNKS[0]
-    while c < CHUNKS[-1] and rows * nkv * -(-visible // c) > 4 * sms:
+    while c < CHUNKS[-1] and rows * nkv * -(-visible // c) > 4 * n_sm:
         c *= 2
     return c
 

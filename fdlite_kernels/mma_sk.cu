@@ -100,8 +100,6 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : FP8 ? (BM + 4) / 4 : 0;   // uint4 of scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
-  const int z = pdl_wait();                         // launched with PDL: before the first read (and any return)
-  x += z, route += z, xscale += z;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -115,14 +113,14 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   if (GATHER) {
     const int slot = blockIdx.y / rowtiles, m0 = (blockIdx.y % rowtiles) * BM;
     const int* offs = route + M + S;
-    const int o0 = __ldcg(offs + slot) + m0;        // coherent: the routing kernel's output (PDL)
-    rows = min(BM, __ldcg(offs + slot + 1) - o0);
+    const int o0 = offs[slot] + m0;
+    rows = min(BM, offs[slot + 1] - o0);
     if (rows <= 0) return;                          // the same for every thread and every K split of the tile
-    const int e = __ldcg(route + M + slot);
+    const int e = route[M + slot];
     qp += (size_t)e * qp_es;
     scale += (size_t)e * scale_es;
     for (int r = threadIdx.x; r < rows; r += 32 * SK_WARPS) {
-      yrow_s[r] = __ldcg(route + o0 + r);
+      yrow_s[r] = route[o0 + r];
       xrow_s[r] = yrow_s[r] / xdiv;
     }
   } else {
@@ -281,7 +279,6 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     }
   }
   cp_async_wait<0>();
-  pdl_launch();                                     // the next kernel may start; only the epilogue is left
 
   // C fragment c of (a, h): block row 16a + g (+8 for c >= 2), i.e. y row yrow_s[...]; column 8 (wnt + h) + 2t + (c & 1)
   if (gridDim.z == 1) {

@@ -17,8 +17,7 @@ import functools
 import numpy as np
 
 from . import load
-from ._launch import BF16, COUNTERS, check, counters
-from ._launch import launch as launch_fn
+from ._launch import BF16, COUNTERS, check, counters, sms
 from .mma_wq import KT as _KT_PACKED
 from .mma_wq import _validate
 
@@ -52,13 +51,6 @@ def kernel(device_id: int, bits: int, mt: int, post: bool, warps: int, gather: b
     fn = load("mma_sk", name_expressions=(name,)).get_function(name)
     fn.max_dynamic_shared_size_bytes = smem_bytes(bits, mt)    # above the 48 KiB default for most shapes
     return fn
-
-
-@functools.lru_cache(maxsize=None)
-def sms(device_id: int) -> int:
-    import cupy as cp  # noqa: PLC0415
-
-    return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
 def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
@@ -99,11 +91,10 @@ def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x,
     dev = cp.cuda.Device().id
     route, S, rowtiles, xdiv, qp_es, scale_es = gather or (ptr(None), 0, 1, 1, 0, 0)
     fn = kernel(dev, bits, mt, post, warps, gather is not None)
-    launch_fn(fn, grid, (32 * warps,), (x, w, scale, y, ws, counters(),
-                                        np.int32(M), np.int32(N), np.int32(Np), np.int32(K), np.int32(group),
-                                        np.int32(per), route, np.int32(S), np.int32(rowtiles), np.int32(xdiv),
-                                        np.int64(qp_es), np.int64(scale_es), ptr(xscale)),
-              shared_mem=smem_bytes(bits, mt), pdl=False)   # plain: PDL cost batch 32 7% (BENCHMARKS.md)
+    # a plain launch: through PDL (fdlite_kernels._launch) the batch-32 step ran 7% slower (BENCHMARKS.md)
+    fn(grid, (32 * warps,), (x, w, scale, y, ws, counters(), np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
+                             np.int32(group), np.int32(per), route, np.int32(S), np.int32(rowtiles), np.int32(xdiv),
+                             np.int64(qp_es), np.int64(scale_es), ptr(xscale)), shared_mem=smem_bytes(bits, mt))
 
 
 def _planned(bits: int, post: bool, x, w, scale, y, M: int, N: int, Np: int, K: int, group: int, mt, splits, warps,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect
+from ._launch import BF16, check, expect, sms
 from .mma_wq import KT
 
 MAX_E = 1024          # moe.cu MAX_E
@@ -225,7 +225,7 @@ def _moe_sk(x, stack: ExpertStack, plan: Plan, xdiv: int, y):
     Np = -(-N // 16) * 16 if packed else -(-N // 8) * 8
     rowtiles, cols = -(-plan.tokens // 16), -(-Np // sk.BN)
     # the K splits of a plain launch over one 16-row tile per expert slot (most experts hold fewer than 16 rows)
-    _, splits, per, _ = sk.plan(16 * S, Np, K, bits, 1, None, 8, sk.sms(cp.cuda.Device().id))
+    _, splits, per, _ = sk.plan(16 * S, Np, K, bits, 1, None, 8, sms(cp.cuda.Device().id))
     if packed:
         qp, scale, group = stack.arrays["qp"], stack.arrays["scale"], stack.group
         qp_es, scale_es = qp.shape[1] // 16, scale.shape[1] * scale.shape[2]     # per expert: uint4s, floats

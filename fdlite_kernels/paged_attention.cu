@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(32 * W) paged_attn(PAGED_ATTN_PARAMS) {
   const int pos = __ldcg(row_pos + n);            // coherent loads of what earlier kernels wrote (common.cuh)
   const int lo = window > 0 ? max(0, pos - window + 1) : 0;
   const int visible = pos + 1 - lo;
-  const int ck = row_chunk(visible, S, cmin, chunk);   // this row's keys per split (<= chunk)
+  const int ck = row_chunk(visible, S, cmin, chunk);   // this row's keys per split (<= 256)
   const int nsplit = (visible + ck - 1) / ck;     // splits holding keys: the ones that arrive at the merge
   const int start = lo + s * ck;
   if (start > pos) return;

@@ -18,6 +18,18 @@ def _x(rng, M, K):
     return rng.standard_normal((M, K)).astype(BF16)
 
 
+def _fp8_case(seed, N, K, M):
+    """block_wise_fp8 weights and x -> (method, packed, x, the method's NumPy product)."""
+    from fdlite.quant import get
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
+    x = _x(rng, M, K)
+    method = get("block_wise_fp8")()
+    p = method.quantize(w)
+    return method, p, x, method.matmul(x.astype(np.float32), p, np)
+
+
 @pytest.mark.parametrize("N,K", SHAPES)
 @pytest.mark.parametrize("M", [1, 3, 8, 16])
 def test_gemv_wint8(cp, N, K, M):
@@ -74,15 +86,9 @@ def test_launcher_errors(cp):
 @pytest.mark.parametrize("M", [1, 7, 16])
 def test_gemv_block_fp8_vs_twin(cp, N, K, M):
     """Against the method's own NumPy matmul (fp8 weights, dynamic fp8 activations)."""
-    from fdlite.quant import get
     from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
 
-    rng = np.random.default_rng(N + 3 * K + M)
-    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
-    x = _x(rng, M, K)
-    method = get("block_wise_fp8")()
-    p = method.quantize(w)
-    ref = method.matmul(x.astype(np.float32), p, np)
+    _, p, x, ref = _fp8_case(N + 3 * K + M, N, K, M)
     y = cp.full((M, N), np.nan, dtype=BF16)
     gemv_block_fp8(cp.asarray(x), cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"]),
                    out=y)
@@ -97,22 +103,17 @@ def test_block_fp8_above_16_rows(cp, N, K, M):
     routed product (mma_sk_fp8 where K % 128 == 0 up to 256 rows and in graphs, else the stop-gap with cuBLAS or
     mma_bf16) matches the method's NumPy matmul."""
     from fdlite.backend import get_backend
-    from fdlite.quant import _gpu, get
+    from fdlite.quant import _gpu
     from fdlite.quant._common import act_fp8
     from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
 
-    rng = np.random.default_rng(N + 5 * K + M)
-    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
-    x = _x(rng, M, K)
-    method = get("block_wise_fp8")()
-    p = method.quantize(w)
+    method, p, x, ref = _fp8_case(N + 5 * K + M, N, K, M)
     q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"])
     wd = cp.full((N, K), np.nan, dtype=BF16)
     dequant_w(q, ws, out=wd)
     assert (cp.asnumpy(wd).view(np.uint16) == method.dequantize(p).astype(BF16).view(np.uint16)).all()
     xd = cp.asnumpy(dequant_x(cp.asarray(x)))
     assert (xd.view(np.uint16) == act_fp8(x.astype(np.float32), 128).astype(BF16).view(np.uint16)).all()
-    ref = method.matmul(x.astype(np.float32), p, np)
     gp = method.prepare(p, get_backend("cuda"))
     eager = cp.asnumpy(_gpu.matmul_block_fp8(method, cp.asarray(x), gp, cp)).astype(np.float32)
     assert np.isfinite(eager).all() and _rel(eager, ref) < 1e-2
@@ -303,19 +304,13 @@ def test_mma_sk_bf16(cp, warps, mt, splits, N, M):
 def test_mma_sk_fp8_vs_twin(cp, N, K, M, mt, splits):
     """block_wise_fp8 on the e4m3 tensor cores against the method's NumPy matmul (activations quantized per token
     and 128 columns, weights per 128 x 128 block), output poisoned, ragged N, every plan."""
-    from fdlite.quant import get
     from fdlite_kernels.mma_sk import mma_sk_fp8
 
     if K == 14336 and (M not in (1, 64) or mt is not None):
         pytest.skip("the long K at two row counts is enough")
     if splits is not None and splits > K // 128:
         pytest.skip("more splits than K tiles (the launcher refuses them: test_mma_sk_plan_covers_k_exactly)")
-    rng = np.random.default_rng(N + 3 * K + 7 * M + (mt or 0) + (splits or 0))
-    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
-    x = _x(rng, M, K)
-    method = get("block_wise_fp8")()
-    p = method.quantize(w)
-    ref = method.matmul(x.astype(np.float32), p, np)
+    _, p, x, ref = _fp8_case(N + 3 * K + 7 * M + (mt or 0) + (splits or 0), N, K, M)
     y = cp.full((M, N), np.nan, dtype=BF16)
     mma_sk_fp8(cp.asarray(x), cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"]), out=y,
                mt=mt, splits=splits)

@@ -123,6 +123,7 @@ def test_mma_sk_launches_pass_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr(mma_sk, "kernel", lambda *key: lambda grid, block, args, shared_mem: calls.append(
         (key, grid, block, args, shared_mem)))
     monkeypatch.setattr(mma_sk, "sms", lambda dev: 132)
+    monkeypatch.setattr("fdlite_kernels.moe.sms", lambda dev: 132)
     monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: Arr((1,), np.float32) if a is None else a)
     monkeypatch.setattr("fdlite_kernels.gemv_block_fp8.act_quant_fp8",
                         lambda x: (Arr(x.shape, np.uint8), Arr((x.shape[0], x.shape[1] // 128), np.float32)))
