@@ -111,6 +111,21 @@ for stage in "$@"; do
       T 100 $PT tests/test_gpu_attention.py tests/test_gpu_kernels.py -k "fused or pdl" 2>&1 | grep -E "^FAILED|passed|failed"
       T 60 python3 benchmarks/op_probe.py --ctx 64 --max-len 512 2>&1 | grep "^|"
       T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^|" ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm)" ;;
+    ring)           # gemv_packed's shared-memory weight ring against its twin, then its depths x block shapes
+      T 240 $PT tests/test_gpu_kernels.py -k "gemv_packed or pdl" 2>&1 | grep -E "^FAILED|Error|passed|failed" | head -20
+      T 100 $PT tests/test_gpu_kernels.py -k "mma_sk and (4096-4096 or 96-160)" 2>&1 | grep -E "^FAILED|passed|failed"
+      T 300 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=${TC_MS:-1,8} WINT2=0 GEMV_TC_DEPTHS=${TC_DEPTHS:-0,3,4,6,8} \
+        GEMV_TC_SHAPES="${TC_SHAPES:-1.4.1;1.8.1;1.8.2;1.16.1}" python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A200 "sum over" $OUT/gemv.log ;;
+    skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
+      for m in 16 32; do for shp in gate_up qkv; do
+        T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+          --section MemoryWorkloadAnalysis --section SchedulerStats --section LaunchStats python3 \
+          benchmarks/kernel_probe.py --kernel wint4 --M $m --shape $shp > $OUT/ncu_sk_${m}_$shp.txt 2>&1
+        echo "-- M=$m $shp"
+        grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
+          $OUT/ncu_sk_${m}_$shp.txt | head -24
+      done; done ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe)" ;;
   esac
 done

@@ -4,7 +4,8 @@ layer's four projections (the issue's measure).
     GEMV_MS=1,16,64 python benchmarks/gpu_gemv.py   (on the GPU machine; JSON lines to $OUT/gemv.jsonl)
     ROWMAJOR=1 adds the first row-major int8/int4 GEMVs (superseded by the packed layout); WINT2=0 skips wint2;
     GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16; GEMV_SK=1 every mma_sk plan (warps, mt,
-    splits) for wint4; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16; PACKED_ONLY=1
+    splits) for wint4; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16, at the ring depths
+    of GEMV_TC_DEPTHS (default 0: registers), GEMV_TC_SHAPES="r.w.minb;..." to name the shapes; PACKED_ONLY=1
     times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk).
 """
 import json
@@ -31,6 +32,10 @@ ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
 # gemv_packed block shapes timed by GEMV_TC=1: (row pairs, warps, resident blocks asked per SM)
 TC_SHAPES = ((1, 8, 1), (1, 8, 3), (1, 8, 4), (1, 4, 1), (1, 4, 6), (1, 4, 8), (1, 16, 1), (1, 16, 2), (2, 8, 1),
              (2, 8, 3))
+# ring depths timed with them (GEMV_TC_DEPTHS=0,4,...; 0 = the registers) and, when given, the shapes to time
+TC_DEPTHS = [int(v) for v in os.environ.get("GEMV_TC_DEPTHS", "0").split(",")]
+if os.environ.get("GEMV_TC_SHAPES"):                      # e.g. "1.8.1;1.4.1"
+    TC_SHAPES = tuple(tuple(int(v) for v in t.split(".")) for t in os.environ["GEMV_TC_SHAPES"].split(";"))
 WINT2 = os.environ.get("WINT2", "1") == "1"   # its host quantization (scale search) takes minutes per shape
 
 
@@ -159,11 +164,18 @@ def main():
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nbytes / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_TC") == "1" and M <= 16:     # gemv_packed's block shapes
-                for r, wp, mb in TC_SHAPES:
+                shapes = [(r, wp, mb, d) for d in TC_DEPTHS for r, wp, mb in TC_SHAPES]
+                for r, wp, mb, d in shapes:
                     for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
                                                 (8, p8, s8c, K, N * K + 4 * N)):
-                        t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp, minb=mb))
-                        rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} tc{r},{wp},{mb}",
+                        try:
+                            t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp,
+                                                            minb=mb, depth=d))
+                        except ValueError as e:                   # a ring too large for one block
+                            print(f"skipped tc{r},{wp},{mb},d{d}: {e}")
+                            continue
+                        rows.append({"shape": name, "N": N, "K": K, "M": M,
+                                     "method": f"wint{bits} tc{r},{wp},{mb}" + (f",d{d}" if d else ""),
                                      "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
                                      "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits

@@ -31,7 +31,11 @@ __device__ __forceinline__ void codes_of_step(const uint4& w, int j, unsigned* a
   }
 }
 
-template <int BITS, int NB, int GS, int R, int W, int MINB>
+// D = 0: each lane keeps its next two K tiles of weights (and scales) in registers. D >= 2: a ring of D tiles per
+// warp in shared memory, filled by cp.async D - 1 tiles ahead (copies hold no registers while in flight, so the
+// depth costs no occupancy); each lane copies and later reads only its own 16-byte words, so a per-thread
+// cp.async.wait_group is the only synchronisation.
+template <int BITS, int NB, int GS, int R, int W, int MINB, int D>
 __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                       const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                       int M, int N, int K, int group) {
@@ -81,41 +85,84 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       }
     }
   };
+  constexpr int DR = D > 0 ? D : 1;                   // ring slots (D = 0: unused)
   uint4 wn[2][R][2];
   float sn[2][R][2][NS];
+  // D > 0: this warp's ring, slot d: weights [R][2][32 lanes] uint4, then scales [R][2][NS][32 lanes] f32
+  extern __shared__ uint4 ring[];
+  uint4* wring = ring + (size_t)warp * DR * R * 2 * 32;
+  float* sring = reinterpret_cast<float*>(ring + (size_t)W * DR * R * 2 * 32) + (size_t)warp * DR * R * 2 * NS * 32;
+  auto issue = [&](int kt, int d) {                    // tile kt -> slot d, one commit group (empty past K)
 #pragma unroll
-  for (int d = 0; d < 2; ++d)
-#pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
+      const bool ok = kt < ktiles && p0 + r < pairs;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        wn[d][r][h] = load_w(warp + d * W, r, h);
+        const int nt = 2 * (p0 + r) + h;
+        cp_async16(wring + ((d * R + r) * 2 + h) * 32 + lane, qp + (ok ? ((size_t)nt * ktiles + kt) * 32 + lane : 0),
+                   ok);
 #pragma unroll
-        for (int s = 0; s < NS; ++s) sn[d][r][h][s] = load_s(warp + d * W, r, h, s);
+        for (int s = 0; s < (SCALED ? NS : 0); ++s)
+          cp_async4(sring + (((d * R + r) * 2 + h) * NS + s) * 32 + lane,
+                    scale + (ok ? (size_t)(16 * (p0 + r) + 8 * h + g) * G + (kt * KT + 16 * GS * s) / group : 0), ok);
       }
+    }
+    cp_async_commit();
+  };
+  if (D > 0) {
+#pragma unroll
+    for (int d = 0; d < D - 1; ++d) issue(warp + d * W, d);
+  } else {
+#pragma unroll
+    for (int d = 0; d < 2; ++d)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          wn[d][r][h] = load_w(warp + d * W, r, h);
+#pragma unroll
+          for (int s = 0; s < NS; ++s) sn[d][r][h][s] = load_s(warp + d * W, r, h, s);
+        }
+  }
   // Launched with PDL: the weights above depend on no kernel, so their loads are in flight while the kernel
   // that writes x finishes; x (and y, written at the end) only after it has.
   x += pdl_wait();                                     // x's loads depend on the wait (common.cuh)
   unsigned xn[NB][STEPS][2];
   load_x(warp, xn);
 
+  int slot = 0;                                        // D > 0: the ring slot of tile kt
   for (int kt = warp; kt < ktiles; kt += W) {
     uint4 w[R][2];
     float sc[R][2][NS];
+    if (D > 0) {
+      cp_async_wait<(D > 0 ? D - 2 : 0)>();            // this lane's copies of tile kt have landed
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        w[r][h] = wn[0][r][h];
-        wn[0][r][h] = wn[1][r][h];
-        wn[1][r][h] = load_w(kt + 2 * W, r, h);
+        for (int h = 0; h < 2; ++h) {
+          w[r][h] = wring[((slot * R + r) * 2 + h) * 32 + lane];
 #pragma unroll
-        for (int s = 0; s < NS; ++s) {
-          sc[r][h][s] = sn[0][r][h][s];
-          sn[0][r][h][s] = sn[1][r][h][s];
-          sn[1][r][h][s] = load_s(kt + 2 * W, r, h, s);
+          for (int s = 0; s < NS; ++s)
+            sc[r][h][s] = SCALED ? sring[(((slot * R + r) * 2 + h) * NS + s) * 32 + lane] : 0.f;
         }
-      }
+      issue(kt + (D - 1) * W, slot == 0 ? D - 1 : slot - 1);   // into the slot read one tile ago
+      slot = slot == D - 1 ? 0 : slot + 1;
+    } else {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          w[r][h] = wn[0][r][h];
+          wn[0][r][h] = wn[1][r][h];
+          wn[1][r][h] = load_w(kt + 2 * W, r, h);
+#pragma unroll
+          for (int s = 0; s < NS; ++s) {
+            sc[r][h][s] = sn[0][r][h][s];
+            sn[0][r][h][s] = sn[1][r][h][s];
+            sn[1][r][h][s] = load_s(kt + 2 * W, r, h, s);
+          }
+        }
+    }
     unsigned xb[NB][STEPS][2];                         // this tile's B fragments; the next tile's are loaded now
 #pragma unroll
     for (int b = 0; b < NB; ++b)
@@ -160,6 +207,7 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
     }
   }
 
+  if (D > 0) cp_async_wait<0>();                       // the empty groups past K; nothing may be in flight at exit
   pdl_launch();                                        // the next kernel may start; only the reduction is left
   // warps -> shared memory, lane-major (conflict-free); then one thread per (r, b, c, lane) sums the warps
   constexpr int V = R * NB * 4;
@@ -186,18 +234,20 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_PACKED(BITS, NB, GS, R, W, MINB)                                                         \
-  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB>(const bf16_t*, const uint4*, const float*, \
-                                                                 bf16_t*, int, int, int, int);
-GEMV_PACKED(8, 1, 1, 1, 8, 1)     // the plan's shapes (gemv_packed.py: plan), one and two B fragments
-GEMV_PACKED(8, 1, 1, 1, 4, 1)
-GEMV_PACKED(8, 1, 1, 1, 16, 2)
-GEMV_PACKED(8, 2, 1, 1, 8, 1)
-GEMV_PACKED(4, 1, 8, 1, 8, 1)
-GEMV_PACKED(4, 1, 8, 1, 4, 1)
-GEMV_PACKED(4, 2, 8, 1, 8, 1)
-GEMV_PACKED(4, 1, 4, 1, 8, 1)     // groups of 64, 32, any other multiple of 16
-GEMV_PACKED(4, 1, 2, 1, 8, 1)
-GEMV_PACKED(4, 1, 1, 1, 8, 1)
-GEMV_PACKED(4, 2, 1, 2, 8, 3)
+#define GEMV_PACKED(BITS, NB, GS, R, W, MINB, D)                                                         \
+  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB, D>(const bf16_t*, const uint4*, const float*, \
+                                                                    bf16_t*, int, int, int, int);
+#define GEMV_PACKED_D(BITS, NB, GS, R, W, MINB) \
+  GEMV_PACKED(BITS, NB, GS, R, W, MINB, 0) GEMV_PACKED(BITS, NB, GS, R, W, MINB, 4)
+GEMV_PACKED_D(8, 1, 1, 1, 8, 1)     // the plan's shapes (gemv_packed.py: plan), one and two B fragments
+GEMV_PACKED_D(8, 1, 1, 1, 4, 1)
+GEMV_PACKED_D(8, 1, 1, 1, 16, 2)
+GEMV_PACKED_D(8, 2, 1, 1, 8, 1)
+GEMV_PACKED_D(4, 1, 8, 1, 8, 1)
+GEMV_PACKED_D(4, 1, 8, 1, 4, 1)
+GEMV_PACKED_D(4, 2, 8, 1, 8, 1)
+GEMV_PACKED_D(4, 1, 4, 1, 8, 1)     // groups of 64, 32, any other multiple of 16
+GEMV_PACKED_D(4, 1, 2, 1, 8, 1)
+GEMV_PACKED_D(4, 1, 1, 1, 8, 1)
+GEMV_PACKED_D(4, 2, 1, 2, 8, 3)
 #endif

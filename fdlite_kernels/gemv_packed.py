@@ -1,10 +1,12 @@
 """Launcher for gemv_packed.cu — decode GEMV (M <= 16) on the tensor cores over mma_wq's packed int8 / int4 weights.
 
-gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None):
+gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None, minb=None, depth=None):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, M <= 16;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles);
-    minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers). Defaults: ``plan``.
+    minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers); depth: 0 keeps
+    each lane's next two K tiles in registers, 2..8 streams them through a per-warp shared-memory ring of that
+    many tiles (cp.async). Defaults: ``plan``.
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's).
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ MAX_M = 16                     # two B fragments of 8 tokens
 ROWS = (1, 2)
 WARPS = (4, 8, 16)
 MINB = (1, 2, 3, 4, 6, 8)
+DEPTHS = (0, 4)                # compiled ring depths (gemv_packed.cu's instantiations for nvcc; NVRTC takes any)
 
 
 def steps_per_scale(bits: int, group: int) -> int:
@@ -48,17 +51,31 @@ def plan(Np: int, K: int, bits: int) -> tuple[int, int, int]:
     return (1, 4, 1) if Np >= 6144 else (1, 8, 1)
 
 
-def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int) -> str:
-    return f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}>"
+def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, depth: int = 0) -> str:
+    return (f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}, "
+            f"{depth}>")
+
+
+def smem_bytes(bits: int, group: int, rows: int, warps: int, depth: int) -> int:
+    """The ring's dynamic shared memory: per warp and slot, 16 bytes per lane of each of the 2 rows' n8 tiles, and
+    (int4) one f32 scale per lane, tile half and scale group inside the tile."""
+    if depth == 0:
+        return 0
+    ns = KT[4] // 16 // steps_per_scale(bits, group) if bits == 4 else 0
+    return warps * depth * rows * 2 * 32 * (16 + 4 * ns)
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(device_id: int, name: str):
+def kernel(device_id: int, name: str, smem: int = 0):
     """The compiled instantiation, looked up once per device (an eager decode step launches it per linear)."""
-    return load("gemv_packed", name_expressions=(name,)).get_function(name)
+    fn = load("gemv_packed", name_expressions=(name,)).get_function(name)
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem          # above the default limit: opt in
+    return fn
 
 
-def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None):
+def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None,
+                depth=None):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -71,12 +88,17 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     minb = pm if minb is None else minb
     check(minb in MINB and minb * warps <= 64, f"minb = {minb} with {warps} warps: expected one of {MINB}, "
           f"at most 64 warps per SM")
+    depth = 0 if depth is None else depth
+    check(depth == 0 or 2 <= depth <= 8, f"depth = {depth}, expected 0 (registers) or 2..8 (ring slots)")
+    smem = smem_bytes(bits, group, rows, warps, depth)
+    check(smem <= 227 * 1024, f"depth = {depth} with {warps} warps x {rows} row pairs needs {smem} bytes of shared "
+          "memory, over the 227 KiB a block may have")
     check(x.data.ptr % 4 == 0, f"x must be 4-byte aligned (address {x.data.ptr:#x}): the kernel reads bf16 pairs")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    fn = kernel(cp.cuda.Device().id, name(bits, M, group, rows, warps, minb))
+    fn = kernel(cp.cuda.Device().id, name(bits, M, group, rows, warps, minb, depth), smem)
     pairs = Np // 16
     launch(fn, (-(-pairs // rows),), (32 * warps,),
-           (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)), pdl=True)
+           (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)), shared_mem=smem, pdl=True)
     return y

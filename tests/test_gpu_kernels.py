@@ -177,9 +177,11 @@ _GEMV_SHAPES = [(4096, 4096), (4096, 14336), (576, 576), (96, 160), (40, 256)]
 @pytest.mark.parametrize("N,K", _GEMV_SHAPES)
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 256), (4, 64), (4, 32), (4, 16), (4, 80), (4, -1)])
-def test_gemv_packed(cp, N, K, M, bits, group):
-    """Tensor-core decode GEMV (default block shape) vs the NumPy formula, output poisoned: every scale-group
-    form (per tile, per half / quarter tile, per step, per channel), ragged N, one and two B fragments."""
+@pytest.mark.parametrize("depth", [None, 0, 4])
+def test_gemv_packed(cp, N, K, M, bits, group, depth):
+    """Tensor-core decode GEMV (default block shape; weights through registers or the shared-memory ring) vs the
+    NumPy formula, output poisoned: every scale-group form (per tile, per half / quarter tile, per step, per
+    channel), ragged N, one and two B fragments."""
     from fdlite_kernels.gemv_packed import gemv_packed
 
     case = _packed_case(N, K, M, bits, group, N * 3 + K + M * 11 + bits + max(group, 0))
@@ -187,7 +189,7 @@ def test_gemv_packed(cp, N, K, M, bits, group):
         pytest.skip("group does not divide the padded K")
     x, qp, s, g, ref = case
     y = cp.full((M, N), np.nan, dtype=BF16)
-    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y)
+    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, depth=depth)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
@@ -196,14 +198,16 @@ def test_gemv_packed(cp, N, K, M, bits, group):
 @pytest.mark.parametrize("M", [1, 9])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128)])
 @pytest.mark.parametrize("rows,warps,minb", [(1, 4, 1), (1, 8, 1), (1, 16, 2), (1, 8, 4), (2, 8, 1), (2, 16, 1)])
-def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps, minb):
+@pytest.mark.parametrize("depth", [0, 2, 3, 6])
+def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps, minb, depth):
     """Block shapes (row pairs per block, warps splitting K, register budget) give the same answer, including a
     last block whose second row pair lies past N."""
     from fdlite_kernels.gemv_packed import gemv_packed
 
     x, qp, s, g, ref = _packed_case(N, K, M, bits, group, N + K + M + bits + rows + warps)
     y = cp.full((M, N), np.nan, dtype=BF16)
-    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, rows=rows, warps=warps, minb=minb)
+    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, rows=rows, warps=warps, minb=minb,
+                depth=depth)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
@@ -216,6 +220,8 @@ def test_gemv_packed_rejects_bad_input(cp):
         gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 96, 4, g)
     with pytest.raises(ValueError, match="warps = 3"):
         gemv_packed(cp.asarray(x[:1]), cp.asarray(qp), cp.asarray(s), 96, 4, g, warps=3)
+    with pytest.raises(ValueError, match="depth = 1"):
+        gemv_packed(cp.asarray(x[:1]), cp.asarray(qp), cp.asarray(s), 96, 4, g, depth=1)
 
 
 def _packed_case(N, K, M, bits, group, seed):
