@@ -171,7 +171,7 @@ def main():
                         try:
                             t = bench(lambda i: gemv_packed(x, pw[i], sc, N, bits, g, out=y, rows=r, warps=wp,
                                                             minb=mb, depth=d))
-                        except ValueError as e:                   # a ring too large for one block
+                        except (ValueError, RuntimeError) as e:   # a ring too large for one block
                             print(f"skipped tc{r},{wp},{mb},d{d}: {e}")
                             continue
                         rows.append({"shape": name, "N": N, "K": K, "M": M,

@@ -69,8 +69,8 @@ def smem_bytes(bits: int, group: int, rows: int, warps: int, depth: int) -> int:
 def kernel(device_id: int, name: str, smem: int = 0):
     """The compiled instantiation, looked up once per device (an eager decode step launches it per linear)."""
     fn = load("gemv_packed", name_expressions=(name,)).get_function(name)
-    if smem > 48 * 1024:
-        fn.max_dynamic_shared_size_bytes = smem          # above the default limit: opt in
+    if smem:
+        fn.max_dynamic_shared_size_bytes = smem          # the default cap is 48 KiB less the static reduction buffer
     return fn
 
 

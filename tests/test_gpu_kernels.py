@@ -177,7 +177,7 @@ _GEMV_SHAPES = [(4096, 4096), (4096, 14336), (576, 576), (96, 160), (40, 256)]
 @pytest.mark.parametrize("N,K", _GEMV_SHAPES)
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 256), (4, 64), (4, 32), (4, 16), (4, 80), (4, -1)])
-@pytest.mark.parametrize("depth", [None, 0, 4])
+@pytest.mark.parametrize("depth", [0, 4])
 def test_gemv_packed(cp, N, K, M, bits, group, depth):
     """Tensor-core decode GEMV (default block shape; weights through registers or the shared-memory ring) vs the
     NumPy formula, output poisoned: every scale-group form (per tile, per half / quarter tile, per step, per
@@ -198,7 +198,7 @@ def test_gemv_packed(cp, N, K, M, bits, group, depth):
 @pytest.mark.parametrize("M", [1, 9])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128)])
 @pytest.mark.parametrize("rows,warps,minb", [(1, 4, 1), (1, 8, 1), (1, 16, 2), (1, 8, 4), (2, 8, 1), (2, 16, 1)])
-@pytest.mark.parametrize("depth", [0, 2, 3, 6])
+@pytest.mark.parametrize("depth", [0, 2, 6])
 def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps, minb, depth):
     """Block shapes (row pairs per block, warps splitting K, register budget) give the same answer, including a
     last block whose second row pair lies past N."""
