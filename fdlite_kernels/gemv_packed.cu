@@ -238,10 +238,11 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
   template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB, D>(const bf16_t*, const uint4*, const float*, \
                                                                     bf16_t*, int, int, int, int);
 #define GEMV_PACKED_D(BITS, NB, GS, R, W, MINB) \
-  GEMV_PACKED(BITS, NB, GS, R, W, MINB, 0) GEMV_PACKED(BITS, NB, GS, R, W, MINB, 4)
+  GEMV_PACKED(BITS, NB, GS, R, W, MINB, 0) GEMV_PACKED(BITS, NB, GS, R, W, MINB, 3)
 GEMV_PACKED_D(8, 1, 1, 1, 8, 1)     // the plan's shapes (gemv_packed.py: plan), one and two B fragments
 GEMV_PACKED_D(8, 1, 1, 1, 4, 1)
-GEMV_PACKED_D(8, 1, 1, 1, 16, 2)
+GEMV_PACKED_D(8, 1, 1, 1, 16, 1)
+GEMV_PACKED_D(8, 2, 1, 1, 16, 1)
 GEMV_PACKED_D(8, 2, 1, 1, 8, 1)
 GEMV_PACKED_D(4, 1, 8, 1, 8, 1)
 GEMV_PACKED_D(4, 1, 8, 1, 4, 1)

@@ -23,7 +23,6 @@ MAX_M = 16                     # two B fragments of 8 tokens
 ROWS = (1, 2)
 WARPS = (4, 8, 16)
 MINB = (1, 2, 3, 4, 6, 8)
-DEPTHS = (0, 4)                # compiled ring depths (gemv_packed.cu's instantiations for nvcc; NVRTC takes any)
 
 
 def steps_per_scale(bits: int, group: int) -> int:
@@ -36,19 +35,22 @@ def steps_per_scale(bits: int, group: int) -> int:
     return group // 16 if KT[4] % group == 0 else 1
 
 
-def plan(Np: int, K: int, bits: int) -> tuple[int, int, int]:
-    """-> (rows, warps, minb), from the H100 sweep of every block shape on the Llama-3-8B projections at M = 1, 4
-    and 8 (BENCHMARKS.md; results_gemv_tc2_h100_2026-11-24.jsonl). One row pair per block everywhere (two halve
-    the blocks and lose on every shape but o_proj). Many row pairs over a short K (qkv, gate_up) favour 4 warps:
-    gate_up int4 32.3 vs 35.0 us with 8. A long K (down_proj) wants 8 warps for int4 (17.6 vs 19.5 with 16) and 16
-    for int8, whose 16-byte loads cover only 64 columns (24.4 vs 27.6 us)."""
+def plan(Np: int, K: int, bits: int, M: int = 1) -> tuple[int, int, int, int]:
+    """-> (rows, warps, minb, depth), from the H100 sweeps of block shapes on the Llama-3-8B projections
+    (BENCHMARKS.md; results_gemv_tc2_h100_2026-11-24.jsonl, results_gemv_ring_h100_2026-11-25.jsonl). One row pair
+    per block everywhere (two halve the blocks and lose on every shape but o_proj). Many row pairs over a short K
+    (qkv, gate_up) favour 4 warps: gate_up int4 32.3 vs 35.0 us with 8. A long K (down_proj) wants 8 warps for int4
+    (17.6 vs 19.5 with 16) and 16 for int8, whose 16-byte loads cover only 64 columns. int8 streams through a ring
+    of 3 tiles per warp on down_proj (22.5 vs 23.9 us at one row, 24.5 vs 26.2 at eight) and, at one row, on the
+    short qkv and o (11.1 vs 11.7, 8.3 vs 9.6); int4, bound by its dequantization instructions, lost with the ring
+    everywhere (gate_up 38.8 vs 31.9)."""
     if bits == 8:
         if K >= 8192:
-            return 1, 16, 2
-        return (1, 4, 1) if Np >= 16384 else (1, 8, 1)
+            return 1, 16, 1, 3
+        return (1, 4, 1, 0) if Np >= 16384 else (1, 8, 1, 3 if M == 1 else 0)
     if K >= 8192:
-        return 1, 8, 1
-    return (1, 4, 1) if Np >= 6144 else (1, 8, 1)
+        return 1, 8, 1, 0
+    return (1, 4, 1, 0) if Np >= 6144 else (1, 8, 1, 0)
 
 
 def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, depth: int = 0) -> str:
@@ -80,7 +82,7 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
     check(1 <= M <= MAX_M, f"gemv_packed takes 1..{MAX_M} rows, got M = {M} (use mma_sk / mma_wq)")
-    pr, pw, pm = plan(Np, K, bits)
+    pr, pw, pm, pd = plan(Np, K, bits, M)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check(rows in ROWS, f"rows = {rows}, expected one of {ROWS}")
@@ -88,7 +90,7 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     minb = pm if minb is None else minb
     check(minb in MINB and minb * warps <= 64, f"minb = {minb} with {warps} warps: expected one of {MINB}, "
           f"at most 64 warps per SM")
-    depth = 0 if depth is None else depth
+    depth = pd if depth is None else depth
     check(depth == 0 or 2 <= depth <= 8, f"depth = {depth}, expected 0 (registers) or 2..8 (ring slots)")
     smem = smem_bytes(bits, group, rows, warps, depth)
     check(smem <= 227 * 1024, f"depth = {depth} with {warps} warps x {rows} row pairs needs {smem} bytes of shared "

@@ -140,7 +140,7 @@ def test_mma_sk_launches_pass_what_the_kernel_takes(monkeypatch):
     params = _kernel_params("mma_sk", "mma_sk")
     assert len(calls) == 4
     for key, grid, block, args, smem in calls:
-        assert len(args) == len(params) and block == (32 * key[4],) and smem == mma_sk.smem_bytes(key[1], key[2])
+        assert len(args) == len(params) and block == (32 * key[4],) and smem == mma_sk.smem_bytes(key[1], key[2], key[3], key[6])
         for a, p in zip(args, params):
             want = {"int": np.int32, "long long": np.int64}.get(p)
             assert (isinstance(a, want) if want else isinstance(a, Arr)), (p, a)
@@ -167,15 +167,18 @@ def test_gemv_packed_scale_groups_hold_one_scale(g16, ktiles):
 
 
 def test_gemv_packed_plan_is_a_compilable_block_shape():
-    """The plan's (rows, warps, minb) for the 8B projections and odd shapes is one the launcher accepts: at most 64
-    resident warps asked per SM."""
-    from fdlite_kernels.gemv_packed import MINB, ROWS, WARPS, plan
+    """The plan's (rows, warps, minb, depth) for the 8B projections and odd shapes is one the launcher accepts: at
+    most 64 resident warps asked per SM, a ring that fits a block's shared memory."""
+    from fdlite_kernels.gemv_packed import MINB, ROWS, WARPS, plan, smem_bytes
 
     for bits in (8, 4):
         for Np, K in [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (16, 128), (128256, 4096)]:
-            rows, warps, minb = plan(Np, K, bits)
-            assert rows in ROWS and warps in WARPS and minb in MINB and warps * minb <= 64
-    assert plan(28672, 4096, 4) == (1, 4, 1) and plan(4096, 14336, 8) == (1, 16, 2)
+            for M in (1, 4, 16):
+                rows, warps, minb, depth = plan(Np, K, bits, M)
+                assert rows in ROWS and warps in WARPS and minb in MINB and warps * minb <= 64
+                assert depth == 0 or smem_bytes(bits, 128, rows, warps, depth) <= 227 * 1024
+    assert plan(28672, 4096, 4) == (1, 4, 1, 0) and plan(4096, 14336, 8) == (1, 16, 1, 3)
+    assert plan(4096, 4096, 8, 1)[3] == 3 and plan(4096, 4096, 8, 8)[3] == 0
 
 
 def test_pdl_launch_structs_match_cuda_h():
