@@ -177,7 +177,7 @@ _GEMV_SHAPES = [(4096, 4096), (4096, 14336), (576, 576), (96, 160), (40, 256)]
 @pytest.mark.parametrize("N,K", _GEMV_SHAPES)
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 256), (4, 64), (4, 32), (4, 16), (4, 80), (4, -1)])
-@pytest.mark.parametrize("depth", [0, 4])
+@pytest.mark.parametrize("depth", [None, 4])
 def test_gemv_packed(cp, N, K, M, bits, group, depth):
     """Tensor-core decode GEMV (default block shape; weights through registers or the shared-memory ring) vs the
     NumPy formula, output poisoned: every scale-group form (per tile, per half / quarter tile, per step, per
