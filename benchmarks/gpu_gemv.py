@@ -179,20 +179,13 @@ def main():
                                      "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
                                      "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits
-                for wr in (False, True):
-                    for wp in (4, 8):
-                        for mt in (1, 2, 4):
-                            for sp in (1, 2, 4, 8):
-                                t = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, mt=mt, splits=sp, warps=wp,
-                                                           wreg=wr))
-                                rows.append({"shape": name, "N": N, "K": K, "M": M,
-                                             "method": f"wint4 sk{wp},{mt},{sp}" + (",r" if wr else ""),
-                                             "us": round(t, 2), "GB_s": round(N * K / 2 / t / 1e3, 1),
-                                             "speedup_vs_bf16": round(t_bf16 / t, 2)})
-                    t = bench(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y, wreg=wr))    # int8 at the plan
-                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": "wint8 sk" + (",r" if wr else ""),
-                                 "us": round(t, 2), "GB_s": round(N * K / t / 1e3, 1),
-                                 "speedup_vs_bf16": round(t_bf16 / t, 2)})
+                for wp in (4, 8):
+                    for mt in (1, 2, 4):
+                        for sp in (1, 2, 4, 8):
+                            t = bench(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y, mt=mt, splits=sp, warps=wp))
+                            rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint4 sk{wp},{mt},{sp}",
+                                         "us": round(t, 2), "GB_s": round(N * K / 2 / t / 1e3, 1),
+                                         "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if M > 16 and os.environ.get("GEMV_CFGS") == "1":     # mma_wq's block shapes, to set _BY_M
                 from fdlite_kernels.mma_wq import _CONFIGS  # noqa: PLC0415
                 for cfg in _CONFIGS:

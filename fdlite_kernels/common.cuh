@@ -75,9 +75,7 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// cp.async (sm_80+): global -> shared copies that hold no registers while in flight. The "memory" clobbers keep
-// the compiler from moving shared-memory loads across a wait (gemv_packed's per-warp ring has no barrier that
-// would) or a copy into a slot that was just read.
+// cp.async (sm_80+): global -> shared copies that hold no registers while in flight.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   unsigned a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -86,15 +84,16 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 
 // 16 bytes, bypassing L1; ok = false writes zeros (rows past M, tiles past N) and reads nothing
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0)
-               : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 4 : 0)
-               : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 4 : 0));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// every group but the newest N of this thread has landed (other threads' copies need a barrier as well)
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Every group but the newest N of this thread has landed (other threads' copies need a barrier as well). The
+// "memory" clobber keeps the compiler from moving shared-memory loads above the wait, or below it the loads of a
+// slot that the next copy overwrites: gemv_packed's per-warp ring has no barrier that would (mma_sk's
+// __syncthreads after its wait already is one).
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 

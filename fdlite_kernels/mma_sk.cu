@@ -63,10 +63,7 @@ __device__ __forceinline__ unsigned sk_pack_bf16x2(float lo, float hi) {
 // | offsets [S + 1]); blockIdx.y = slot * rowtiles + row tile: the block multiplies expert experts[slot]'s rows
 // sorted[offsets[slot] + 16 MT tile ...] (x row = sorted row / xdiv) by that expert's weights (qp + e qp_es,
 // scale + e scale_es) and writes y / ws at the sorted row. Empty slots and tiles exit at once.
-// WREG (packed int8 / int4, not GATHER): the weights skip shared memory. Each lane's 16-byte B chunk of an n8 tile
-// is exactly what it would read back from the stage, so it loads it from global memory into registers, two K
-// tiles ahead; only x (and the scales) go through the cp.async stages, which then hold a quarter of the bytes.
-template <int BITS, int MT, bool POST, int SK_WARPS, bool GATHER, bool WREG = false>
+template <int BITS, int MT, bool POST, int SK_WARPS, bool GATHER>
 __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                        const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                        float* __restrict__ ws, int* __restrict__ flags, int M, int N,
@@ -82,8 +79,8 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   constexpr int SK_NTW = SK_BN / 8 / SK_WARPS;      // n8 tiles per warp
   constexpr int XCH = KT * EB / 16;                 // 16-byte chunks of an x row (and a dense w row) in one stage
   constexpr int XV = BM * XCH;                      // uint4 of x per stage
-  constexpr int WV = BITS == 16 || FP8 ? SK_BN * XCH : WREG ? 0 : SK_BN / 8 * 32;   // uint4 of weights per stage
-  constexpr int SV = BITS == 4 ? SK_BN * (POST ? 1 : SK_SG_MAX) / 4 : FP8 ? (BM + 4) / 4 : 0;   // scales per stage
+  constexpr int WV = BITS == 16 || FP8 ? SK_BN * XCH : SK_BN / 8 * 32;   // uint4 of weights per stage
+  constexpr int SV = BITS == 4 ? SK_BN * SK_SG_MAX / 4 : FP8 ? (BM + 4) / 4 : 0;   // uint4 of scales per stage
   constexpr int STV = XV + WV + SV;
   extern __shared__ uint4 smem[];                   // SK_STAGES x [x: XV][w: WV][scales: SV]
 
@@ -147,7 +144,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
       }
     }
 #pragma unroll
-    for (int i = threadIdx.x; i < WV; i += 32 * SK_WARPS) {   // WREG: none
+    for (int i = threadIdx.x; i < WV; i += 32 * SK_WARPS) {
       if (BITS == 16 || FP8) {                      // row-major w: row r's 16-byte chunks, swizzled as x's
         const int r = i / XCH, c = i % XCH, row = 8 * nt0 + r;
         const bool ok = row < N;
@@ -175,16 +172,6 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     cp_async_commit();
   }
   const int wnt = nt0 + warp * SK_NTW;              // this warp's first n8 tile
-  // WREG: this lane's chunks of the warp's n8 tiles for K tiles i + 1 and i + 2 (zeros past N and the split)
-  auto load_wreg = [&](int i, int h) -> uint4 {
-    const int nt = wnt + h;
-    return (i < nk && nt < ntiles) ? __ldg(qp + ((size_t)nt * ktiles + k_begin + i) * 32 + lane) : make_uint4(0, 0, 0, 0);
-  };
-  uint4 wnext[2][SK_NTW];
-#pragma unroll
-  for (int d = 0; d < 2; ++d)
-#pragma unroll
-    for (int h = 0; h < SK_NTW; ++h) wnext[d][h] = WREG ? load_wreg(d, h) : make_uint4(0, 0, 0, 0);
   for (int i = 0; i < nk; ++i) {
     cp_async_wait<SK_STAGES - 2>();
     __syncthreads();                                // stage i landed for every thread; stage i - 1 is free
@@ -198,13 +185,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     float s0[SK_NTW], s1[SK_NTW];                   // POST: this tile's group scales of columns 2t, 2t + 1
 #pragma unroll
     for (int h = 0; h < SK_NTW; ++h) {
-      if (WREG) {
-        w[h] = wnext[0][h];
-        wnext[0][h] = wnext[1][h];
-        wnext[1][h] = load_wreg(i + 2, h);
-      } else if (BITS != 16 && !FP8) {
-        w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
-      }
+      if (BITS != 16 && !FP8) w[h] = wsm[(warp * SK_NTW + h) * 32 + lane];
       if (BITS == 4 && POST) {
         s0[h] = ss[8 * (warp * SK_NTW + h) + 2 * t];
         s1[h] = ss[8 * (warp * SK_NTW + h) + 2 * t + 1];
@@ -333,21 +314,16 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define MMA_SK_INST(B, MT, P, W, GA, WR) \
-  template __global__ void mma_sk<B, MT, P, W, GA, WR>(const bf16_t*, const uint4*, const float*, bf16_t*, float*, \
-                                                       int*, int, int, int, int, int, int, const int*, int, int, int, \
-                                                       long long, long long, const float*);
-#define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W, false, false) MMA_SK_INST(B, 2, P, W, false, false) \
-                           MMA_SK_INST(B, 4, P, W, false, false)
-#define MMA_SK_WR(B, P, W) MMA_SK_INST(B, 1, P, W, false, true) MMA_SK_INST(B, 2, P, W, false, true) \
-                           MMA_SK_INST(B, 4, P, W, false, true)
+#define MMA_SK_INST(B, MT, P, W, GA) \
+  template __global__ void mma_sk<B, MT, P, W, GA>(const bf16_t*, const uint4*, const float*, bf16_t*, float*, int*, \
+                                                   int, int, int, int, int, int, const int*, int, int, int, long long, \
+                                                   long long, const float*);
+#define MMA_SK_MT(B, P, W) MMA_SK_INST(B, 1, P, W, false) MMA_SK_INST(B, 2, P, W, false) MMA_SK_INST(B, 4, P, W, false)
 MMA_SK_MT(8, false, 4) MMA_SK_MT(4, false, 4) MMA_SK_MT(4, true, 4)
 MMA_SK_MT(8, false, 8) MMA_SK_MT(4, false, 8) MMA_SK_MT(4, true, 8)
-MMA_SK_WR(8, false, 4) MMA_SK_WR(4, false, 4) MMA_SK_WR(4, true, 4)
-MMA_SK_WR(8, false, 8) MMA_SK_WR(4, false, 8) MMA_SK_WR(4, true, 8)
 MMA_SK_MT(16, false, 4) MMA_SK_MT(16, false, 8)
 MMA_SK_MT(28, false, 4) MMA_SK_MT(28, false, 8)
 // MoE experts (GATHER): 16-row tiles, 8 warps
-MMA_SK_INST(8, 1, false, 8, true, false) MMA_SK_INST(4, 1, false, 8, true, false)
-MMA_SK_INST(4, 1, true, 8, true, false) MMA_SK_INST(16, 1, false, 8, true, false)
+MMA_SK_INST(8, 1, false, 8, true) MMA_SK_INST(4, 1, false, 8, true) MMA_SK_INST(4, 1, true, 8, true)
+MMA_SK_INST(16, 1, false, 8, true)
 #endif

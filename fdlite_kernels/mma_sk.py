@@ -3,8 +3,7 @@
 mma_sk(x, qp, scale, N, bits, group, out=None, mt=None, splits=None, warps=None):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K; qp from
     ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
-    mt: 16-row tiles per block (1, 2 or 4), splits: K splits (defaults: ``plan``); warps: 4 or 8 per block;
-    wreg: the weights go from global memory straight into registers, only x through the shared-memory stages.
+    mt: 16-row tiles per block (1, 2 or 4), splits: K splits (defaults: ``plan``); warps: 4 or 8 per block.
 mma_sk_bf16(x, w, out=None, ...): dense bf16, w [N, K] row-major as stored, K % 64 == 0 -> x @ w.T (fp32
     accumulation); graph-capturable like mma_wq.mma_bf16, whose twin (the plain matmul) it shares.
 mma_sk_fp8(x, q, ws, out=None, ...): block_wise_fp8 on the e4m3 tensor cores (see its docstring).
@@ -29,15 +28,14 @@ BN = 128            # output columns per block (mma_sk.cu: SK_BN)
 STAGES = 4          # SK_STAGES
 
 
-def smem_bytes(bits: int, mt: int, post: bool = False, wreg: bool = False) -> int:
-    """Per stage: x rows, weight tiles (dense / fp8: 128 rows x 128 bytes; none when wreg: the weights go to
-    registers) and scales (int4: one per row when post, else up to 8 group scales per row; fp8: the rows'
-    activation scales and the weight block's)."""
+def smem_bytes(bits: int, mt: int) -> int:
+    """Per stage: x rows, weight tiles (dense / fp8: 128 rows x 128 bytes) and scales (int4: up to 8 group scales
+    per row; fp8: the rows' activation scales and the weight block's)."""
     eb = 1 if bits == FP8 else 2
     x = 16 * mt * KT[bits] * eb
     if bits in (16, FP8):
         return STAGES * (x + BN * KT[bits] * eb + ((16 * mt + 4) * 4 if bits == FP8 else 0))
-    return STAGES * (x + (0 if wreg else BN // 8 * 512) + (BN * (1 if post else 8) * 4 if bits == 4 else 0))
+    return STAGES * (x + BN // 8 * 512 + (BN * 8 * 4 if bits == 4 else 0))
 
 
 def supports(bits: int, group: int) -> bool:
@@ -46,13 +44,12 @@ def supports(bits: int, group: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(device_id: int, bits: int, mt: int, post: bool, warps: int, gather: bool = False, wreg: bool = False):
-    """The compiled instantiation (gather: the MoE variant, launched by fdlite_kernels.moe; wreg: weights loaded
-    straight into registers, packed int8 / int4 only)."""
+def kernel(device_id: int, bits: int, mt: int, post: bool, warps: int, gather: bool = False):
+    """The compiled instantiation (gather: the MoE variant, launched by fdlite_kernels.moe)."""
     b = {True: "true", False: "false"}
-    name = f"mma_sk<{bits}, {mt}, {b[post]}, {warps}, {b[gather]}, {b[wreg]}>"
+    name = f"mma_sk<{bits}, {mt}, {b[post]}, {warps}, {b[gather]}>"
     fn = load("mma_sk", name_expressions=(name,)).get_function(name)
-    fn.max_dynamic_shared_size_bytes = smem_bytes(bits, mt, post, wreg)    # above the 48 KiB default for most
+    fn.max_dynamic_shared_size_bytes = smem_bytes(bits, mt)    # above the 48 KiB default for most shapes
     return fn
 
 
@@ -81,11 +78,10 @@ def plan(M: int, Np: int, K: int, bits: int, mt=None, splits=None, warps=None,
 
 
 def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x, w, scale, y, M: int, N: int,
-           Np: int, K: int, group: int, gather=None, xscale=None, wreg: bool = False) -> None:
+           Np: int, K: int, group: int, gather=None, xscale=None) -> None:
     """One mma_sk launch (every entry point, the MoE one included): the split-K workspace, this stream's counters,
     the instantiation. grid = (column blocks, row blocks, splits); gather = (route, S, rowtiles, xdiv, qp_es,
-    scale_es) for the MoE form, None for a plain one; xscale: the fp8 activation scales; wreg: packed weights
-    straight into registers (not with gather)."""
+    scale_es) for the MoE form, None for a plain one; xscale: the fp8 activation scales."""
     import cupy as cp  # noqa: PLC0415
 
     from ._launch import ptr  # noqa: PLC0415
@@ -94,27 +90,25 @@ def launch(bits: int, post: bool, mt: int, warps: int, grid: tuple, per: int, x,
     ws = cp.empty((grid[2], M, Np), np.float32) if grid[2] > 1 else y      # not read when unsplit
     dev = cp.cuda.Device().id
     route, S, rowtiles, xdiv, qp_es, scale_es = gather or (ptr(None), 0, 1, 1, 0, 0)
-    check(not wreg or (bits in (4, 8) and gather is None), f"wreg takes packed int8 / int4 without gather, "
-          f"got bits = {bits}, gather = {gather is not None}")
-    fn = kernel(dev, bits, mt, post, warps, gather is not None, wreg)
+    fn = kernel(dev, bits, mt, post, warps, gather is not None)
     # a plain launch: through PDL (fdlite_kernels._launch) the batch-32 step ran 7% slower (BENCHMARKS.md)
     fn(grid, (32 * warps,), (x, w, scale, y, ws, counters(), np.int32(M), np.int32(N), np.int32(Np), np.int32(K),
                              np.int32(group), np.int32(per), route, np.int32(S), np.int32(rowtiles), np.int32(xdiv),
-                             np.int64(qp_es), np.int64(scale_es), ptr(xscale)), shared_mem=smem_bytes(bits, mt, post, wreg))
+                             np.int64(qp_es), np.int64(scale_es), ptr(xscale)), shared_mem=smem_bytes(bits, mt))
 
 
 def _planned(bits: int, post: bool, x, w, scale, y, M: int, N: int, Np: int, K: int, group: int, mt, splits, warps,
-             xscale=None, wreg=False):
+             xscale=None):
     """A plain launch over M rows with ``plan``'s (or the given) block height, splits and warps."""
     import cupy as cp  # noqa: PLC0415
 
     mt, splits, per, warps = plan(M, Np, K, bits, mt, splits, warps, sms(cp.cuda.Device().id))
     launch(bits, post, mt, warps, (-(-Np // BN), -(-M // (16 * mt)), splits), per, x, w, scale, y, M, N, Np, K,
-           group, xscale=xscale, wreg=wreg)
+           group, xscale=xscale)
     return y
 
 
-def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, splits=None, warps=None, wreg=False):
+def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, splits=None, warps=None):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -123,8 +117,7 @@ def mma_sk(x, qp, scale, N: int, bits: int, group: int, out=None, mt=None, split
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     if M == 0:
         return y
-    return _planned(bits, bits == 4 and group % KT[4] == 0, x, qp, scale, y, M, N, Np, K, group, mt, splits, warps,
-                    wreg=wreg)
+    return _planned(bits, bits == 4 and group % KT[4] == 0, x, qp, scale, y, M, N, Np, K, group, mt, splits, warps)
 
 
 def mma_sk_bf16(x, w, out=None, mt=None, splits=None, warps=None):

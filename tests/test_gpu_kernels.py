@@ -253,10 +253,9 @@ _SK_CASES = [(N, K, M) for N, K in [(4096, 4096), (576, 576), (1536, 576), (96, 
 
 @pytest.mark.parametrize("N,K,M", _SK_CASES)
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, -1)])
-@pytest.mark.parametrize("wreg", [False, True])
-def test_mma_sk(cp, N, K, M, bits, group, wreg):
-    """Split-K pipelined GEMM (default plan; weights through shared memory or straight into registers) vs the
-    NumPy formula, output poisoned; launched twice, so the split-K counters it leaves behind are proven reset."""
+def test_mma_sk(cp, N, K, M, bits, group):
+    """Split-K pipelined GEMM (default plan) vs the NumPy formula, output poisoned; launched twice, so the
+    split-K counters it leaves behind are proven reset."""
     from fdlite_kernels.mma_sk import mma_sk
 
     case = _packed_case(N, K, M, bits, group, N * 5 + K + M * 7 + bits)
@@ -266,7 +265,7 @@ def test_mma_sk(cp, N, K, M, bits, group, wreg):
     xd, qd, sd = cp.asarray(x), cp.asarray(qp), cp.asarray(s)
     for _ in range(2):
         y = cp.full((M, N), np.nan, dtype=BF16)
-        mma_sk(xd, qd, sd, N, bits, g, out=y, wreg=wreg)
+        mma_sk(xd, qd, sd, N, bits, g, out=y)
         got = cp.asnumpy(y).astype(np.float32)
         assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
 
@@ -275,16 +274,14 @@ def test_mma_sk(cp, N, K, M, bits, group, wreg):
 @pytest.mark.parametrize("mt", [1, 2, 4])
 @pytest.mark.parametrize("splits", [1, 2, 5, 32])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 32)])
-@pytest.mark.parametrize("wreg", [False, True])
-def test_mma_sk_plans(cp, warps, mt, splits, bits, group, wreg):
+def test_mma_sk_plans(cp, warps, mt, splits, bits, group):
     """Every block height and split count, including splits that leave the last one short."""
     from fdlite_kernels.mma_sk import mma_sk
 
     case = _packed_case(1536, 4096, 40, bits, group, mt * 100 + splits + bits + warps)
     x, qp, s, g, ref = case
     y = cp.full((40, 1536), np.nan, dtype=BF16)
-    mma_sk(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1536, bits, g, out=y, mt=mt, splits=splits, warps=warps,
-           wreg=wreg)
+    mma_sk(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1536, bits, g, out=y, mt=mt, splits=splits, warps=warps)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
 

@@ -140,7 +140,7 @@ def test_mma_sk_launches_pass_what_the_kernel_takes(monkeypatch):
     params = _kernel_params("mma_sk", "mma_sk")
     assert len(calls) == 4
     for key, grid, block, args, smem in calls:
-        assert len(args) == len(params) and block == (32 * key[4],) and smem == mma_sk.smem_bytes(key[1], key[2], key[3], key[6])
+        assert len(args) == len(params) and block == (32 * key[4],) and smem == mma_sk.smem_bytes(key[1], key[2])
         for a, p in zip(args, params):
             want = {"int": np.int32, "long long": np.int64}.get(p)
             assert (isinstance(a, want) if want else isinstance(a, Arr)), (p, a)
