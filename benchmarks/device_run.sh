@@ -117,6 +117,15 @@ for stage in "$@"; do
       T 300 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=${TC_MS:-1,8} WINT2=0 GEMV_TC_DEPTHS=${TC_DEPTHS:-0,3,4,6,8} \
         GEMV_TC_SHAPES="${TC_SHAPES:-1.4.1;1.8.1;1.8.2;1.16.1}" python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A200 "sum over" $OUT/gemv.log ;;
+    xs)             # gemv_xs (x staged in shared memory, 9-32 rows) against its twin, then timed with its block shapes;
+                    # the int8 ring plan of gemv_packed against its twin and timed at 1 and 8 rows
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_xs" 2>&1 | grep -E "^FAILED|Error|passed|failed" | head -20
+      T 150 $PT tests/test_gpu_kernels.py -k "gemv_packed and not block_shapes and None" 2>&1 | grep -E "^FAILED|passed|failed" | head
+      T 240 env PACKED_ONLY=1 GEMV_XS=1 GEMV_MS=${XS_MS:-16,32} WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      cp $OUT/gemv.jsonl $OUT/gemv_xs.jsonl 2>/dev/null
+      grep -A200 "sum over" $OUT/gemv.log | grep -E "M=|sum"
+      T 100 env PACKED_ONLY=1 GEMV_MS=1,8 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv_tc.log 2>&1
+      grep -A40 "sum over" $OUT/gemv_tc.log ;;
     skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
       for m in 16 32; do for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
@@ -126,6 +135,6 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs)" ;;
   esac
 done

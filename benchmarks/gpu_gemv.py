@@ -4,7 +4,7 @@ layer's four projections (the issue's measure).
     GEMV_MS=1,16,64 python benchmarks/gpu_gemv.py   (on the GPU machine; JSON lines to $OUT/gemv.jsonl)
     ROWMAJOR=1 adds the first row-major int8/int4 GEMVs (superseded by the packed layout); WINT2=0 skips wint2;
     GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16; GEMV_SK=1 every mma_sk plan (warps, mt,
-    splits) for wint4; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16, at the ring depths
+    splits) for wint4; GEMV_XS=1 gemv_xs's block shapes (row pairs x K slices) for M <= 32; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16, at the ring depths
     of GEMV_TC_DEPTHS (default 0: registers), GEMV_TC_SHAPES="r.w.minb;..." to name the shapes; PACKED_ONLY=1
     times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk).
 """
@@ -22,6 +22,7 @@ from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
 from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
 from fdlite_kernels.gemv_packed import gemv_packed
+from fdlite_kernels.gemv_xs import gemv_xs
 from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16, mma_sk_fp8
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 
@@ -141,6 +142,8 @@ def main():
             t_t4 = B(lambda i: mma_wq(x, p4[i], s4, N, 4, 128, out=y)) if M == 1 else nan
             t_gb = B(lambda i: gemv_bf16(x, wb[i], out=y)) if M == 1 else nan
             t_mb = B(lambda i: mma_bf16(x, wb[i], out=y))
+            t_x8 = P(lambda i: gemv_xs(x, p8[i], s8c, N, 8, K, out=y)) if M <= 32 else nan
+            t_x4 = P(lambda i: gemv_xs(x, p4[i], s4, N, 4, 128, out=y)) if M <= 32 else nan
             t_k8 = P(lambda i: mma_sk(x, p8[i], s8c, N, 8, K, out=y))
             t_k4 = P(lambda i: mma_sk(x, p4[i], s4, N, 4, 128, out=y))
             t_kb = B(lambda i: mma_sk_bf16(x, wb[i], out=y))
@@ -155,6 +158,8 @@ def main():
                                       ("wint4 packed", t_m4, N * K // 2 + 4 * N * K // 128),
                                       ("wint8 mma", t_t8, N * K + 4 * N),
                                       ("wint4 mma", t_t4, N * K // 2 + 4 * N * K // 128),
+                                      ("wint8 xs", t_x8, N * K + 4 * N),
+                                      ("wint4 xs", t_x4, N * K // 2 + 4 * N * K // 128),
                                       ("wint8 sk", t_k8, N * K + 4 * N),
                                       ("wint4 sk", t_k4, N * K // 2 + 4 * N * K // 128),
                                       ("wint4 sk w4", t_k44, N * K // 2 + 4 * N * K // 128),
@@ -176,6 +181,14 @@ def main():
                             continue
                         rows.append({"shape": name, "N": N, "K": K, "M": M,
                                      "method": f"wint{bits} tc{r},{wp},{mb}" + (f",d{d}" if d else ""),
+                                     "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
+                                     "speedup_vs_bf16": round(t_bf16 / t, 2)})
+            if os.environ.get("GEMV_XS") == "1" and M <= 32:    # gemv_xs's blocks: row pairs x K slices
+                for pp, ss in ((1, 16), (2, 8), (3, 5), (4, 4), (7, 2), (8, 2), (14, 1), (16, 1)):
+                    for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
+                                                (8, p8, s8c, K, N * K + 4 * N)):
+                        t = bench(lambda i: gemv_xs(x, pw[i], sc, N, bits, g, out=y, pairs_per_block=pp, slices=ss))
+                        rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} xs{pp},{ss}",
                                      "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
                                      "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_SK") == "1":                 # mma_sk's plans: warps, block height, K splits

@@ -212,6 +212,47 @@ def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps, minb, d
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
 
+@pytest.mark.parametrize("N,K", _GEMV_SHAPES + [(28672, 4096)])
+@pytest.mark.parametrize("M", [1, 9, 16, 17, 32])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, 32), (4, 16), (4, -1)])
+def test_gemv_xs(cp, N, K, M, bits, group):
+    """Batched decode GEMV with x staged in shared memory (default plan) vs the NumPy formula, output poisoned:
+    every scale-group form, ragged N, 2 and 4 B fragments, one and several x chunks (K = 14336: 14 chunks)."""
+    from fdlite_kernels.gemv_xs import gemv_xs
+
+    case = _packed_case(N, K, M, bits, group, N * 13 + K + M * 5 + bits + max(group, 0))
+    if case is None:
+        pytest.skip("group does not divide the padded K")
+    x, qp, s, g, ref = case
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
+
+
+@pytest.mark.parametrize("P,S", [(1, 1), (1, 16), (3, 5), (14, 1), (2, 8), (16, 1)])
+@pytest.mark.parametrize("M,bits,group", [(16, 4, 128), (32, 8, -1), (20, 4, 64)])
+def test_gemv_xs_block_shapes(cp, P, S, M, bits, group):
+    """Every split of a block into row pairs x K slices gives the same answer, with a last block that runs past N."""
+    from fdlite_kernels.gemv_xs import gemv_xs
+
+    x, qp, s, g, ref = _packed_case(1000, 4096, M, bits, group, P * 31 + S + M + bits)
+    y = cp.full((M, 1000), np.nan, dtype=BF16)
+    gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1000, bits, g, out=y, pairs_per_block=P, slices=S)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
+
+
+def test_gemv_xs_rejects_bad_input(cp):
+    from fdlite_kernels.gemv_xs import gemv_xs
+
+    x, qp, s, g, _ = _packed_case(96, 128, 33, 4, 128, 1)
+    with pytest.raises(ValueError, match="1..32 rows, got M = 33"):
+        gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 96, 4, g)
+    with pytest.raises(ValueError, match="pairs_per_block = 4 x slices = 5"):
+        gemv_xs(cp.asarray(x[:3]), cp.asarray(qp), cp.asarray(s), 96, 4, g, pairs_per_block=4, slices=5)
+
+
 def test_gemv_packed_rejects_bad_input(cp):
     from fdlite_kernels.gemv_packed import gemv_packed
 

@@ -1,0 +1,75 @@
+"""Launcher for gemv_xs.cu — batched decode GEMV (9-32 rows) over mma_wq's packed int8 / int4 weights, x staged
+in shared memory.
+
+gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None):
+    the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, 1 <= M <= 32;
+    qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
+    pairs_per_block (P): 16-row output pairs per block; slices (S): warps splitting K per pair, P * S <= 16.
+    Defaults: ``plan`` (about one block per SM).
+The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's and gemv_packed's).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check, launch, sms
+from .gemv_packed import steps_per_scale
+from .mma_wq import KT, _validate
+
+MAX_M = 32                     # four B fragments of 8 tokens
+MAX_WARPS = 16
+CHUNK_BYTES = 32 * 1024        # x staged per chunk (two buffers)
+
+
+def plan(pairs: int, n_sm: int) -> tuple[int, int]:
+    """-> (P, S): enough row pairs per block that the grid is about one block per SM, and as many K slices per
+    pair as fit 16 warps (a short N such as o_proj's 256 pairs gets 2 pairs x 8 slices)."""
+    P = min(MAX_WARPS, max(1, -(-pairs // n_sm)))
+    return P, max(1, MAX_WARPS // P)
+
+
+def chunk_cols(nb: int) -> int:
+    """Columns of x per staged chunk: 32 KiB of nb * 8 bf16 rows (1024 for 16 rows, 512 for 32)."""
+    return CHUNK_BYTES // (8 * nb * 2)
+
+
+def smem_bytes(nb: int, P: int, S: int) -> int:
+    """Two x chunk buffers, which the slices' fp32 sums [P S warps][nb * 4][32 lanes] reuse at the end."""
+    return max(2 * CHUNK_BYTES, P * S * nb * 4 * 32 * 4)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(device_id: int, name: str, smem: int):
+    fn = load("gemv_xs", name_expressions=(name,)).get_function(name)
+    fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
+def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None):
+    import cupy as cp  # noqa: PLC0415
+
+    M, K, Np, group = _validate(x, qp, scale, N, bits, group)
+    check(1 <= M <= MAX_M, f"gemv_xs takes 1..{MAX_M} rows, got M = {M} (use mma_sk / mma_wq)")
+    check(x.data.ptr % 16 == 0, f"x must be 16-byte aligned (address {x.data.ptr:#x}): it is staged in 16-byte copies")
+    dev = cp.cuda.Device().id
+    pairs = Np // 16
+    P, S = plan(pairs, sms(dev))
+    P = P if pairs_per_block is None else pairs_per_block
+    S = S if slices is None else slices
+    check(P >= 1 and S >= 1 and P * S <= MAX_WARPS, f"pairs_per_block = {P} x slices = {S} must be 1..{MAX_WARPS} "
+          "warps")
+    nb = 2 if M <= 16 else 4
+    C = chunk_cols(nb)
+    check(C % KT[bits] == 0, f"chunk of {C} columns is not whole {KT[bits]}-column K tiles")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
+    smem = smem_bytes(nb, P, S)
+    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}>", smem)
+    launch(fn, (-(-pairs // P),), (32 * P * S,),
+           (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group), np.int32(P), np.int32(S),
+            np.int32(C)), shared_mem=smem, pdl=True)
+    return y
