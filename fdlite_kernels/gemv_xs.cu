@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   constexpr int ROWS = 8 * NB;                         // x rows staged (tokens; zeros past M)
   extern __shared__ uint4 xs[];                        // 2 x [ROWS][C / 8] uint4; the slices' sums at the end
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, t = lane & 3;
+  const int g = lane >> 2;                             // the lane's row in each n8 tile (its scale's row)
   const int pl = warp % P, sl = warp / P;              // this warp's row pair in the block, and its K slice
   const int ktiles = K / KT, G = K / group, CT = C / KT, CV = C / 8;   // CV: uint4 per chunk row
   const int nchunks = (ktiles + CT - 1) / CT;

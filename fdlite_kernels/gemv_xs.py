@@ -1,11 +1,12 @@
 """Launcher for gemv_xs.cu — batched decode GEMV (9-32 rows) over mma_wq's packed int8 / int4 weights, x staged
 in shared memory.
 
-gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None):
+gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=32):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, 1 <= M <= 32;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     pairs_per_block (P): 16-row output pairs per block; slices (S): warps splitting K per pair, P * S <= 16.
-    Defaults: ``plan`` (about one block per SM).
+    Defaults: ``plan`` for blocks of ``warps`` (16: about one block per SM, 8: two); chunk_kib: KiB of x per
+    staged chunk (two buffers).
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's and gemv_packed's).
 """
 from __future__ import annotations
@@ -21,24 +22,23 @@ from .mma_wq import KT, _validate
 
 MAX_M = 32                     # four B fragments of 8 tokens
 MAX_WARPS = 16
-CHUNK_BYTES = 32 * 1024        # x staged per chunk (two buffers)
 
 
-def plan(pairs: int, n_sm: int) -> tuple[int, int]:
-    """-> (P, S): enough row pairs per block that the grid is about one block per SM, and as many K slices per
-    pair as fit 16 warps (a short N such as o_proj's 256 pairs gets 2 pairs x 8 slices)."""
-    P = min(MAX_WARPS, max(1, -(-pairs // n_sm)))
-    return P, max(1, MAX_WARPS // P)
+def plan(pairs: int, n_sm: int, warps: int = 16) -> tuple[int, int]:
+    """-> (P, S): enough row pairs per block that the grid is about 16 / warps blocks per SM, and as many K
+    slices per pair as fit the warps (a short N such as o_proj's 256 pairs gets 2 pairs x 8 slices at 16)."""
+    P = min(warps, max(1, -(-pairs // (n_sm * (MAX_WARPS // warps)))))
+    return P, max(1, warps // P)
 
 
-def chunk_cols(nb: int) -> int:
-    """Columns of x per staged chunk: 32 KiB of nb * 8 bf16 rows (1024 for 16 rows, 512 for 32)."""
-    return CHUNK_BYTES // (8 * nb * 2)
+def chunk_cols(nb: int, chunk_kib: int = 32) -> int:
+    """Columns of x per staged chunk: chunk_kib KiB of nb * 8 bf16 rows (32 KiB: 1024 for 16 rows, 512 for 32)."""
+    return chunk_kib * 1024 // (8 * nb * 2)
 
 
-def smem_bytes(nb: int, P: int, S: int) -> int:
+def smem_bytes(nb: int, P: int, S: int, chunk_kib: int = 32) -> int:
     """Two x chunk buffers, which the slices' fp32 sums [P S warps][nb * 4][32 lanes] reuse at the end."""
-    return max(2 * CHUNK_BYTES, P * S * nb * 4 * 32 * 4)
+    return max(2 * chunk_kib * 1024, P * S * nb * 4 * 32 * 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,18 +56,20 @@ def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_blo
     check(x.data.ptr % 16 == 0, f"x must be 16-byte aligned (address {x.data.ptr:#x}): it is staged in 16-byte copies")
     dev = cp.cuda.Device().id
     pairs = Np // 16
-    P, S = plan(pairs, sms(dev))
+    check(warps in (8, 16), f"warps = {warps}, expected 8 or 16")
+    check(chunk_kib in (16, 32, 64), f"chunk_kib = {chunk_kib}, expected 16, 32 or 64")
+    P, S = plan(pairs, sms(dev), warps)
     P = P if pairs_per_block is None else pairs_per_block
     S = S if slices is None else slices
     check(P >= 1 and S >= 1 and P * S <= MAX_WARPS, f"pairs_per_block = {P} x slices = {S} must be 1..{MAX_WARPS} "
           "warps")
     nb = 2 if M <= 16 else 4
-    C = chunk_cols(nb)
+    C = chunk_cols(nb, chunk_kib)
     check(C % KT[bits] == 0, f"chunk of {C} columns is not whole {KT[bits]}-column K tiles")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    smem = smem_bytes(nb, P, S)
+    smem = smem_bytes(nb, P, S, chunk_kib)
     fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}>", smem)
     launch(fn, (-(-pairs // P),), (32 * P * S,),
            (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group), np.int32(P), np.int32(S),

@@ -230,15 +230,19 @@ def test_gemv_xs(cp, N, K, M, bits, group):
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
 
-@pytest.mark.parametrize("P,S", [(1, 1), (1, 16), (3, 5), (14, 1), (2, 8), (16, 1)])
+@pytest.mark.parametrize("P,S,warps,chunk_kib", [(1, 1, 16, 32), (1, 16, 16, 32), (3, 5, 16, 32), (14, 1, 16, 32),
+                                                 (2, 8, 16, 64), (16, 1, 16, 16), (None, None, 8, 64),
+                                                 (None, None, 8, 16)])
 @pytest.mark.parametrize("M,bits,group", [(16, 4, 128), (32, 8, -1), (20, 4, 64)])
-def test_gemv_xs_block_shapes(cp, P, S, M, bits, group):
-    """Every split of a block into row pairs x K slices gives the same answer, with a last block that runs past N."""
+def test_gemv_xs_block_shapes(cp, P, S, warps, chunk_kib, M, bits, group):
+    """Every split of a block into row pairs x K slices, and every x chunk size, gives the same answer, with a
+    last block that runs past N."""
     from fdlite_kernels.gemv_xs import gemv_xs
 
-    x, qp, s, g, ref = _packed_case(1000, 4096, M, bits, group, P * 31 + S + M + bits)
+    x, qp, s, g, ref = _packed_case(1000, 4096, M, bits, group, (P or 0) * 31 + (S or 0) + M + bits + chunk_kib)
     y = cp.full((M, 1000), np.nan, dtype=BF16)
-    gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1000, bits, g, out=y, pairs_per_block=P, slices=S)
+    gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1000, bits, g, out=y, pairs_per_block=P, slices=S,
+            warps=warps, chunk_kib=chunk_kib)
     got = cp.asnumpy(y).astype(np.float32)
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
@@ -251,6 +255,8 @@ def test_gemv_xs_rejects_bad_input(cp):
         gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 96, 4, g)
     with pytest.raises(ValueError, match="pairs_per_block = 4 x slices = 5"):
         gemv_xs(cp.asarray(x[:3]), cp.asarray(qp), cp.asarray(s), 96, 4, g, pairs_per_block=4, slices=5)
+    with pytest.raises(ValueError, match="chunk_kib = 48"):
+        gemv_xs(cp.asarray(x[:3]), cp.asarray(qp), cp.asarray(s), 96, 4, g, chunk_kib=48)
 
 
 def test_gemv_packed_rejects_bad_input(cp):
