@@ -48,7 +48,8 @@ def kernel(device_id: int, name: str, smem: int):
     return fn
 
 
-def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None):
+def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None, warps: int = 16,
+            chunk_kib: int = 32):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)

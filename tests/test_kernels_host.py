@@ -222,3 +222,49 @@ def test_attention_min_chunk_splits_only_while_the_gpu_is_not_full():
             c = min_chunk(rows, 8, visible)
             assert c in CHUNKS and (c == CHUNKS[0] or rows * 8 * -(-visible // (c // 2)) > 4 * 132)
             assert split_chunk(visible) * 16 >= min(visible, CHUNKS[-1] * 16)
+
+
+def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
+    """gemv_xs's launcher (plan, chunk size, shared memory, argument tuple) against a stand-in cupy that records
+    the launch: the arguments follow the kernel's signature, the grid covers every row pair, the block is the
+    plan's P x S warps and the shared memory holds two x chunks and the slices' sums."""
+    import sys
+    import types
+
+    import ml_dtypes
+
+    from fdlite_kernels import gemv_xs
+
+    class Arr:
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
+            self.data, self.device = types.SimpleNamespace(ptr=256), 0
+            self.size = int(np.prod(shape))
+            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
+
+    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype),
+                                                                   cuda=cuda))
+    calls = []
+    monkeypatch.setattr(gemv_xs, "kernel", lambda dev, name, smem: (name, smem))
+    monkeypatch.setattr(gemv_xs, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
+        (fn, grid, block, args, shared_mem, pdl)))
+    monkeypatch.setattr(gemv_xs, "sms", lambda dev: 132)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    params = _kernel_params("gemv_xs", "gemv_xs")
+    for M, N, K, bits, warps, kib in [(16, 6144, 4096, 4, 16, 32), (32, 28672, 4096, 8, 8, 64), (9, 1000, 1024, 4, 16, 16)]:
+        Np = -(-N // 16) * 16
+        scale = Arr((Np, 1 if bits == 8 else K // 128), np.float32)
+        gemv_xs.gemv_xs(Arr((M, K), bf16), Arr((Np * K * bits // 8,), np.uint8), scale, N, bits, K if bits == 8 else 128,
+                        warps=warps, chunk_kib=kib)
+        (name, smem), grid, block, args, shared_mem, pdl = calls[-1]
+        P, S = gemv_xs.plan(Np // 16, 132, warps)
+        nb = 2 if M <= 16 else 4
+        assert name == f"gemv_xs<{bits}, {nb}, {1 if bits == 8 else 8}>" and pdl
+        assert grid == (-(-(Np // 16) // P),) and block == (32 * P * S,) and P * S <= warps
+        assert shared_mem == smem == max(2 * kib * 1024, P * S * nb * 4 * 32 * 4)
+        assert args[-1] == gemv_xs.chunk_cols(nb, kib) and args[-1] % (64 if bits == 8 else 128) == 0
+        assert len(args) == len(params)
+        for a, p in zip(args, params):
+            assert isinstance(a, np.int32) if p == "int" else isinstance(a, Arr), (p, a)
+    assert gemv_xs.plan(384, 132) == (3, 5) and gemv_xs.plan(1792, 132) == (14, 1) and gemv_xs.plan(256, 132) == (2, 8)
