@@ -41,10 +41,17 @@ def smem_bytes(nb: int, P: int, S: int, chunk_kib: int = 32) -> int:
     return max(2 * chunk_kib * 1024, P * S * nb * 4 * 32 * 4)
 
 
+# the largest smem_bytes of any launch (64 KiB chunks, or 16 warps' sums of 4 B fragments)
+MAX_SMEM = max(2 * 64 * 1024, MAX_WARPS * 4 * 4 * 32 * 4)
+
+
 @functools.lru_cache(maxsize=None)
-def kernel(device_id: int, name: str, smem: int):
+def kernel(device_id: int, name: str):
+    """The compiled instantiation, opted in once to the most shared memory any launch of it asks for: its launches
+    differ in chunk size and block shape, and a cap set per launch size would be the last one set (a CUfunction
+    attribute), failing larger launches."""
     fn = load("gemv_xs", name_expressions=(name,)).get_function(name)
-    fn.max_dynamic_shared_size_bytes = smem
+    fn.max_dynamic_shared_size_bytes = MAX_SMEM
     return fn
 
 
@@ -71,7 +78,7 @@ def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_blo
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     smem = smem_bytes(nb, P, S, chunk_kib)
-    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}>", smem)
+    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}>")
     launch(fn, (-(-pairs // P),), (32 * P * S,),
            (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group), np.int32(P), np.int32(S),
             np.int32(C)), shared_mem=smem, pdl=True)
