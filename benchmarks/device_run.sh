@@ -137,6 +137,12 @@ for stage in "$@"; do
       grep -A200 "sum over" $OUT/gemv.log | grep -E "M=|sum"
       [ "${XS_E2E:-1}" = 1 ] && T 240 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,16,32 --gen 128 \
         2>&1 | grep "^|" ;;
+    xs64)           # gemv_xs with 64 KiB chunks by default: its twins, the MoE path (mma_sk's helpers moved), the 8B end
+                    # to end at batch 16 and 32, ERNIE at batch 32
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_xs and not block_shapes" 2>&1 | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head
+      T 150 $PT tests/test_moe_gpu_path.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
+      T 200 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 16,32 --gen 128 2>&1 | grep "^|"
+      T 150 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 32 --gen 64 2>&1 | grep "^|" ;;
     skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
       for m in 16 32; do for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
@@ -146,6 +152,6 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64)" ;;
   esac
 done

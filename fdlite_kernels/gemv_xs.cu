@@ -2,7 +2,7 @@
 //   y[m, n] = sum_k x[m, k] * q[n, k] * scale[n, k / group]     (int8: one scale per channel, applied last)
 // gemv_packed.cu (1-8 rows) reads each lane's B fragments of x from L1 / L2 with 4-byte loads: at 16 rows that is
 // four times the bytes of the weights it multiplies, in 32 loads per lane and K tile, and 64 registers of x in
-// flight. Here a block stages x in chunks of 32 KiB (NB * 8 rows x C columns, bf16, double-buffered by cp.async) and
+// flight. Here a block stages x in chunks of 64 KiB (NB * 8 rows x C columns, bf16, double-buffered by cp.async) and
 // every warp takes its B fragments with ldmatrix: one x4 per k16 step and 16 tokens.
 // The weights are the mma's A operand exactly as in gemv_packed (the lanes' 16-byte words of two adjacent n8
 // tiles), loaded straight from global memory into registers two K tiles ahead: no shared memory, no barrier.

@@ -1,12 +1,14 @@
 """Launcher for gemv_xs.cu — batched decode GEMV (9-32 rows) over mma_wq's packed int8 / int4 weights, x staged
 in shared memory.
 
-gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=32):
+gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=64):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, 1 <= M <= 32;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     pairs_per_block (P): 16-row output pairs per block; slices (S): warps splitting K per pair, P * S <= 16.
     Defaults: ``plan`` for blocks of ``warps`` (16: about one block per SM, 8: two); chunk_kib: KiB of x per
-    staged chunk (two buffers).
+    staged chunk (two buffers). H100 sweep (results_gemv_xs2_h100_2026-11-25.jsonl), sum over qkv, o and gate_up,
+    wint4, M = 16 / 32: 16 warps with 64 KiB chunks 66.4 / 94.1 us, 32 KiB 70.3 / 101.5, 16 KiB 77.3 / 114.7;
+    8 warps (two blocks per SM) 82.3 / 121.5 with 32 KiB.
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's and gemv_packed's).
 """
 from __future__ import annotations
@@ -31,12 +33,12 @@ def plan(pairs: int, n_sm: int, warps: int = 16) -> tuple[int, int]:
     return P, max(1, warps // P)
 
 
-def chunk_cols(nb: int, chunk_kib: int = 32) -> int:
-    """Columns of x per staged chunk: chunk_kib KiB of nb * 8 bf16 rows (32 KiB: 1024 for 16 rows, 512 for 32)."""
+def chunk_cols(nb: int, chunk_kib: int = 64) -> int:
+    """Columns of x per staged chunk: chunk_kib KiB of nb * 8 bf16 rows (64 KiB: 2048 for 16 rows, 1024 for 32)."""
     return chunk_kib * 1024 // (8 * nb * 2)
 
 
-def smem_bytes(nb: int, P: int, S: int, chunk_kib: int = 32) -> int:
+def smem_bytes(nb: int, P: int, S: int, chunk_kib: int = 64) -> int:
     """Two x chunk buffers, which the slices' fp32 sums [P S warps][nb * 4][32 lanes] reuse at the end."""
     return max(2 * chunk_kib * 1024, P * S * nb * 4 * 32 * 4)
 
@@ -56,7 +58,7 @@ def kernel(device_id: int, name: str):
 
 
 def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None, warps: int = 16,
-            chunk_kib: int = 32):
+            chunk_kib: int = 64):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
