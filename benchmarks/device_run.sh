@@ -143,6 +143,18 @@ for stage in "$@"; do
       T 150 $PT tests/test_moe_gpu_path.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
       T 200 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 16,32 --gen 128 2>&1 | grep "^|"
       T 150 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 32 --gen 64 2>&1 | grep "^|" ;;
+    stalls)         # Nsight Compute stall reasons of the routed int4 GEMVs on gate_up: 1 row (gemv_packed), 16 and 32
+                    # (gemv_xs): what holds each warp between instructions
+      M_="smsp__average_warps_issue_stalled"
+      MET="gpu__time_duration.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+      MET="$MET,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__warps_active.avg.per_cycle_active"
+      for r in long_scoreboard barrier math_pipe_throttle mio_throttle short_scoreboard wait not_selected lg_throttle \
+               dispatch_stall no_instruction selected; do MET="$MET,${M_}_${r}_per_issue_active.ratio"; done
+      for m in 1 16 32; do
+        T 90 ncu --launch-skip 2 --launch-count 1 --metrics $MET python3 benchmarks/kernel_probe.py --kernel wint4 --M $m \
+          --shape gate_up > $OUT/ncu_stall_$m.txt 2>&1
+        echo "-- M=$m gate_up"; grep -E "duration|pct|ratio|per_cycle" $OUT/ncu_stall_$m.txt | awk '{print $1, $NF}'
+      done ;;
     skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
       for m in 16 32; do for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
@@ -152,6 +164,6 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls)" ;;
   esac
 done
