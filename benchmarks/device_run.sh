@@ -155,6 +155,14 @@ for stage in "$@"; do
           --shape gate_up > $OUT/ncu_stall_$m.txt 2>&1
         echo "-- M=$m gate_up"; grep -E "duration|pct|ratio|per_cycle" $OUT/ncu_stall_$m.txt | awk '{print $1, $NF}'
       done ;;
+    nibble)         # int4 codes in the nibble order 0 2 4 6 1 3 5 7 (7 integer ops per 8 codes, was 9): every int4
+                    # kernel against its twin, the MoE path and the model, the routed sums, the 8B end to end
+      T 300 $PT tests/test_gpu_kernels.py -k "(gemv_packed and not block_shapes and None) or (gemv_xs and not block_shapes) or (mma_sk and not fp8 and (4096-4096 or 96-160)) or (mma_wq and (96-160 or 576-576))" \
+        2>&1 | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head -20
+      T 150 $PT tests/test_moe_gpu_path.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
+      T 150 env PACKED_ONLY=1 GEMV_MS=1,16,32 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A30 "sum over" $OUT/gemv.log
+      T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|" ;;
     skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
       for m in 16 32; do for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
@@ -164,6 +172,6 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble)" ;;
   esac
 done

@@ -128,11 +128,13 @@ def unpack_codes(qp_e, N: int, K: int, bits: int) -> np.ndarray:
     from fdlite_kernels.mma_wq import KT  # noqa: PLC0415
 
     kt, Np = KT[bits], -(-N // 16) * 16
-    b = np.asarray(qp_e).reshape(Np // 8, K // kt, 8, 4, kt // 16, -1)        # (nt, kt, g, t, step, bytes)
+    b = np.asarray(qp_e).reshape(Np // 8, K // kt, 8, 4, -1)                  # (nt, kt, g, t, bytes of the lane)
     if bits == 8:
-        sel = b.view(np.int8).astype(np.int16)                                  # (..., 4) codes
-    else:
-        sel = np.stack([b & 15, b >> 4], -1).reshape(b.shape[:-1] + (4,)).astype(np.int16) - 8
+        sel = b.reshape(b.shape[:4] + (kt // 16, 4)).view(np.int8).astype(np.int16)   # (..., step, 4 codes)
+    else:                                       # per step pair: bytes c0|c2<<4 of s0, of s1, c1|c3<<4 of s0, of s1
+        w = b.reshape(b.shape[:-1] + (-1, 4))                                   # (..., step pair, 4 bytes)
+        c = np.stack([w[..., :2] & 15, w[..., 2:] & 15, w[..., :2] >> 4, w[..., 2:] >> 4], -1)   # (..., pair, s, c)
+        sel = c.reshape(b.shape[:-1] + (kt // 16, 4)).astype(np.int16) - 8
     idx = np.array([[2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9] for t in range(4)])   # (t, 4) k offsets per lane
     out = np.zeros((Np // 8, 8, K // kt, kt // 16, 16), np.int16)             # (nt, g, kt, step, 16)
     out[..., idx] = sel.transpose(0, 2, 1, 4, 3, 5)                           # (nt, g, kt, step, t, 4)

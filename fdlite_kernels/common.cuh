@@ -47,17 +47,16 @@ __device__ __forceinline__ unsigned bf16x2_add(unsigned a, unsigned c) {
   return d;
 }
 
-// One 32-bit word of offset-binary int4 codes u = q + 8 (nibble n holds the code of element n) -> four
-// bf16x2 words: r[p] = (q[2p'], q[2p'+1]) for the pairs of nibbles (0,1), (2,3), (4,5), (6,7). The low
-// nibbles of byte b of w and of w >> 4 are elements 2b and 2b + 1; prmt puts them at bits 0 and 16, one lop3
-// masks and ORs in bf16's 128 (0x4300: 128 + u is exact), and one bf16x2 add subtracts 136.
+// One 32-bit word of offset-binary int4 codes u = q + 8 -> four bf16x2 words r[p] = (q[2p], q[2p + 1]), p = 0..3.
+// mma_wq.repack stores a word's 8 codes with the even elements in the low half-word and the odd ones in the high:
+// nibbles 0..7 hold elements 0, 2, 4, 6, 1, 3, 5, 7. So (w >> 4p) & 0x000F000F is the pair (2p, 2p + 1) at bits 0
+// and 16 already: one lop3 masks and ORs in bf16's 128 (0x4300: 128 + u is exact), one bf16x2 add subtracts 136.
+// 3 shifts + 4 lop3 on the integer pipe per 8 codes: with the codes in element order it took 4 byte permutes + 1
+// shift + 4 lop3, and that half-rate pipe is what bounds the int4 kernels (Nsight: math-pipe throttle, BENCHMARKS.md).
 __device__ __forceinline__ void u4x8_to_bf16x2(unsigned w, unsigned* r) {
-  const unsigned w4 = w >> 4;
 #pragma unroll
-  for (int b = 0; b < 4; ++b) {
-    const unsigned p = __byte_perm(w, w4, 0x4400 + 0x1101 * b);                // bytes: w.b, -, w4.b, -
-    r[b] = bf16x2_add((p & 0x000F000Fu) | 0x43004300u, 0xC308C308u);           // -136, -136
-  }
+  for (int p = 0; p < 4; ++p)
+    r[p] = bf16x2_add(((w >> (4 * p)) & 0x000F000Fu) | 0x43004300u, 0xC308C308u);   // -136, -136
 }
 
 // Word i of a 16-byte load (a lane's share of a packed weight tile).

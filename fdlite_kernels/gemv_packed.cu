@@ -6,7 +6,7 @@
 // Why the weights are the mma's A operand here (mma_sk puts x there): the lanes' words of two adjacent n8 tiles
 // ARE the A fragment of m16n8k16 (a0/a2 from tile 2p: rows g, a1/a3 from tile 2p+1: rows g + 8), so one mma
 // consumes 256 weights and x only has to fill B, whose 8 columns are 8 tokens (NB fragments: M <= 8 NB).
-// Per 8 int4 weights a lane spends ~13 instructions of dequantization (common.cuh: u4x8_to_bf16x2) and half an
+// Per 8 int4 weights a lane spends 11 instructions of dequantization (common.cuh: u4x8_to_bf16x2) and half an
 // mma, against ~40 for the CUDA-core dot products this replaced (instruction-bound at ~1.5 TB/s on gate_up).
 // Block: R row pairs (16 R rows) x W warps that split the K tiles (interleaved) and meet in shared memory;
 // MINB: resident blocks per SM asked of the register allocator (occupancy hides the DRAM latency).

@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
           const unsigned v = sk_word(w[h], j) ^ 0x80808080u;
           b[h][0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
           b[h][1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
-        } else {                                    // nibbles 4 (j & 1) .. + 3 of word j / 2
+        } else {                                    // pairs 2 (j & 1), + 1 of word j / 2
           unsigned r[4];
           u4x8_to_bf16x2(sk_word(w[h], j >> 1), r);
           b[h][0] = r[2 * (j & 1)];

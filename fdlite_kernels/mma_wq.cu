@@ -5,8 +5,9 @@
 // (8 rows x KT columns) tile hands every lane exactly the B fragments of mma.m16n8k16 it needs:
 //   tile (nt, kt) at byte ((nt * (K / KT) + kt) * 512), lane l = 4 g + t at +16 l, holding for each k16
 //   step j the weights of row 8 nt + g at k = KT kt + 16 j + {2t, 2t+1, 2t+8, 2t+9}:
-//   int8 (KT = 64): 4 bytes per step; int4 (KT = 128): 2 bytes per step, offset binary (q + 8), low
-//   nibble first. A warp thus reads 512 contiguous bytes per tile.
+//   int8 (KT = 64): 4 bytes per step; int4 (KT = 128): a 32-bit word per step pair, offset binary (q + 8),
+//   its 8 codes (step 2i's four, then step 2i+1's) in the nibble order 0 2 4 6 1 3 5 7 (common.cuh:
+//   u4x8_to_bf16x2). A warp thus reads 512 contiguous bytes per tile.
 // Grid: x = N / (8 NT) (NT n8 tiles per block), y = ceil(M / (16 MT)); WARPS warps split the K tiles of
 // the block (interleaved) and reduce their fp32 accumulators through shared memory at the end.
 // Codes become exact bf16 without I2F (common.cuh: s8_to_f32, u4x8_to_bf16x2). int8 weights enter the mma
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(32 * WARPS) mma_wq(const bf16_t* __restrict__ 
           const unsigned v = word_of(w[h], j) ^ 0x80808080u;
           b[h][0] = pack_exact(s8_to_f32(v, 0), s8_to_f32(v, 1));
           b[h][1] = pack_exact(s8_to_f32(v, 2), s8_to_f32(v, 3));
-        } else {                                 // step j = nibbles 4 (j & 1) .. + 3 of word j / 2
+        } else {                                 // step j = pairs 2 (j & 1), + 1 of word j / 2
           unsigned r[4];
           u4x8_to_bf16x2(word_of(w[h], j >> 1), r);
           b[h][0] = r[2 * (j & 1)];

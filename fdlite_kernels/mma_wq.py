@@ -69,10 +69,15 @@ def repack(q, bits: int):
     del qz, v
     if bits == 8:
         return xp.ascontiguousarray(sel.astype(np.int8)).view(np.uint8).reshape(-1)
-    u = (sel + 8).astype(np.uint8)
+    u = (sel + 8).astype(np.uint8)                                            # (nt, kt, g, t, step, 4) codes c0..c3
     del sel
-    # 2 bytes per step; the cast pins uint8 whatever a backend promotes ``<< 4`` to (high bits drop anyway)
-    return xp.ascontiguousarray((u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8, copy=False)).reshape(-1)
+    # a 32-bit word per step pair (s0, s1), elements e0..e7 = c0..c3 of s0, then of s1, in the nibble order
+    # e0 e2 e4 e6 | e1 e3 e5 e7 (common.cuh: u4x8_to_bf16x2): bytes c0|c2<<4 of s0, of s1, then c1|c3<<4 of s0, of s1.
+    # The casts pin uint8 whatever a backend promotes ``<< 4`` to (the high bits drop anyway).
+    u = u.reshape(u.shape[:4] + (u.shape[4] // 2, 2, 4))                       # (..., step pair, s, c)
+    lo = (u[..., 0] | (u[..., 2] << 4)).astype(np.uint8, copy=False)          # (..., pair, s): c0 | c2 << 4
+    hi = (u[..., 1] | (u[..., 3] << 4)).astype(np.uint8, copy=False)          # c1 | c3 << 4
+    return xp.ascontiguousarray(xp.concatenate([lo, hi], axis=-1)).reshape(-1)
 
 
 def _validate(x, qp, scale, N: int, bits: int, group: int):

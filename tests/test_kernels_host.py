@@ -44,9 +44,11 @@ def test_repack_puts_each_mma_fragment_in_its_lane(n, k, bits, seed):
                     want = qz[8 * nt + g, cols]
                     if bits == 8:
                         got = tile[lane, 4 * j:4 * j + 4].view(np.int8)
-                    else:
-                        b = tile[lane, 2 * j:2 * j + 2].astype(np.int64)
-                        got = np.array([b[0] & 15, b[0] >> 4, b[1] & 15, b[1] >> 4]) - 8
+                    else:                   # word j // 2: nibbles e0 e2 e4 e6 | e1 e3 e5 e7, step j = e 4 (j & 1) + 0..3
+                        w = int(tile[lane, 4 * (j // 2):4 * (j // 2) + 4].view(np.uint32)[0])
+                        nib = [(w >> (4 * n)) & 15 for n in range(8)]
+                        e = [nib[0], nib[4], nib[1], nib[5], nib[2], nib[6], nib[3], nib[7]]   # element order
+                        got = np.array(e[4 * (j & 1):4 * (j & 1) + 4]) - 8
                     assert np.array_equal(got, want)
 
 
