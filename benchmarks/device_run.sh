@@ -157,12 +157,12 @@ for stage in "$@"; do
       done ;;
     nibble)         # int4 codes in the nibble order 0 2 4 6 1 3 5 7 (7 integer ops per 8 codes, was 9): every int4
                     # kernel against its twin, the MoE path and the model, the routed sums, the 8B end to end
-      T 240 $PT tests/test_gpu_kernels.py -k "(gemv_packed and not block_shapes and None-4-) or (test_gemv_xs and not block_shapes and not 8--1) or (mma_sk and not fp8 and (4096-4096 or 96-160)) or ((mma_wq-4- or gemm_packed-4-) and (96-160 or 576-576))" \
+      T 270 $PT tests/test_gpu_kernels.py -k "(gemv_packed and not block_shapes and None-4-) or (test_gemv_xs and not block_shapes and not 8--1) or (mma_sk and not fp8 and (4096-4096 or 96-160)) or ((mma_wq-4- or gemm_packed-4-) and (96-160 or 576-576))" \
         2>&1 | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head -20
-      T 100 $PT tests/test_moe_gpu_path.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
-      T 110 env PACKED_ONLY=1 GEMV_MS=1,16,32 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      T 90 $PT tests/test_moe_gpu_path.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
+      T 100 env PACKED_ONLY=1 GEMV_MS=1,16,32 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A30 "sum over" $OUT/gemv.log
-      T 140 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|" ;;
+      T 130 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|" ;;
     skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
       for m in 16 32; do for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
