@@ -163,6 +163,9 @@ for stage in "$@"; do
       T 100 env PACKED_ONLY=1 GEMV_MS=1,16,32 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A30 "sum over" $OUT/gemv.log
       T 130 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|" ;;
+    nibble2)        # the rest the nibble order touches: device quantization and repack, block shapes, the PDL chain, MoE
+      T 150 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
+      T 300 $PT tests/ -k "(block_shapes and not 8--1) or pdl or moe" 2>&1 | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head -20 ;;
     skprobe)        # Nsight Compute on the routed 16- and 32-row int4 GEMM (mma_sk): why it moves 0.6-1.2 TB/s
       for m in 16 32; do for shp in gate_up qkv; do
         T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
@@ -172,6 +175,6 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2)" ;;
   esac
 done
