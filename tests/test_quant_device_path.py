@@ -81,7 +81,14 @@ def _legacy_repack(q, bits):
     if bits == 8:
         return np.ascontiguousarray(sel.astype(np.int8)).view(np.uint8).reshape(-1)
     u = (sel + 8).astype(np.uint8)
-    return np.ascontiguousarray(u[..., 0::2] | (u[..., 1::2] << 4)).reshape(-1)
+    packed = np.ascontiguousarray(u[..., 0::2] | (u[..., 1::2] << 4)).reshape(-1)
+    # since 2026-11-25 each 32-bit word (8 codes in element order above) holds them in the nibble order
+    # 0 2 4 6 1 3 5 7 (common.cuh: u4x8_to_bf16x2): move nibble n of the old word to its new place
+    old = packed.view("<u4").astype(np.uint64)
+    new = np.zeros_like(old)
+    for n, at in enumerate([0, 4, 1, 5, 2, 6, 3, 7]):
+        new |= ((old >> (4 * n)) & 15) << (4 * at)
+    return new.astype("<u4").view(np.uint8)
 
 
 def _legacy_prepare(m, qw, s, N, group_size):
