@@ -64,6 +64,23 @@ __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// A lane's 16-byte chunk of a packed int8 / int4 tile (mma_wq.repack) -> its two registers of k16 step j: exact
+// codes as bf16x2 pairs at k = (2t, 2t+1) and (2t+8, 2t+9). They are {a0, a2} of an A fragment (gemv_packed,
+// gemv_xs: rows g of one n8 tile) or {b0, b1} of a B fragment (mma_sk: column g).
+template <int BITS>
+__device__ __forceinline__ void codes_of_step(const uint4& w, int j, unsigned* a) {
+  if (BITS == 8) {
+    const unsigned v = word_of(w, j) ^ 0x80808080u;   // offset binary: s8_to_f32 places u = q + 128 exactly
+    a[0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
+    a[1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
+  } else {
+    unsigned r[4];                                     // word j/2 holds steps j & ~1 and j | 1
+    u4x8_to_bf16x2(word_of(w, j >> 1), r);
+    a[0] = r[2 * (j & 1)];
+    a[1] = r[2 * (j & 1) + 1];
+  }
+}
+
 // c += A (16 x 16, bf16, row) @ B (16 x 8, bf16, col), fp32 accumulation: a[4], b0, b1 and c[4] in the
 // fragment layout of mma.m16n8k16 (every tensor-core kernel here: mma_wq, mma_sk, gemv_packed).
 __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
@@ -95,6 +112,13 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 // __syncthreads after its wait already is one).
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// four 8x8 b16 matrices from shared memory, lanes 8i..8i+7 giving matrix i's row addresses
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
 
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 

@@ -15,22 +15,6 @@
 // for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
 #include "common.cuh"
 
-// Step j's A registers (rows g: lo, rows g + 8: hi) -> {a0, a2} of each: exact codes as bf16x2 pairs for
-// k = (2t, 2t+1) and (2t+8, 2t+9).
-template <int BITS>
-__device__ __forceinline__ void codes_of_step(const uint4& w, int j, unsigned* a) {
-  if (BITS == 8) {
-    const unsigned v = word_of(w, j) ^ 0x80808080u;   // offset binary: s8_to_f32 places u = q + 128 exactly
-    a[0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
-    a[1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
-  } else {
-    unsigned r[4];                                     // word j/2 holds steps j & ~1 and j | 1
-    u4x8_to_bf16x2(word_of(w, j >> 1), r);
-    a[0] = r[2 * (j & 1)];
-    a[1] = r[2 * (j & 1) + 1];
-  }
-}
-
 // D = 0: each lane keeps its next two K tiles of weights (and scales) in registers. D >= 2: a ring of D tiles per
 // warp in shared memory, filled by cp.async D - 1 tiles ahead (copies hold no registers while in flight, so the
 // depth costs no occupancy); each lane copies and later reads only its own 16-byte words, so a per-thread

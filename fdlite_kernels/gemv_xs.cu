@@ -14,27 +14,6 @@
 // bank groups); rows past M are zeros.
 #include "common.cuh"
 
-__device__ __forceinline__ void ldmatrix_x4_b(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-// Step j's A registers (rows g: lo, rows g + 8: hi) -> {a0, a2} of each (gemv_packed.cu: codes_of_step).
-template <int BITS>
-__device__ __forceinline__ void xs_codes(const uint4& w, int j, unsigned* a) {
-  if (BITS == 8) {
-    const unsigned v = word_of(w, j) ^ 0x80808080u;
-    a[0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
-    a[1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
-  } else {
-    unsigned r[4];
-    u4x8_to_bf16x2(word_of(w, j >> 1), r);
-    a[0] = r[2 * (j & 1)];
-    a[1] = r[2 * (j & 1) + 1];
-  }
-}
-
 // x: bf16 [M, K]; qp: packed [Np / 8 n-tiles][K / KT k-tiles][512 B]; scale: f32 [Np, G]; y: bf16 [M, N].
 // P row pairs and S K slices per block (blockDim.x = 32 P S), C columns per x chunk (a multiple of KT).
 template <int BITS, int NB, int GS>
@@ -127,15 +106,15 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
 #pragma unroll
         for (int jj = 0; jj < STEPS / NS; ++jj) {
           const int j = s * (STEPS / NS) + jj;
-          unsigned lo[2], hi[2];
-          xs_codes<BITS>(w[0], j, lo);
-          xs_codes<BITS>(w[1], j, hi);
+          unsigned lo[2], hi[2];                     // rows g and g + 8 of the pair (common.cuh)
+          codes_of_step<BITS>(w[0], j, lo);
+          codes_of_step<BITS>(w[1], j, hi);
           const unsigned a[4] = {lo[0], hi[0], lo[1], hi[1]};
 #pragma unroll
           for (int b2 = 0; b2 < NB / 2; ++b2) {       // tokens 16 b2 ...: matrices (rows +0 / +8) x (k +0 / +8)
             const int r = 16 * b2 + 8 * (lane >> 4) + (lane & 7), v = v0 + 2 * j + ((lane >> 3) & 1);
             unsigned bf[4];
-            ldmatrix_x4_b(bf, buf + r * CV + (v ^ (r & 7)));
+            ldmatrix_x4(bf, buf + r * CV + (v ^ (r & 7)));
             mma_16816(part[2 * b2], a, bf[0], bf[1]);
             mma_16816(part[2 * b2 + 1], a, bf[2], bf[3]);
           }

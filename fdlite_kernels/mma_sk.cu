@@ -25,12 +25,6 @@
 #define SK_FP8 28                          // BITS code of block_wise_fp8 (e4m3 weights and activations)
 #define SK_STAGES 4
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
 // e4m3 x e4m3 -> f32 (sm_89+; the sm_80 build of CI's compile check traps, the launcher never picks it there)
 __device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsigned b0, unsigned b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
@@ -42,10 +36,6 @@ __device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsi
 #else
   __trap();
 #endif
-}
-
-__device__ __forceinline__ unsigned sk_word(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
 __device__ __forceinline__ unsigned sk_pack_bf16x2(float lo, float hi) {
@@ -213,16 +203,9 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
             b[h + 1][0] = q4[2];
             b[h + 1][1] = q4[3];
           }
-        } else if (BITS == 8) {                            // word j: bytes at k 2t, 2t+1, 2t+8, 2t+9
-          const unsigned v = sk_word(w[h], j) ^ 0x80808080u;
-          b[h][0] = __byte_perm(__float_as_uint(s8_to_f32(v, 0)), __float_as_uint(s8_to_f32(v, 1)), 0x7632);
-          b[h][1] = __byte_perm(__float_as_uint(s8_to_f32(v, 2)), __float_as_uint(s8_to_f32(v, 3)), 0x7632);
-        } else {                                    // pairs 2 (j & 1), + 1 of word j / 2
-          unsigned r[4];
-          u4x8_to_bf16x2(sk_word(w[h], j >> 1), r);
-          b[h][0] = r[2 * (j & 1)];
-          b[h][1] = r[2 * (j & 1) + 1];
-          if (!POST) {                              // group scale folded into the bf16 weight
+        } else {                                    // k 2t, 2t+1 and 2t+8, 2t+9 of step j (common.cuh)
+          codes_of_step<BITS>(w[h], j, b[h]);
+          if (BITS == 4 && !POST) {                // group scale folded into the bf16 weight
             const float sc = ss[(8 * (warp * SK_NTW + h) + g) * SG + 16 * j / group];
             b[h][0] = sk_pack_bf16x2(__uint_as_float(b[h][0] << 16) * sc, __uint_as_float(b[h][0] & 0xffff0000u) * sc);
             b[h][1] = sk_pack_bf16x2(__uint_as_float(b[h][1] << 16) * sc, __uint_as_float(b[h][1] & 0xffff0000u) * sc);
