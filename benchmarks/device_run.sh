@@ -167,6 +167,10 @@ for stage in "$@"; do
       T 150 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed|TIMEOUT" | head
       T 300 $PT tests/ -k "(block_shapes and not 8--1) or pdl or moe" > $OUT/nibble2.log 2>&1
       grep -E "^FAILED" $OUT/nibble2.log | head -10; tail -1 $OUT/nibble2.log ;;
+    review)         # codes_of_step / ldmatrix_x4 shared from common.cuh: the kernels that use them against their twins
+      T 270 $PT tests/test_gpu_kernels.py -k "(gemv_packed and not block_shapes and None) or (test_gemv_xs and not block_shapes and not 8--1) or (mma_sk and (4096-4096 or 96-160))" \
+        > $OUT/review.log 2>&1; grep -E "^FAILED" $OUT/review.log | head; tail -1 $OUT/review.log
+      T 90 $PT tests/test_moe_gpu_path.py 2>&1 | tail -1 ;;
     tcm1)           # gemv_packed's block shapes again at 1 and 4 rows, after the int4 nibble order changed its registers
       T 200 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=1,4 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A80 "sum over" $OUT/gemv.log ;;
@@ -179,6 +183,6 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1)" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review)" ;;
   esac
 done
