@@ -183,6 +183,29 @@ for stage in "$@"; do
         grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Block Limit|Grid Size|Eligible|No Eligible" \
           $OUT/ncu_sk_${m}_$shp.txt | head -24
       done; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review)" ;;
+    loop1)          # gemv_packed's loop without the division, the register copies and the split lop3 (eighth session):
+                    # its twin tests, the block shapes again (registers rose with the unrolled loop), the 8B end to end
+      T 230 $PT tests/test_gpu_kernels.py -k "gemv_packed and not rejects" > $OUT/loop1.log 2>&1
+      grep -E "^FAILED" $OUT/loop1.log | head; tail -1 $OUT/loop1.log
+      T 200 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=1,4 WINT2=0 GEMV_TC_SHAPES="1.8.1;1.4.1;1.4.4;1.4.5;1.8.2;1.16.1" \
+        python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A80 "sum over" $OUT/gemv.log
+      T 100 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1 --gen 128 2>&1 | grep "^|" ;;
+    prof1)          # the batch-1 wint4 step: host vs graph time, per-kernel durations, and the stalls of the new int4 GEMV
+      T 60 python3 benchmarks/step_profile.py --quant wint4 --layers 32 --batch 1 --steps 48 2>&1 | tail -4
+      T 120 $NCU python3 benchmarks/step_profile.py --quant wint4 --layers 2 --batch 1 --steps 4 --ncu \
+        > $OUT/ncu_b1.csv 2>$OUT/ncu_b1.err
+      python3 benchmarks/ncu_summary.py $OUT/ncu_b1.csv > $OUT/ncu_b1.txt; head -24 $OUT/ncu_b1.txt
+      M_="smsp__average_warps_issue_stalled"
+      MET="gpu__time_duration.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+      MET="$MET,smsp__warps_active.avg.per_cycle_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg"
+      for r in long_scoreboard barrier math_pipe_throttle mio_throttle short_scoreboard wait not_selected lg_throttle \
+               dispatch_stall no_instruction selected; do MET="$MET,${M_}_${r}_per_issue_active.ratio"; done
+      for shp in gate_up qkv; do
+        T 90 ncu --launch-skip 2 --launch-count 1 --metrics $MET python3 benchmarks/kernel_probe.py --kernel wint4 --M 1 \
+          --shape $shp > $OUT/ncu_stall_$shp.txt 2>&1
+        echo "-- M=1 $shp"; grep -E "duration|pct|ratio|per_cycle|inst_executed|cycles_elapsed" $OUT/ncu_stall_$shp.txt | awk '{print $1, $NF}'
+      done ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1)" ;;
   esac
 done

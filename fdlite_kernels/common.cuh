@@ -53,11 +53,33 @@ __device__ __forceinline__ unsigned bf16x2_add(unsigned a, unsigned c) {
 // and 16 already: one lop3 masks and ORs in bf16's 128 (0x4300: 128 + u is exact), one bf16x2 add subtracts 136.
 // 3 shifts + 4 lop3 on the integer pipe per 8 codes: with the codes in element order it took 4 byte permutes + 1
 // shift + 4 lop3, and that half-rate pipe is what bounds the int4 kernels (Nsight: math-pipe throttle, BENCHMARKS.md).
+// The mask-and-OR is one explicit lop3: written in C, the compiler split it into two LOP3s (a SASS LOP3 takes one
+// immediate), 11 integer operations per word instead of 7 (nvdisasm). The asm keeps 0x43004300 in a register.
+__device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {   // (a & b) | c
+  unsigned d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
 __device__ __forceinline__ void u4x8_to_bf16x2(unsigned w, unsigned* r) {
 #pragma unroll
   for (int p = 0; p < 4; ++p)
-    r[p] = bf16x2_add(((w >> (4 * p)) & 0x000F000Fu) | 0x43004300u, 0xC308C308u);   // -136, -136
+    r[p] = bf16x2_add(and_or(w >> (4 * p), 0x000F000Fu, 0x43004300u), 0xC308C308u);   // -136, -136
 }
+
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 in three instructions, d known only at run time (a group size). The
+// compiler's integer division by a runtime d is ~30 instructions with an I2F and a MUFU.RCP: it was a fifth of
+// gemv_packed's int4 loop, for the scale index k / group of each K tile (nvdisasm; benchmarks/sass_loops.py).
+// Round-up multiplier (Granlund & Montgomery): s = ceil(log2 d), m = floor(2^32 (2^s - d) / d) + 1, and
+// n / d = (mulhi(n, m) + n) >> s, whose sum stays below 2^32 for n < 2^31 (checked on the host over every
+// d < 5000, powers of two and random d, with n at and around each multiple: tests/test_kernel_sources.py).
+struct FastDiv {
+  unsigned m, s;
+};
+__device__ __forceinline__ FastDiv fastdiv_of(unsigned d) {
+  const unsigned s = 32 - __clz(d - 1);               // d = 1: __clz(0) = 32, s = 0, m = 1
+  return {(unsigned)(((((unsigned long long)1 << s) - d) << 32) / d + 1), s};
+}
+__device__ __forceinline__ unsigned fastdiv(unsigned n, FastDiv f) { return (__umulhi(n, f.m) + n) >> f.s; }
 
 // Word i of a 16-byte load (a lane's share of a packed weight tile).
 __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {

@@ -41,120 +41,53 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[r][b][c] = 0.f;
 
-  // weights of tile kt for row pair p: two n8 tiles (rows g and g + 8 of the pair)
-  auto load_w = [&](int kt, int r, int h) -> uint4 {
-    const int nt = 2 * (p0 + r) + h;
-    return (kt < ktiles && p0 + r < pairs) ? __ldg(qp + ((size_t)nt * ktiles + kt) * 32 + lane)
-                                           : make_uint4(0, 0, 0, 0);
-  };
-  // int4 group scales of (row pair r, half h, scale group s of tile kt); rows past the pairs read row 0's
-  auto load_s = [&](int kt, int r, int h, int s) -> float {
-    if (!SCALED || kt >= ktiles || p0 + r >= pairs) return 0.f;
-    return __ldg(scale + (size_t)(16 * (p0 + r) + 8 * h + g) * G + (kt * KT + 16 * GS * s) / group);
+  // Loop-invariant parts of every address, computed once: the hot loop only adds the tile's offset. Rows past the
+  // padded weight (a block's second row pair at the end of N) read the last pair, tokens past M read row M - 1:
+  // their sums land in outputs that are never stored, so no predicate or zeroing costs the loop anything.
+  const FastDiv gdiv = fastdiv_of(group);
+  const uint4* wrow[R][2];                             // lane's word of n8 tile (2 pr + h), K tile 0
+  const float* srow[R][2];                             // its row's scales (int4)
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pr = min(p0 + r, pairs - 1);
+      wrow[r][h] = qp + (size_t)(2 * pr + h) * ktiles * 32 + lane;
+      srow[r][h] = scale + (size_t)(16 * pr + 8 * h + g) * G;
+    }
+  // weights and int4 group scales of tile kt (kt < ktiles: the caller's test, uniform over the warp)
+  auto load_w = [&](int kt, uint4 (&w)[R][2], float (&sc)[R][2][NS]) {
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      const unsigned gi = SCALED ? fastdiv(kt * KT + 16 * GS * s, gdiv) : 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          if (SCALED) sc[r][h][s] = __ldg(srow[r][h] + gi);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) w[r][h] = __ldg(wrow[r][h] + kt * 32);
   };
 
-  // B fragments of tile kt: token g (+ 8 b) at k = (2t, 2t+1) and (2t+8, 2t+9) of each step; 0 past M. They come
-  // from L2 (x is small and shared by every block) one tile ahead: waiting for them each tile cost more than the
-  // weights' own latency.
+  // B fragments of tile kt: token g (+ 8 b) at k = (2t, 2t+1) and (2t+8, 2t+9) of each step. They come from L2
+  // (x is small and shared by every block) one tile ahead: waiting for them each tile cost more than the weights'
+  // own latency. Columns of tokens past M hold row M - 1 again; nothing reads those outputs.
+  const unsigned* xrow[NB];
   auto load_x = [&](int kt, unsigned (&xv)[NB][STEPS][2]) {
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      const int m = g + 8 * b;
-      const bool ok = m < M && kt < ktiles;
-      const unsigned* xr = reinterpret_cast<const unsigned*>(x + (size_t)m * K + kt * KT + 2 * t);
-#pragma unroll
-      for (int j = 0; j < STEPS; ++j) {
-        xv[b][j][0] = ok ? __ldca(xr + 8 * j) : 0u;         // coherent, L1-cached (written by the kernel before)
-        xv[b][j][1] = ok ? __ldca(xr + 8 * j + 4) : 0u;
-      }
-    }
-  };
-  constexpr int DR = D > 0 ? D : 1;                   // ring slots (D = 0: unused)
-  uint4 wn[2][R][2];
-  float sn[2][R][2][NS];
-  // D > 0: this warp's ring, slot d: weights [R][2][32 lanes] uint4, then scales [R][2][NS][32 lanes] f32
-  extern __shared__ uint4 ring[];
-  uint4* wring = ring + (size_t)warp * DR * R * 2 * 32;
-  float* sring = reinterpret_cast<float*>(ring + (size_t)W * DR * R * 2 * 32) + (size_t)warp * DR * R * 2 * NS * 32;
-  auto issue = [&](int kt, int d) {                    // tile kt -> slot d, one commit group (empty past K)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const bool ok = kt < ktiles && p0 + r < pairs;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int nt = 2 * (p0 + r) + h;
-        cp_async16(wring + ((d * R + r) * 2 + h) * 32 + lane, qp + (ok ? ((size_t)nt * ktiles + kt) * 32 + lane : 0),
-                   ok);
-#pragma unroll
-        for (int s = 0; s < (SCALED ? NS : 0); ++s)
-          cp_async4(sring + (((d * R + r) * 2 + h) * NS + s) * 32 + lane,
-                    scale + (ok ? (size_t)(16 * (p0 + r) + 8 * h + g) * G + (kt * KT + 16 * GS * s) / group : 0), ok);
-      }
-    }
-    cp_async_commit();
-  };
-  if (D > 0) {
-#pragma unroll
-    for (int d = 0; d < D - 1; ++d) issue(warp + d * W, d);
-  } else {
-#pragma unroll
-    for (int d = 0; d < 2; ++d)
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          wn[d][r][h] = load_w(warp + d * W, r, h);
-#pragma unroll
-          for (int s = 0; s < NS; ++s) sn[d][r][h][s] = load_s(warp + d * W, r, h, s);
-        }
-  }
-  // Launched with PDL: the weights above depend on no kernel, so their loads are in flight while the kernel
-  // that writes x finishes; x (and y, written at the end) only after it has.
-  x += pdl_wait();                                     // x's loads depend on the wait (common.cuh)
-  unsigned xn[NB][STEPS][2];
-  load_x(warp, xn);
-
-  int slot = 0;                                        // D > 0: the ring slot of tile kt
-  for (int kt = warp; kt < ktiles; kt += W) {
-    uint4 w[R][2];
-    float sc[R][2][NS];
-    if (D > 0) {
-      cp_async_wait<(D > 0 ? D - 2 : 0)>();            // this lane's copies of tile kt have landed
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          w[r][h] = wring[((slot * R + r) * 2 + h) * 32 + lane];
-#pragma unroll
-          for (int s = 0; s < NS; ++s)
-            sc[r][h][s] = SCALED ? sring[(((slot * R + r) * 2 + h) * NS + s) * 32 + lane] : 0.f;
-        }
-      issue(kt + (D - 1) * W, slot == 0 ? D - 1 : slot - 1);   // into the slot read one tile ago
-      slot = slot == D - 1 ? 0 : slot + 1;
-    } else {
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          w[r][h] = wn[0][r][h];
-          wn[0][r][h] = wn[1][r][h];
-          wn[1][r][h] = load_w(kt + 2 * W, r, h);
-#pragma unroll
-          for (int s = 0; s < NS; ++s) {
-            sc[r][h][s] = sn[0][r][h][s];
-            sn[0][r][h][s] = sn[1][r][h][s];
-            sn[1][r][h][s] = load_s(kt + 2 * W, r, h, s);
-          }
-        }
-    }
-    unsigned xb[NB][STEPS][2];                         // this tile's B fragments; the next tile's are loaded now
 #pragma unroll
     for (int b = 0; b < NB; ++b)
 #pragma unroll
-      for (int j = 0; j < STEPS; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) xb[b][j][e] = xn[b][j][e];
-    load_x(kt + W, xn);
+      for (int j = 0; j < STEPS; ++j) {
+        xv[b][j][0] = __ldca(xrow[b] + kt * (KT / 2) + 8 * j);   // coherent, L1-cached (written by the kernel before)
+        xv[b][j][1] = __ldca(xrow[b] + kt * (KT / 2) + 8 * j + 4);
+      }
+  };
+
+  // this tile's mma over its weights w (scales sc) and B fragments xb, into acc
+  auto compute = [&](const uint4 (&w)[R][2], const float (&sc)[R][2][NS], const unsigned (&xb)[NB][STEPS][2]) {
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
       float part[R][NB][4];                            // this scale group's unscaled sums (int8: the tile's)
@@ -189,6 +122,98 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
           acc[r][b][3] = fmaf(part[r][b][3], s1, acc[r][b][3]);
         }
     }
+  };
+
+  constexpr int DR = D > 0 ? D : 1;                   // ring slots (D = 0: unused)
+  // D > 0: this warp's ring, slot d: weights [R][2][32 lanes] uint4, then scales [R][2][NS][32 lanes] f32
+  extern __shared__ uint4 ring[];
+  uint4* wring = ring + (size_t)warp * DR * R * 2 * 32;
+  float* sring = reinterpret_cast<float*>(ring + (size_t)W * DR * R * 2 * 32) + (size_t)warp * DR * R * 2 * NS * 32;
+  auto issue = [&](int kt, int d) {                    // tile kt -> slot d, one commit group (empty past K)
+    const bool ok = kt < ktiles;
+#pragma unroll
+    for (int s = 0; s < (SCALED ? NS : 0); ++s) {
+      const unsigned gi = ok ? fastdiv(kt * KT + 16 * GS * s, gdiv) : 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          cp_async4(sring + (((d * R + r) * 2 + h) * NS + s) * 32 + lane, srow[r][h] + gi, ok);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        cp_async16(wring + ((d * R + r) * 2 + h) * 32 + lane, wrow[r][h] + (ok ? kt * 32 : 0), ok);
+    cp_async_commit();
+  };
+
+  // Tile i of this warp (kt = warp + i W) lives in registers wb[i % 3] (weights, scales) and xb[i % 3] (x): the
+  // loop is unrolled by three so every index is a constant, and the pipeline rotates by renaming, not by copying
+  // (the copies were ~50 of the loop's ~300 instructions). x runs one tile ahead, so only two of its three arrays
+  // are ever live; the weights run two tiles ahead.
+  uint4 wb[3][R][2];
+  float sb[3][R][2][NS];
+  unsigned xb[3][NB][STEPS][2];
+  if (D > 0) {
+#pragma unroll
+    for (int d = 0; d < D - 1; ++d) issue(warp + d * W, d);
+  } else {
+    if (warp < ktiles) load_w(warp, wb[0], sb[0]);
+    if (warp + W < ktiles) load_w(warp + W, wb[1], sb[1]);
+    if (warp + 2 * W < ktiles) load_w(warp + 2 * W, wb[2], sb[2]);
+  }
+  // Launched with PDL: the weights above depend on no kernel, so their loads are in flight while the kernel
+  // that writes x finishes; x (and y, written at the end) only after it has.
+  x += pdl_wait();                                     // x's loads depend on the wait (common.cuh)
+#pragma unroll
+  for (int b = 0; b < NB; ++b)
+    xrow[b] = reinterpret_cast<const unsigned*>(x + (size_t)min(g + 8 * b, M - 1) * K) + t;
+  if (warp < ktiles) load_x(warp, xb[0]);
+
+  if (D > 0) {
+    int slot = 0;                                      // the ring slot of tile kt
+    for (int kt = warp, i = 0; kt < ktiles; kt += W, ++i) {
+      uint4 w[R][2];
+      float sc[R][2][NS];
+      cp_async_wait<(D > 0 ? D - 2 : 0)>();            // this lane's copies of tile kt have landed
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          w[r][h] = wring[((slot * R + r) * 2 + h) * 32 + lane];
+#pragma unroll
+          for (int s = 0; s < NS; ++s)
+            sc[r][h][s] = SCALED ? sring[(((slot * R + r) * 2 + h) * NS + s) * 32 + lane] : 0.f;
+        }
+      issue(kt + (D - 1) * W, slot == 0 ? D - 1 : slot - 1);   // into the slot read one tile ago
+      slot = slot == D - 1 ? 0 : slot + 1;
+      // x: two arrays by parity (the ring needs no rotation of the weights)
+      if (i & 1) {
+        if (kt + W < ktiles) load_x(kt + W, xb[0]);
+        compute(w, sc, xb[1]);
+      } else {
+        if (kt + W < ktiles) load_x(kt + W, xb[1]);
+        compute(w, sc, xb[0]);
+      }
+    }
+  } else {
+    // one tile: its x's successor is loaded before its mma, and its weights' third successor into its own registers
+    // after it (tile i + 3 reuses wb[i % 3])
+    auto tile = [&](int kt, uint4 (&w)[R][2], float (&sc)[R][2][NS], unsigned (&xc)[NB][STEPS][2],
+                    unsigned (&xnext)[NB][STEPS][2]) {
+      if (kt + W < ktiles) load_x(kt + W, xnext);
+      compute(w, sc, xc);
+      if (kt + 3 * W < ktiles) load_w(kt + 3 * W, w, sc);
+    };
+    int kt = warp;
+    for (; kt + 2 * W < ktiles; kt += 3 * W) {
+      tile(kt, wb[0], sb[0], xb[0], xb[1]);
+      tile(kt + W, wb[1], sb[1], xb[1], xb[2]);
+      tile(kt + 2 * W, wb[2], sb[2], xb[2], xb[0]);
+    }
+    if (kt < ktiles) tile(kt, wb[0], sb[0], xb[0], xb[1]);
+    if (kt + W < ktiles) tile(kt + W, wb[1], sb[1], xb[1], xb[2]);
   }
 
   if (D > 0) cp_async_wait<0>();                       // the empty groups past K; nothing may be in flight at exit
