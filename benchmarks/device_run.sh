@@ -206,6 +206,12 @@ for stage in "$@"; do
           --shape $shp > $OUT/ncu_stall_$shp.txt 2>&1
         echo "-- M=1 $shp"; grep -E "duration|pct|ratio|per_cycle|inst_executed|cycles_elapsed" $OUT/ncu_stall_$shp.txt | awk '{print $1, $NF}'
       done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1)" ;;
+    loop2)          # gemv_packed with n tiles of weights in registers and 1-2 warp blocks: twins, then the block sweep
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_packed_register_depths or (test_gemv_packed and None and (96-160 or 4096-14336))" \
+        > $OUT/loop2.log 2>&1; grep -E "^FAILED" $OUT/loop2.log | head; tail -1 $OUT/loop2.log
+      T 260 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=1,4 WINT2=0 GEMV_TC_SHAPES="1.4.1;1.8.1;1.2.1;1.1.1;1.16.1" \
+        GEMV_TC_DEPTHS=0,-4 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A80 "sum over" $OUT/gemv.log ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2)" ;;
   esac
 done

@@ -71,7 +71,7 @@ __device__ __forceinline__ void u4x8_to_bf16x2(unsigned w, unsigned* r) {
 // gemv_packed's int4 loop, for the scale index k / group of each K tile (nvdisasm; benchmarks/sass_loops.py).
 // Round-up multiplier (Granlund & Montgomery): s = ceil(log2 d), m = floor(2^32 (2^s - d) / d) + 1, and
 // n / d = (mulhi(n, m) + n) >> s, whose sum stays below 2^32 for n < 2^31 (checked on the host over every
-// d < 5000, powers of two and random d, with n at and around each multiple: tests/test_kernel_sources.py).
+// d < 5000, powers of two and random d, with n at and around each multiple: tests/test_kernels_host.py).
 struct FastDiv {
   unsigned m, s;
 };

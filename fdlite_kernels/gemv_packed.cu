@@ -10,12 +10,13 @@
 // mma, against ~40 for the CUDA-core dot products this replaced (instruction-bound at ~1.5 TB/s on gate_up).
 // Block: R row pairs (16 R rows) x W warps that split the K tiles (interleaved) and meet in shared memory;
 // MINB: resident blocks per SM asked of the register allocator (occupancy hides the DRAM latency).
-// Each lane keeps two K tiles of weights (and their scales) in flight in registers while it computes a third.
+// Each lane keeps RB - 1 K tiles of weights (and their scales) in flight in registers while it computes one (D <= 0).
 // GS: k16 steps per scale group inside a tile (int4: 8 = one scale per tile when group % 128 == 0; 4, 2, 1
 // for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
 #include "common.cuh"
 
-// D = 0: each lane keeps its next two K tiles of weights (and scales) in registers. D >= 2: a ring of D tiles per
+// D <= 0: each lane keeps its next RB - 1 K tiles of weights (and scales) in registers (RB = 3 for D = 0, else -D).
+// D >= 2: a ring of D tiles per
 // warp in shared memory, filled by cp.async D - 1 tiles ahead (copies hold no registers while in flight, so the
 // depth costs no occupancy); each lane copies and later reads only its own 16-byte words, so a per-thread
 // cp.async.wait_group is the only synchronisation.
@@ -148,20 +149,21 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
     cp_async_commit();
   };
 
-  // Tile i of this warp (kt = warp + i W) lives in registers wb[i % 3] (weights, scales) and xb[i % 3] (x): the
-  // loop is unrolled by three so every index is a constant, and the pipeline rotates by renaming, not by copying
-  // (the copies were ~50 of the loop's ~300 instructions). x runs one tile ahead, so only two of its three arrays
-  // are ever live; the weights run two tiles ahead.
-  uint4 wb[3][R][2];
-  float sb[3][R][2][NS];
-  unsigned xb[3][NB][STEPS][2];
+  // D <= 0: tile i of this warp (kt = warp + i W) lives in registers wb[i % RB] (weights, scales) and xb[i % RB]
+  // (x), RB = 3 for D = 0, else -D. The loop is unrolled by RB so every index is a constant and the pipeline
+  // rotates by renaming, not by copying (the copies were ~50 of the loop's ~300 instructions). The weights run
+  // RB - 1 tiles ahead; x one tile ahead, so only two of its RB arrays are ever live.
+  constexpr int RB = D < 0 ? -D : 3;
+  uint4 wb[RB][R][2];
+  float sb[RB][R][2][NS];
+  unsigned xb[RB][NB][STEPS][2];
   if (D > 0) {
 #pragma unroll
     for (int d = 0; d < D - 1; ++d) issue(warp + d * W, d);
   } else {
-    if (warp < ktiles) load_w(warp, wb[0], sb[0]);
-    if (warp + W < ktiles) load_w(warp + W, wb[1], sb[1]);
-    if (warp + 2 * W < ktiles) load_w(warp + 2 * W, wb[2], sb[2]);
+#pragma unroll
+    for (int u = 0; u < RB - 1; ++u)
+      if (warp + u * W < ktiles) load_w(warp + u * W, wb[u], sb[u]);
   }
   // Launched with PDL: the weights above depend on no kernel, so their loads are in flight while the kernel
   // that writes x finishes; x (and y, written at the end) only after it has.
@@ -198,22 +200,21 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
       }
     }
   } else {
-    // one tile: its x's successor is loaded before its mma, and its weights' third successor into its own registers
-    // after it (tile i + 3 reuses wb[i % 3])
-    auto tile = [&](int kt, uint4 (&w)[R][2], float (&sc)[R][2][NS], unsigned (&xc)[NB][STEPS][2],
-                    unsigned (&xnext)[NB][STEPS][2]) {
-      if (kt + W < ktiles) load_x(kt + W, xnext);
-      compute(w, sc, xc);
-      if (kt + 3 * W < ktiles) load_w(kt + 3 * W, w, sc);
+    // one tile (slot u = i % RB): first the loads of x one tile on and of the weights RB - 1 tiles on (into the slot
+    // of tile i - 1, consumed), then its mma; RB - 1 tiles of weights are in flight while it computes
+    auto tile = [&](int kt, int u) {
+      if (kt + W < ktiles) load_x(kt + W, xb[(u + 1) % RB]);
+      if (kt + (RB - 1) * W < ktiles) load_w(kt + (RB - 1) * W, wb[(u + RB - 1) % RB], sb[(u + RB - 1) % RB]);
+      compute(wb[u], sb[u], xb[u]);
     };
     int kt = warp;
-    for (; kt + 2 * W < ktiles; kt += 3 * W) {
-      tile(kt, wb[0], sb[0], xb[0], xb[1]);
-      tile(kt + W, wb[1], sb[1], xb[1], xb[2]);
-      tile(kt + 2 * W, wb[2], sb[2], xb[2], xb[0]);
+    for (; kt + (RB - 1) * W < ktiles; kt += RB * W) {
+#pragma unroll
+      for (int u = 0; u < RB; ++u) tile(kt + u * W, u);
     }
-    if (kt < ktiles) tile(kt, wb[0], sb[0], xb[0], xb[1]);
-    if (kt + W < ktiles) tile(kt + W, wb[1], sb[1], xb[1], xb[2]);
+#pragma unroll
+    for (int u = 0; u < RB - 1; ++u)
+      if (kt + u * W < ktiles) tile(kt + u * W, u);
   }
 
   if (D > 0) cp_async_wait<0>();                       // the empty groups past K; nothing may be in flight at exit
@@ -260,4 +261,6 @@ GEMV_PACKED_D(4, 1, 4, 1, 8, 1)     // groups of 64, 32, any other multiple of 1
 GEMV_PACKED_D(4, 1, 2, 1, 8, 1)
 GEMV_PACKED_D(4, 1, 1, 1, 8, 1)
 GEMV_PACKED_D(4, 2, 1, 2, 8, 3)
+GEMV_PACKED(4, 1, 8, 1, 4, 1, -4)   // four tiles in registers (the sweeps of gpu_gemv.py)
+GEMV_PACKED(8, 1, 1, 1, 8, 1, -4)
 #endif

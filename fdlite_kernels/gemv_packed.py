@@ -5,8 +5,8 @@ gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None, minb=
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles);
     minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers); depth: 0 keeps
-    each lane's next two K tiles in registers, 2..8 streams them through a per-warp shared-memory ring of that
-    many tiles (cp.async). Defaults: ``plan``.
+    each lane's next two K tiles in registers, -n its next n - 1 (n = 2..6), 2..8 streams them through a per-warp
+    shared-memory ring of that many tiles (cp.async). Defaults: ``plan``.
 The NumPy twins are fdlite.quant's wint8 / wint4 reference matmuls (the same as mma_wq's).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .mma_wq import KT, _validate
 MAX_M = 16                     # two B fragments of 8 tokens
 ROWS = (1, 2)
 WARPS = (4, 8, 16)
+REG_DEPTHS = (0, -2, -3, -4, -5, -6)   # tiles of weights in registers: 0 -> 3 (two in flight), -n -> n
 MINB = (1, 2, 3, 4, 6, 8)
 
 
@@ -37,17 +38,12 @@ def steps_per_scale(bits: int, group: int) -> int:
 
 def plan(Np: int, K: int, bits: int, M: int = 1) -> tuple[int, int, int, int]:
     """-> (rows, warps, minb, depth), from the H100 sweeps of block shapes on the Llama-3-8B projections
-    (BENCHMARKS.md; results_gemv_tc2_h100_2026-11-24.jsonl, results_gemv_ring_h100_2026-11-25.jsonl). One row pair
-    per block everywhere (two halve the blocks and lose on every shape but o_proj). Many row pairs over a short K
-    (qkv, gate_up) favour 4 warps: gate_up int4 32.3 vs 35.0 us with 8. A long K (down_proj) wants 8 warps for int4
-    (17.6 vs 19.5 with 16) and 16 for int8, whose 16-byte loads cover only 64 columns. int8 streams through a ring
-    of 3 tiles per warp on down_proj (22.5 vs 23.9 us at one row, 24.5 vs 26.2 at eight) and, at one row, on the
-    short qkv and o (11.1 vs 11.7, 8.3 vs 9.6); int4, bound by its dequantization instructions, lost with the ring
-    everywhere (gate_up 38.8 vs 31.9)."""
-    if bits == 8:
-        if K >= 8192:
-            return 1, 16, 1, 3
-        return (1, 4, 1, 0) if Np >= 16384 else (1, 8, 1, 3 if M == 1 else 0)
+    (BENCHMARKS.md; results_gemv_loop_h100_2026-11-25.jsonl, after the K loop lost its division and register
+    copies). One row pair per block and three tiles of weights in registers, for int8 and int4 alike. Many row pairs
+    over a short K (qkv, gate_up) favour 4 warps (int4 gate_up 28.0 vs 30.1 us with 8, int8 qkv 10.9 vs 12.1); a long
+    K (down_proj) and the small o_proj want 8 (int4 down 13.9 vs 18.1 with 4). The shared-memory ring (depth >= 2),
+    which won for int8 before, ties or loses now (int8 o_proj 8.4 vs 7.8 us); four tiles in registers and one- or
+    two-warp blocks lose everywhere (int4 sum at one row 62.6 / 111.9 / 74.7 vs 54.0 us)."""
     if K >= 8192:
         return 1, 8, 1, 0
     return (1, 4, 1, 0) if Np >= 6144 else (1, 8, 1, 0)
@@ -61,7 +57,7 @@ def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, depth:
 def smem_bytes(bits: int, group: int, rows: int, warps: int, depth: int) -> int:
     """The ring's dynamic shared memory: per warp and slot, 16 bytes per lane of each of the 2 rows' n8 tiles, and
     (int4) one f32 scale per lane, tile half and scale group inside the tile."""
-    if depth == 0:
+    if depth <= 0:
         return 0
     ns = KT[4] // 16 // steps_per_scale(bits, group) if bits == 4 else 0
     return warps * depth * rows * 2 * 32 * (16 + 4 * ns)
@@ -91,7 +87,8 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     check(minb in MINB and minb * warps <= 64, f"minb = {minb} with {warps} warps: expected one of {MINB}, "
           f"at most 64 warps per SM")
     depth = pd if depth is None else depth
-    check(depth == 0 or 2 <= depth <= 8, f"depth = {depth}, expected 0 (registers) or 2..8 (ring slots)")
+    check(depth in REG_DEPTHS or 2 <= depth <= 8,
+          f"depth = {depth}, expected 0 or -2..-6 (tiles in registers) or 2..8 (ring slots)")
     smem = smem_bytes(bits, group, rows, warps, depth)
     check(smem <= 227 * 1024, f"depth = {depth} with {warps} warps x {rows} row pairs needs {smem} bytes of shared "
           "memory, over the 227 KiB a block may have")

@@ -219,6 +219,26 @@ def test_gemv_packed_block_shapes(cp, N, K, M, bits, group, rows, warps, minb, d
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
 
+@pytest.mark.parametrize("N,K", [(4096, 14336), (96, 160), (40, 256), (6144, 4096)])
+@pytest.mark.parametrize("M", [1, 5, 9])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 32)])
+@pytest.mark.parametrize("rows,warps,depth", [(1, 4, -2), (1, 4, -4), (1, 8, -5), (2, 8, -3), (1, 16, -6), (1, 16, 0)])
+def test_gemv_packed_register_depths(cp, N, K, M, bits, group, rows, warps, depth):
+    """Weights n tiles deep in registers (the unrolled loop of each depth, its tails of 0..n - 2 tiles per warp): the
+    same answer."""
+    from fdlite_kernels.gemv_packed import gemv_packed
+
+    case = _packed_case(N, K, M, bits, group, N + K + M + bits + rows + warps - depth)
+    if case is None:
+        pytest.skip("group does not divide the padded K")
+    x, qp, s, g, ref = case
+    y = cp.full((M, N), np.nan, dtype=BF16)
+    gemv_packed(cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g, out=y, rows=rows, warps=warps, minb=1,
+                depth=depth)
+    got = cp.asnumpy(y).astype(np.float32)
+    assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
+
+
 @pytest.mark.parametrize("N,K", _GEMV_SHAPES + [(28672, 4096)])
 @pytest.mark.parametrize("M", [1, 9, 16, 17, 32])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, 32), (4, 16), (4, -1)])

@@ -179,8 +179,28 @@ def test_gemv_packed_plan_is_a_compilable_block_shape():
                 rows, warps, minb, depth = plan(Np, K, bits, M)
                 assert rows in ROWS and warps in WARPS and minb in MINB and warps * minb <= 64
                 assert depth == 0 or smem_bytes(bits, 128, rows, warps, depth) <= 227 * 1024
-    assert plan(28672, 4096, 4) == (1, 4, 1, 0) and plan(4096, 14336, 8) == (1, 16, 1, 3)
-    assert plan(4096, 4096, 8, 1)[3] == 3 and plan(4096, 4096, 8, 8)[3] == 0
+    assert plan(28672, 4096, 4) == (1, 4, 1, 0) and plan(4096, 14336, 8) == (1, 8, 1, 0)
+    assert plan(6144, 4096, 8, 1) == (1, 4, 1, 0) and plan(4096, 4096, 8, 8) == (1, 8, 1, 0)
+
+
+def test_fastdiv_multiplier_is_exact():
+    """common.cuh's FastDiv (n / d as (mulhi(n, m) + n) >> s, m = floor(2^32 (2^s - d) / d) + 1, s = ceil(log2 d)),
+    computed here with the kernels' 32-bit arithmetic, equals n // d for every d < 5000, the powers of two and random
+    d, at n = 0, around every sampled multiple of d and up to 2^31 - 1; the kernels use it for k // group."""
+    rng = np.random.default_rng(7)
+    ds = list(range(1, 5000)) + [1 << k for k in range(31)] + [int(v) for v in rng.integers(1, 2**31 - 1, 300)]
+    for d in ds:
+        s = (d - 1).bit_length()                                       # 32 - __clz(d - 1)
+        m = ((((1 << s) - d) << 32) // d + 1)
+        assert m < 1 << 32
+        step = max(1, ((2**31 - 1) // d) // 300)
+        q = np.arange(0, (2**31 - 1) // d + 1, step, dtype=np.uint64) * np.uint64(d)
+        n = np.concatenate([q, q[1:] - np.uint64(1), q + np.uint64(1), np.arange(0, 4096, dtype=np.uint64),
+                            np.array([2**31 - 1], np.uint64)])
+        n = n[n < 2**31]
+        t = (n * np.uint64(m)) >> np.uint64(32)                       # __umulhi
+        assert ((t + n) < 2**32).all()
+        assert ((t + n) >> np.uint64(s) == n // np.uint64(d)).all(), d
 
 
 def test_pdl_launch_structs_match_cuda_h():

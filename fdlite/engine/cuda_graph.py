@@ -8,7 +8,8 @@ instead of ~10 CuPy launches per layer.
 
 What a captured step needs, and how it gets it:
 - fixed input addresses: ids, positions, slots, sequence rows and block tables live in one static int32 buffer
-  per bucket (``StepMeta.device`` points into it), refilled by one host-to-device copy before each launch;
+  per bucket (``StepMeta.device`` points into it), refilled by one host-to-device copy before each launch from
+  a pinned host buffer (a true async copy) whose padding rows are rewritten only after a larger batch;
 - no host work inside the forward: RoPE reads the device table by position (``Rope.step``), attention sizes
   its split grid for max_model_len, logits of every row are kept (decode wants them all);
 - memory that outlives the capture: every allocation made while warming up or capturing comes from a memory
@@ -36,7 +37,21 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class _Graph:
-    __slots__ = ("bucket", "graph", "host", "static", "views", "meta", "logits")
+    # host: the static inputs on the host, inputs: its views by name, real: rows [0, real) of host hold the last
+    # step's inputs (the rest is padding), copied: recorded after the last copy from host, outs: logits[:B] by B
+    __slots__ = ("bucket", "graph", "host", "inputs", "real", "copied", "static", "views", "meta", "logits",
+                 "outs")
+
+
+def _host_buffer(xp, n: int) -> np.ndarray:
+    """n zeroed int32, page-locked where CUDA is: a copy from pageable memory is staged by the driver through
+    its own pinned buffer, on the host's time, before the call returns. NumPy memory without CUDA."""
+    alloc = getattr(getattr(xp, "cuda", None), "alloc_pinned_memory", None)
+    if alloc is None:
+        return np.zeros(n, np.int32)
+    a = np.frombuffer(alloc(n * 4), np.int32, n)        # the array keeps the pinned allocation alive
+    a[:] = 0
+    return a
 
 
 class GraphRunner:
@@ -58,6 +73,8 @@ class GraphRunner:
         if cfg.rope.type == "dynamic":
             self.reason = "dynamic RoPE scaling depends on each step's sequence lengths"
         self.stream = xp.cuda.Stream(non_blocking=True)
+        # reused for every step's two stream handoffs: Stream.record() would create (and free) a timing event
+        self._entered, self._left = xp.cuda.Event(disable_timing=True), xp.cuda.Event(disable_timing=True)
         self.pool = xp.cuda.MemoryPool()
         self.num_replays = self.num_eager = 0
 
@@ -68,7 +85,8 @@ class GraphRunner:
     # --- the runner ----------------------------------------------------------------------------------
     def __call__(self, ids: np.ndarray, meta: StepMeta):
         xp = self.xp
-        self.stream.wait_event(xp.cuda.get_current_stream().record())   # after whatever the caller queued
+        self._entered.record(xp.cuda.get_current_stream())
+        self.stream.wait_event(self._entered)                           # after whatever the caller queued
         B = meta.batch
         decode = len(ids) == B
         self._bind()
@@ -89,13 +107,15 @@ class GraphRunner:
         them. Padding rows need the scratch block past the block manager's range."""
         m = self.model
         if m.cache is not self._cache:
+            self.stream.synchronize()       # no copy may still read the pinned host buffers dropped here
             self.graphs.clear()
             self._cache = m.cache
             spare = m.cache.num_blocks > m.engine.blocks.num_blocks
             self.scratch = m.cache.num_blocks - 1 if spare else None
 
     def _handoff(self, out):
-        self.xp.cuda.get_current_stream().wait_event(self.stream.record())
+        self._left.record(self.stream)
+        self.xp.cuda.get_current_stream().wait_event(self._left)
         return out.get() if self.host_logits else out
 
     def _forward(self, ids_dev, meta):
@@ -109,28 +129,42 @@ class GraphRunner:
         names = ("ids", "positions", "slots", "rows", "block_tables")
         return {n: slice(int(e - w), int(e)) for n, e, w in zip(names, ends, (b, b, b, b, b * mb))}
 
+    def _init_host(self, g: _Graph) -> None:
+        """g.host (every row padding) and its views g.inputs; fed to the device by _fill and one copy a step."""
+        lay = self._layout(g.bucket)
+        g.host = _host_buffer(self.xp, lay["block_tables"].stop)
+        g.inputs = {n: g.host[s] for n, s in lay.items()}
+        g.inputs["block_tables"] = g.inputs["block_tables"].reshape(g.bucket, self.max_blocks)
+        g.real = g.bucket
+        self._fill(g, None, None)
+
     def _fill(self, g: _Graph, ids, meta: StepMeta | None) -> None:
-        """Host side of the static inputs: real rows first, padding rows on the scratch block."""
-        lay, h, B = self._layout(g.bucket), g.host, 0 if meta is None else meta.batch
-        tables = h[lay["block_tables"]].reshape(g.bucket, self.max_blocks)
-        h[lay["ids"]] = 0
-        h[lay["positions"]] = 0
-        h[lay["slots"]] = self.scratch * self.block_size
-        h[lay["rows"]] = np.arange(g.bucket)
-        tables[:] = self.scratch
+        """Host side of the static inputs: real rows first, padding rows on the scratch block. Only rows that held
+        the last step's inputs become padding again: a steady decode step writes just its own B rows."""
+        h, B = g.inputs, 0 if meta is None else meta.batch
+        if B < g.real:
+            pad = slice(B, g.real)
+            h["ids"][pad] = 0
+            h["positions"][pad] = 0
+            h["slots"][pad] = self.scratch * self.block_size
+            h["rows"][pad] = np.arange(B, g.real)
+            h["block_tables"][pad] = self.scratch
+        g.real = B
         if B:
-            h[lay["ids"]][:B] = ids
-            h[lay["positions"]][:B] = meta.positions
-            h[lay["slots"]][:B] = meta.slots
+            h["ids"][:B] = ids
+            h["positions"][:B] = meta.positions
+            h["slots"][:B] = meta.slots
             nb = meta.block_tables.shape[1]
-            tables[:B, :nb] = meta.block_tables
+            h["block_tables"][:B, :nb] = meta.block_tables
+            h["block_tables"][:B, nb:] = self.scratch
 
     def _capture(self, bucket: int) -> _Graph | None:
         xp = self.xp
         g = _Graph()
         g.bucket = bucket
         lay = self._layout(bucket)
-        g.host = np.zeros(lay["block_tables"].stop, np.int32)
+        self._init_host(g)
+        g.copied, g.outs = xp.cuda.Event(disable_timing=True), {}
         g.static = xp.zeros(g.host.size, np.int32)            # default pool: lives as long as the runner
         v = {n: g.static[s] for n, s in lay.items()}
         v["block_tables"] = v["block_tables"].reshape(bucket, self.max_blocks)
@@ -138,7 +172,6 @@ class GraphRunner:
         g.meta = StepMeta.build([(0, 1, [self.scratch])] * bucket, self.block_size)
         g.meta.device = {"positions": v["positions"], "slots": v["slots"], "rows": v["rows"],
                          "block_tables": v["block_tables"], "max_len": self.max_len}
-        self._fill(g, None, None)
         try:
             with xp.cuda.using_allocator(self.pool.malloc), self.stream:
                 g.static.set(g.host, stream=self.stream)
@@ -159,7 +192,12 @@ class GraphRunner:
         return g
 
     def _replay(self, g: _Graph, ids, meta: StepMeta):
+        g.copied.synchronize()          # the copy out of g.host is async: the last one must be done before a refill
         self._fill(g, ids, meta)
         g.static.set(g.host, stream=self.stream)
+        g.copied.record(self.stream)
         g.graph.launch(self.stream)
-        return g.logits[:meta.batch]
+        B = meta.batch
+        if B not in g.outs:             # the view is fixed (static logits): slice once per batch size
+            g.outs[B] = g.logits[:B]
+        return g.outs[B]

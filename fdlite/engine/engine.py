@@ -27,6 +27,10 @@ from .sampler import choose, logprob_entry, process_logits
 from .sequence import FINISHED, RUNNING, WAITING, Sequence
 
 
+_NO_IDS = np.zeros(0, np.int64)
+_NO_IDS.flags.writeable = False                              # shared by every step that bans nothing
+
+
 class Engine:
     """runner(ids (N,), meta) -> logits (S, V) float32 for meta.logit_rows: a NumPy array (sampled row by row
     on the host) or a CuPy array (sampled on the GPU by gpu_sampler; only the chosen ids come back)."""
@@ -133,19 +137,17 @@ class Engine:
                 raise RuntimeError(f"scheduler stalled: {len(self.waiting)} waiting, {len(self.running)} running, "
                                    f"{self.blocks.num_free} free blocks")
             return []
-        ids = np.concatenate([seq.all_ids[seq.num_computed:seq.num_computed + n] for seq, n in batch])
-        meta = StepMeta.build([(seq.num_computed, n, seq.block_table) for seq, n in batch], self.blocks.block_size)
-        logits = self.runner(ids.astype(np.int64), meta)                          # (B, V)
+        ids, meta = self._step_inputs(batch)
+        logits = self.runner(ids, meta)                                           # (B, V)
         self.num_steps += 1
         self.peak_batch = max(self.peak_batch, len(batch))
         on_host = isinstance(logits, np.ndarray)           # else a cupy array: sample every row at once there
         picked = {} if on_host else self._choose_on_device(
             logits, [(row, seq) for row, (seq, n) in enumerate(batch) if seq.pending == n])
-        touched = []
+        touched, prefix, bs = [], self.blocks.enable_prefix_caching, self.blocks.block_size
         for row, (seq, n) in enumerate(batch):
             seq.num_computed += n
-            if self.blocks.enable_prefix_caching and seq.num_computed // self.blocks.block_size > \
-                    len(seq.block_hashes):
+            if prefix and seq.num_computed // bs > len(seq.block_hashes):
                 self.blocks.commit(seq.block_table, seq.block_hashes, seq.all_ids, seq.num_computed)
             if seq.pending:                                   # mid-prompt chunk: nothing to sample yet
                 continue
@@ -154,9 +156,20 @@ class Engine:
             touched.append(seq)
         return touched
 
+    def _step_inputs(self, batch: list[tuple[Sequence, int]]) -> tuple[np.ndarray, StepMeta]:
+        """The step's new token ids (N,) int64 and its StepMeta. Each sequence's tokens are sliced without
+        all_ids (a copy of its whole context, per sequence per step) and go into one flat list: one array."""
+        ids: list[int] = []
+        for seq, n in batch:
+            ids += seq.ids(seq.num_computed, seq.num_computed + n)
+        meta = StepMeta.build([(seq.num_computed, n, seq.block_table) for seq, n in batch], self.blocks.block_size)
+        return np.array(ids, np.int64), meta
+
     @staticmethod
     def _banned(seq: Sequence) -> np.ndarray:
         p = seq.params
+        if not p.bad_words_token_ids and len(seq.output_ids) >= p.min_tokens:
+            return _NO_IDS                                  # the usual case: no per-step array to build
         banned = list(p.bad_words_token_ids or ())
         if len(seq.output_ids) < p.min_tokens:
             banned += list(seq.stop_ids) + list(p.stop_token_ids or ())
@@ -178,9 +191,8 @@ class Engine:
         """Append the chosen token: logprobs from raw, stop ids and strings, length limits."""
         p = seq.params
         self.num_generated += 1
-        now = time.time()
         if seq.metrics.first_token_time is None:
-            seq.metrics.first_token_time = now
+            seq.metrics.first_token_time = time.time()
         if seq.logprobs is not None:
             entry, lp = logprob_entry(raw, tok, p.logprobs, self.tokenizer.id_to_piece if self.tokenizer else str)
             seq.logprobs.append(entry)

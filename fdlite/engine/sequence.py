@@ -36,6 +36,16 @@ class Sequence:
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def ids(self, start: int, stop: int) -> list[int]:
+        """all_ids[start:stop] (0 <= start <= stop) without building all_ids, a copy of the whole context: the
+        engine takes each step's new tokens here, one per sequence in decode."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p:stop - p]
+        if stop <= p:
+            return self.prompt_ids[start:stop]
+        return self.prompt_ids[start:] + self.output_ids[:stop - p]
+
     @property
     def pending(self) -> int:
         """Tokens to feed before the next sample (prompt chunk, recompute after preemption, or 1 in decode)."""

@@ -67,6 +67,8 @@ class StepMeta:
     def build(seqs: list[tuple[int, int, list[int]]], block_size: int, logits: str = "last") -> "StepMeta":
         """seqs: per sequence (start position, number of new tokens, block table).
         logits: "last" (one row per sequence) or "all"."""
+        if seqs and all(n == 1 for _, n, _ in seqs):
+            return StepMeta._build_decode(seqs, block_size)
         # vectorized over the sequences: at batch 32 the per-sequence loop it replaces was ~0.5 ms of host time
         # per decode step on the H100 machine (benchmarks/step_profile.py), about 6% of the step
         B = len(seqs)
@@ -77,10 +79,8 @@ class StepMeta:
         if short.size:
             b = int(short[0])
             raise ValueError(f"sequence {b}: {lens[b]} blocks of {block_size} cannot hold {starts[b] + ns[b]} tokens")
-        max_q, max_blocks = int(ns.max()), int(lens.max())
-        tables = np.zeros((B, max_blocks), np.int32)
-        for b, (_, _, table) in enumerate(seqs):
-            tables[b, :len(table)] = table
+        max_q = int(ns.max())
+        tables = _padded_tables([t for _, _, t in seqs], int(lens.max()))
         offs = np.cumsum(ns) - ns                                                   # (B,) first token of each
         rows = np.repeat(np.arange(B), ns)                                          # (N,)
         cols = np.arange(int(ns.sum())) - offs[rows]                                # (N,)
@@ -90,6 +90,29 @@ class StepMeta:
         kv_lens = starts + ns
         logit_rows = np.arange(len(rows)) if logits == "all" else offs + ns - 1
         return StepMeta(positions, slots, kv_lens[rows], rows, cols, q_pos, tables, kv_lens, logit_rows)
+
+    @staticmethod
+    def _build_decode(seqs: list[tuple[int, int, list[int]]], block_size: int) -> "StepMeta":
+        """build() when every sequence brings one token (a decode step: "last" and "all" are the same rows).
+        Plain Python over the sequences, then one array per field: the general path's ~20 NumPy calls cost
+        ~20 us per step at batch 1, host time that adds to every GPU decode step."""
+        bs, B = block_size, len(seqs)
+        for b, (pos, _, table) in enumerate(seqs):
+            if len(table) * bs < pos + 1:
+                raise ValueError(f"sequence {b}: {len(table)} blocks of {bs} cannot hold {pos + 1} tokens")
+        positions = np.array([pos for pos, _, _ in seqs], np.int64)                 # (B,)
+        slots = np.array([int(table[pos // bs]) * bs + pos % bs for pos, _, table in seqs], np.int64)
+        tables = _padded_tables([t for _, _, t in seqs], max(len(t) for _, _, t in seqs))
+        kv_lens = positions + 1
+        return StepMeta(positions, slots, kv_lens.copy(), np.arange(B), np.zeros(B, np.int64),
+                        positions.reshape(B, 1).copy(), tables, kv_lens, np.arange(B))
+
+
+def _padded_tables(tables: list[list[int]], max_blocks: int) -> np.ndarray:
+    """(B, max_blocks) int32, each table left-aligned and zero-padded: one array from padded lists (rows of a
+    step mostly have equal lengths) instead of one NumPy assignment per row."""
+    return np.array([t if len(t) == max_blocks else list(t) + [0] * (max_blocks - len(t)) for t in tables],
+                    np.int32).reshape(len(tables), max_blocks)
 
 
 class KVFormat:
