@@ -212,6 +212,16 @@ for stage in "$@"; do
       T 260 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=1,4 WINT2=0 GEMV_TC_SHAPES="1.4.1;1.8.1;1.2.1;1.1.1;1.16.1" \
         GEMV_TC_DEPTHS=0,-4 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A80 "sum over" $OUT/gemv.log ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2)" ;;
+    loop3)          # gemv_xs / mma_sk / moe without integer divisions, gemv_xs's register ring and 32-bit ldmatrix
+                    # addresses: every touched kernel against its twin, then the routed sums at 1 / 16 / 32 rows
+      T 300 $PT tests/test_gpu_kernels.py -k "(test_gemv_xs and not 8--1-1-) or (mma_sk and not fp8 and (4096-4096 or 96-160)) or ((gemm_packed-4- or gemm_packed-8-) and (96-160 or 576-576 or 4096-4096)) or (test_gemv_packed[None and (96-160 or 4096-14336))" \
+        > $OUT/loop3.log 2>&1; grep -E "^FAILED" $OUT/loop3.log | head; tail -1 $OUT/loop3.log
+      T 100 $PT tests/test_moe_gpu_path.py 2>&1 | grep -E "^FAILED|passed|failed" | head -5
+      T 120 env PACKED_ONLY=1 GEMV_MS=1,16,32 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A30 "sum over" $OUT/gemv.log ;;
+    e2e3)           # the 8B end to end at batch 1 / 16 / 32 and ERNIE at batch 32 with this round's kernels
+      T 260 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|"
+      T 150 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 1,32 --gen 64 2>&1 | grep "^|" ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3)" ;;
   esac
 done

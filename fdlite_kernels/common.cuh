@@ -135,12 +135,15 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// four 8x8 b16 matrices from shared memory, lanes 8i..8i+7 giving matrix i's row addresses
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+// four 8x8 b16 matrices from shared memory, lanes 8i..8i+7 giving matrix i's row addresses (a 32-bit shared-window
+// address: computed in 32 bits from smem_addr of the buffer, the 64-bit generic pointer arithmetic and its
+// conversion cost gemv_xs ~5 instructions per ldmatrix)
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned saddr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(saddr));
 }
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) { ldmatrix_x4(r, smem_addr(p)); }
 
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 

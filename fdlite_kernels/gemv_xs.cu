@@ -33,15 +33,23 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   const int nchunks = (ktiles + CT - 1) / CT;
   const int pairs = (N + 15) / 16;
   const int pair = blockIdx.x * P + pl;
-  const bool live = pair < pairs;
 
-  auto load_w = [&](int kt, int h) -> uint4 {
-    return (live && kt < ktiles) ? __ldg(qp + ((size_t)(2 * pair + h) * ktiles + kt) * 32 + lane)
-                                 : make_uint4(0, 0, 0, 0);
-  };
-  auto load_s = [&](int kt, int h, int s) -> float {
-    if (!SCALED || !live || kt >= ktiles) return 0.f;
-    return __ldg(scale + (size_t)(16 * pair + 8 * h + g) * G + (kt * KT + 16 * GS * s) / group);
+  // Loop-invariant address parts, once: a block's warps past the last row pair read the last pair (their sums
+  // are never stored), so the loads need no predicate and no zeros; tiles past K are never loaded.
+  const FastDiv gdiv = fastdiv_of(group);
+  const int pr = min(pair, pairs - 1);
+  const uint4* wrow[2] = {qp + (size_t)(2 * pr) * ktiles * 32 + lane, qp + (size_t)(2 * pr + 1) * ktiles * 32 + lane};
+  const float* srow[2] = {scale + (size_t)(16 * pr + g) * G, scale + (size_t)(16 * pr + 8 + g) * G};
+  auto load_w = [&](int kt, uint4 (&w)[2], float (&sc)[2][NS]) {
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      const unsigned gi = SCALED ? fastdiv(kt * KT + 16 * GS * s, gdiv) : 0;
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        if (SCALED) sc[h][s] = __ldg(srow[h] + gi);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) w[h] = __ldg(wrow[h] + kt * 32);
   };
   auto stage = [&](int c) {                            // x columns [c C, c C + C) -> buffer c & 1
     uint4* buf = xs + (size_t)(c & 1) * ROWS * CV;
@@ -54,16 +62,14 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
     cp_async_commit();
   };
 
-  uint4 wn[2][2];
-  float sn[2][2][NS];
+  // Tile i of this warp (kt = slice + i S) lives in wb[i % 3] / sb[i % 3]; two tiles of weights are in flight while
+  // one is computed. The slot is a run-time counter (a warp's tiles per chunk vary), so each tile dispatches on it
+  // to one of three copies of the body, whose indices are constants: the pipeline rotates with no register copies.
+  uint4 wb[3][2];
+  float sb[3][2][NS];
 #pragma unroll
   for (int d = 0; d < 2; ++d)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      wn[d][h] = load_w(sl + d * S, h);
-#pragma unroll
-      for (int s = 0; s < NS; ++s) sn[d][h][s] = load_s(sl + d * S, h, s);
-    }
+    if (sl + d * S < ktiles) load_w(sl + d * S, wb[d], sb[d]);
   x += pdl_wait();                                     // weights above are constant; x is the last kernel's
   stage(0);
 
@@ -73,61 +79,66 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[b][c] = 0.f;
 
-  int kt = sl;
+  // This lane's ldmatrix row is token 16 b2 + lr, its 16-byte column in the tile's step j is (v0 + 2 j + lbit) ^ rr
+  // (the swizzle). v0 is a multiple of 8 and 2 j + lbit < 16, so that is v0 + ((2 j + lbit) ^ rr), and the column
+  // of step j + 4 lies 8 further: four per-lane byte offsets xq[j & 3] serve every step, in 32-bit shared addresses.
+  const int lr = 8 * (lane >> 4) + (lane & 7), lbit = (lane >> 3) & 1, rr = lane & 7;
+  const unsigned xs_lane = smem_addr(xs) + 16u * lr * CV;
+  unsigned xq[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) xq[j] = 16u * ((2 * j + lbit) ^ rr);
+  auto compute = [&](int kt, int c, const uint4 (&w)[2], const float (&sc)[2][NS]) {
+    const int v0 = (kt - c * CT) * (KT / 8);           // the tile's first uint4 column in the chunk
+    const unsigned tb = xs_lane + 16u * ((c & 1) * ROWS * CV + v0);
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      float part[NB][4];
+#pragma unroll
+      for (int b = 0; b < NB; ++b)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[b][e] = 0.f;
+#pragma unroll
+      for (int jj = 0; jj < STEPS / NS; ++jj) {
+        const int j = s * (STEPS / NS) + jj;
+        unsigned lo[2], hi[2];                         // rows g and g + 8 of the pair (common.cuh)
+        codes_of_step<BITS>(w[0], j, lo);
+        codes_of_step<BITS>(w[1], j, hi);
+        const unsigned a[4] = {lo[0], hi[0], lo[1], hi[1]};
+#pragma unroll
+        for (int b2 = 0; b2 < NB / 2; ++b2) {         // tokens 16 b2 ...: matrices (rows +0 / +8) x (k +0 / +8)
+          unsigned bf[4];
+          ldmatrix_x4(bf, tb + 256u * b2 * CV + xq[j & 3] + 128u * (j >> 2));
+          mma_16816(part[2 * b2], a, bf[0], bf[1]);
+          mma_16816(part[2 * b2 + 1], a, bf[2], bf[3]);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        const float s0 = SCALED ? sc[0][s] : 1.f, s1 = SCALED ? sc[1][s] : 1.f;
+        acc[b][0] = fmaf(part[b][0], s0, acc[b][0]);
+        acc[b][1] = fmaf(part[b][1], s0, acc[b][1]);
+        acc[b][2] = fmaf(part[b][2], s1, acc[b][2]);
+        acc[b][3] = fmaf(part[b][3], s1, acc[b][3]);
+      }
+    }
+  };
+  // slot u: load the weights two tiles on (into the slot of the tile before, consumed), then this tile's mma
+  auto tile = [&](int kt, int c, int u) {
+    if (kt + 2 * S < ktiles) load_w(kt + 2 * S, wb[(u + 2) % 3], sb[(u + 2) % 3]);
+    compute(kt, c, wb[u], sb[u]);
+  };
+
+  int kt = sl, u = 0;
   for (int c = 0; c < nchunks; ++c) {
     cp_async_wait<0>();                                // this thread's copies of chunk c have landed
     __syncthreads();                                   // everyone's have; everyone is done with chunk c - 1
     if (c + 1 < nchunks) stage(c + 1);                 // into chunk c - 1's buffer, behind this chunk's work
-    const uint4* buf = xs + (size_t)(c & 1) * ROWS * CV;
     const int kend = min(ktiles, (c + 1) * CT);
     for (; kt < kend; kt += S) {
-      uint4 w[2];
-      float sc[2][NS];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        w[h] = wn[0][h];
-        wn[0][h] = wn[1][h];
-        wn[1][h] = load_w(kt + 2 * S, h);
-#pragma unroll
-        for (int s = 0; s < NS; ++s) {
-          sc[h][s] = sn[0][h][s];
-          sn[0][h][s] = sn[1][h][s];
-          sn[1][h][s] = load_s(kt + 2 * S, h, s);
-        }
-      }
-      const int v0 = (kt - c * CT) * (KT / 8);         // the tile's first uint4 column in the chunk
-#pragma unroll
-      for (int s = 0; s < NS; ++s) {
-        float part[NB][4];
-#pragma unroll
-        for (int b = 0; b < NB; ++b)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) part[b][e] = 0.f;
-#pragma unroll
-        for (int jj = 0; jj < STEPS / NS; ++jj) {
-          const int j = s * (STEPS / NS) + jj;
-          unsigned lo[2], hi[2];                     // rows g and g + 8 of the pair (common.cuh)
-          codes_of_step<BITS>(w[0], j, lo);
-          codes_of_step<BITS>(w[1], j, hi);
-          const unsigned a[4] = {lo[0], hi[0], lo[1], hi[1]};
-#pragma unroll
-          for (int b2 = 0; b2 < NB / 2; ++b2) {       // tokens 16 b2 ...: matrices (rows +0 / +8) x (k +0 / +8)
-            const int r = 16 * b2 + 8 * (lane >> 4) + (lane & 7), v = v0 + 2 * j + ((lane >> 3) & 1);
-            unsigned bf[4];
-            ldmatrix_x4(bf, buf + r * CV + (v ^ (r & 7)));
-            mma_16816(part[2 * b2], a, bf[0], bf[1]);
-            mma_16816(part[2 * b2 + 1], a, bf[2], bf[3]);
-          }
-        }
-#pragma unroll
-        for (int b = 0; b < NB; ++b) {
-          const float s0 = SCALED ? sc[0][s] : 1.f, s1 = SCALED ? sc[1][s] : 1.f;
-          acc[b][0] = fmaf(part[b][0], s0, acc[b][0]);
-          acc[b][1] = fmaf(part[b][1], s0, acc[b][1]);
-          acc[b][2] = fmaf(part[b][2], s1, acc[b][2]);
-          acc[b][3] = fmaf(part[b][3], s1, acc[b][3]);
-        }
-      }
+      if (u == 0) tile(kt, c, 0);
+      else if (u == 1) tile(kt, c, 1);
+      else tile(kt, c, 2);
+      u = u == 2 ? 0 : u + 1;
     }
   }
 

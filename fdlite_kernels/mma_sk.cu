@@ -81,6 +81,8 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
   const int k_begin = blockIdx.z * tiles_per_split;
   const int nk = min(ktiles, k_begin + tiles_per_split) - k_begin;
   const int SG = POST ? 1 : KT / group;             // int4 scales per row and stage (the launcher checks <= 8)
+  // k / group and i / SG without an integer division (int4 only: the others pass group = K and SG is unused)
+  const FastDiv gdiv = fastdiv_of(BITS == 4 ? group : 1), sgdiv = fastdiv_of(BITS == 4 && !POST ? SG : 1);
   __shared__ int xrow_s[BM], yrow_s[BM];            // x row and y row of each of the block's rows
   int rows;                                         // rows past it are zeroed once, never loaded
   if (GATHER) {
@@ -127,10 +129,11 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
     }
     if (BITS == 4) {                                // scale[row][kt KT / group + e], e < SG, of the 128 rows
       float* ss = reinterpret_cast<float*>(wsm + WV);
+      const unsigned g0 = fastdiv(kt * KT, gdiv);
       for (int i = threadIdx.x; i < SK_BN * SG; i += 32 * SK_WARPS) {
-        const int row = 8 * nt0 + i / SG;
+        const int q = POST ? i : (int)fastdiv(i, sgdiv), row = 8 * nt0 + q;
         const bool ok = row < Np;
-        cp_async4(ss + i, scale + (size_t)(ok ? row : 0) * G + kt * KT / group + i % SG, ok);
+        cp_async4(ss + i, scale + (size_t)(ok ? row : 0) * G + g0 + (i - q * SG), ok);
       }
     }
 #pragma unroll
@@ -206,7 +209,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
         } else {                                    // k 2t, 2t+1 and 2t+8, 2t+9 of step j (common.cuh)
           codes_of_step<BITS>(w[h], j, b[h]);
           if (BITS == 4 && !POST) {                // group scale folded into the bf16 weight
-            const float sc = ss[(8 * (warp * SK_NTW + h) + g) * SG + 16 * j / group];
+            const float sc = ss[(8 * (warp * SK_NTW + h) + g) * SG + fastdiv(16 * j, gdiv)];
             b[h][0] = sk_pack_bf16x2(__uint_as_float(b[h][0] << 16) * sc, __uint_as_float(b[h][0] & 0xffff0000u) * sc);
             b[h][1] = sk_pack_bf16x2(__uint_as_float(b[h][1] << 16) * sc, __uint_as_float(b[h][1] & 0xffff0000u) * sc);
           }

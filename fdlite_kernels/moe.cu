@@ -236,6 +236,7 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
   const int g = lane >> 2, t = lane & 3;
   const int nt0 = blockIdx.x * NT;
   const int Np = (N + 15) & ~15, ktiles = K / KT, G = K / group;
+  const FastDiv gdiv = fastdiv_of(BITS == 4 ? group : 1);   // k / group without an integer division
   const uint4* qe = qp + (size_t)e * (Np / 8) * ktiles * 32;        // 512-byte tiles, 32 lanes x 16 bytes
   const float* se = scale + (size_t)e * Np * G;
   const bool post = BITS == 4 && group % KT == 0;                  // int4 groups cover whole tiles: scale per tile
@@ -289,7 +290,7 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
             wf[h][1] = __uint_as_float(p0 & 0xffff0000u);
             wf[h][2] = __uint_as_float(p1 << 16);
             wf[h][3] = __uint_as_float(p1 & 0xffff0000u);
-            if (!post) sc[h] = __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + (kt * KT + 16 * j) / group);
+            if (!post) sc[h] = __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + fastdiv(kt * KT + 16 * j, gdiv));
           }
         }
 #pragma unroll
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(32 * WARPS) moe_gemm_packed(const bf16_t* __re
       if (BITS == 8 || post) {
 #pragma unroll
         for (int h = 0; h < NT; ++h) {
-          const float st = BITS == 8 ? 1.f : __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + kt * KT / group);
+          const float st = BITS == 8 ? 1.f : __ldg(se + (size_t)(8 * (nt0 + h) + g) * G + fastdiv(kt * KT, gdiv));
 #pragma unroll
           for (int m = 0; m < MMAX; ++m) acc[m][h] = fmaf(tacc[m][h], st, acc[m][h]);
         }
