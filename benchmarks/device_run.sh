@@ -222,6 +222,11 @@ for stage in "$@"; do
     e2e3)           # the 8B end to end at batch 1 / 16 / 32 and ERNIE at batch 32 with this round's kernels
       T 260 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|"
       T 150 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 1,32 --gen 64 2>&1 | grep "^|" ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3)" ;;
+    host1)          # the engine's cheaper host step (pinned inputs, fewer padding writes, decode StepMeta shortcut): the
+                    # GPU tests that run the graphs and the sampler, graphs on vs off, then host vs graph time per step
+      T 240 $PT tests/test_gpu_sampling.py tests/test_gpu_model.py tests/test_moe_gpu_path.py tests/test_parallel_runtime.py \
+        tests/test_quant_device_path.py > $OUT/host1.log 2>&1; grep -E "^FAILED" $OUT/host1.log | head; tail -1 $OUT/host1.log
+      for b in 1 32; do T 60 python3 benchmarks/step_profile.py --quant wint4 --layers 32 --batch $b --steps 48 2>&1 | tail -4; done ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1)" ;;
   esac
 done

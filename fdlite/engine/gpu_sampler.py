@@ -69,7 +69,8 @@ def pack(seqs, banned_per_row, rows, V: int) -> Packed:
         nr, nf, nb = rep.size, freq.size, ban.size
         bounds.append((n, n + nr, n + nr + nf, n + nr + nf + nb))
         n += nr + nf + nb
-        lists += [x for x in (rep, freq, ban) if x.size]
+        if nr + nf + nb:
+            lists += [x for x in (rep, freq, ban) if x.size]
     if n >= 2**31:
         raise ValueError(f"{n} penalty/ban ids in one step: more than int32 offsets address")
     a, b = S * NPRM * 8, S * NPRM * 8 + S * NMETA * 4
