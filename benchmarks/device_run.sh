@@ -227,6 +227,10 @@ for stage in "$@"; do
       T 240 $PT tests/test_gpu_sampling.py tests/test_gpu_model.py tests/test_moe_gpu_path.py tests/test_parallel_runtime.py \
         tests/test_quant_device_path.py > $OUT/host1.log 2>&1; grep -E "^FAILED" $OUT/host1.log | head; tail -1 $OUT/host1.log
       for b in 1 32; do T 60 python3 benchmarks/step_profile.py --quant wint4 --layers 32 --batch $b --steps 48 2>&1 | tail -4; done ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1)" ;;
+    minb1)          # gemv_packed's register caps after the loop rework (80 registers: int8 fits, int4 spills 200 bytes)
+      T 240 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=1,4 WINT2=0 GEMV_TC_SHAPES="1.4.1;1.4.6;1.8.1;1.8.3;1.4.3" \
+        python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A60 "sum over" $OUT/gemv.log ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1)" ;;
   esac
 done
