@@ -231,6 +231,8 @@ for stage in "$@"; do
       T 240 env PACKED_ONLY=1 GEMV_TC=1 GEMV_MS=1,4 WINT2=0 GEMV_TC_SHAPES="1.4.1;1.4.6;1.8.1;1.8.3;1.4.3" \
         python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A60 "sum over" $OUT/gemv.log ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1)" ;;
+    sampler1)       # the review's one-branch GPU sampler: its tests and the models that sample through it
+      T 200 $PT tests/test_gpu_sampling.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed" | head ;;
+    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
   esac
 done

@@ -69,8 +69,7 @@ def pack(seqs, banned_per_row, rows, V: int) -> Packed:
         nr, nf, nb = rep.size, freq.size, ban.size
         bounds.append((n, n + nr, n + nr + nf, n + nr + nf + nb))
         n += nr + nf + nb
-        if nr + nf + nb:
-            lists += [x for x in (rep, freq, ban) if x.size]
+        lists += [x for x in (rep, freq, ban) if x.size]
     if n >= 2**31:
         raise ValueError(f"{n} penalty/ban ids in one step: more than int32 offsets address")
     a, b = S * NPRM * 8, S * NPRM * 8 + S * NMETA * 4
@@ -107,14 +106,11 @@ def sample(logits_dev, seqs, banned_per_row, rows=None, raw_out: dict | None = N
             out[i] = choose(process_logits(raw, seqs[i], np.asarray(banned_per_row[i], np.int64)), seqs[i])
             if raw_out is not None:
                 raw_out[i] = raw
-    if dev and len(dev) == S:                                            # the usual case: every row here
+    if dev:
         logits = cp.ascontiguousarray(logits_dev, dtype=cp.float32)       # no copy when it already is
-        packed = pack(seqs, banned_per_row, rows, logits.shape[1])
-        out[:] = cp.asnumpy(sample_rows(logits, *packed.to_device(cp)))
-    elif dev:
-        logits = cp.ascontiguousarray(logits_dev, dtype=cp.float32)
-        packed = pack([seqs[i] for i in dev], [banned_per_row[i] for i in dev], rows[dev], logits.shape[1])
-        out[dev] = cp.asnumpy(sample_rows(logits, *packed.to_device(cp)))
+        if len(dev) < S:                                                  # else (the usual case) every row is here
+            seqs, banned_per_row, rows = [seqs[i] for i in dev], [banned_per_row[i] for i in dev], rows[dev]
+        out[dev] = cp.asnumpy(sample_rows(logits, *pack(seqs, banned_per_row, rows, logits.shape[1]).to_device(cp)))
     return out
 
 
