@@ -88,6 +88,12 @@ for stage in "$@"; do
         T 150 env FDLITE_PDL=$pdl python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,8 --gen 128 2>&1 \
           | grep "^|" | sed "s/^/PDL=$pdl /"
       done ;;
+    tcattn)         # paged_attn_tc against the twins (every paged test and launch plan), its timings, end to end
+      T 300 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | tail -4
+      T 90 python3 benchmarks/op_probe.py --only paged --attn tc,cuda,tc:k32,tc:w8 2>&1 | tee $OUT/op_b1.log | grep "^|"
+      T 90 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --attn tc,cuda,tc:k64,tc:k128 2>&1 \
+        | tee $OUT/op_b32.log | grep "^|"
+      T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16,int8 --batch 1,32 --gen 128 2>&1 | grep "^|" ;;
     attnprobe)      # why a short-context attention call costs what it does: Nsight Compute on one launch
       T 60 $PT tests/test_gpu_kernels.py -k "pdl" -x 2>&1 | grep -E "Error|assert|passed|failed" | head -20
       T 60 python3 benchmarks/op_probe.py --ctx 32,64,300 --max-len 32,64,512 2>&1 | grep "^| paged"

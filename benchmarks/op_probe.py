@@ -42,6 +42,10 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--ctx", default="64,300,1000,4000")
     ap.add_argument("--max-len", default="512,4096")
+    ap.add_argument("--attn", default="tc,cuda",
+                    help="attention plans, comma-separated: tc or cuda (paged_attn_tc / paged_attn), optionally "
+                         "with :w<warps> and :k<min_keys>, e.g. tc:w8:k32")
+    ap.add_argument("--only", default="", help="only ops whose name contains this")
     a = ap.parse_args()
     import cupy as cp
 
@@ -77,14 +81,23 @@ def main():
         ops[f"rope_kv_write ctx={ctx}"] = (lambda pos=pos, slots=slots: kv_cache.rope_kv_write(
             qkv, nh, nkv, D, cos_t, sin_t, pos, slots, cache))
         for ml in max_lens:
-            if ml >= ctx:
-                ops[f"paged_attention ctx={ctx} max_len={ml}"] = (lambda pos=pos, ml=ml: kv_cache.paged_attention(
-                    q, cache, tables, rows, pos, window=None, scale=D ** -0.5, max_len=ml))
+            if ml < ctx:
+                continue
+            for plan in a.attn.split(","):
+                kind, *opts = plan.split(":")
+                kw = {"tensor_cores": kind == "tc"}
+                for o in opts:
+                    kw["warps" if o[0] == "w" else "min_keys"] = int(o[1:])
+                ops[f"paged_attention[{plan}] ctx={ctx} max_len={ml}"] = (
+                    lambda pos=pos, ml=ml, kw=kw: kv_cache.paged_attention(
+                        q, cache, tables, rows, pos, window=None, scale=D ** -0.5, max_len=ml, **kw))
 
     results = []
     print(f"| op (batch {B}) | µs / call, plain | µs / call, PDL |")
     print("|---|---|---|")
     for name, fn in ops.items():
+        if a.only not in name:
+            continue
         t = {}
         for pdl in ("0", "1"):
             os.environ["FDLITE_PDL"] = pdl

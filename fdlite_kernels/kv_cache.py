@@ -87,11 +87,17 @@ def rope_kv_write(qkv, nh: int, nkv: int, D: int, cos_t, sin_t, rope_idx, slots,
     return q
 
 
+TC_HEAD_DIMS = (64, 128)                   # paged_attn_tc (tensor cores); other head dims take paged_attn
+
+
 def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: int | None, scale: float,
-                    max_len: int, out=None):
+                    max_len: int, out=None, tensor_cores: bool | None = None, warps: int | None = None,
+                    min_keys: int | None = None):
     """q: bf16 [N, nh, D]; block_tables: int32 [B, max_blocks]; row_seq, row_pos: int32 [N] (sequence row and
     position of each query). max_len bounds every row's visible keys (it sizes the split grid, so a captured
-    graph stays valid for any context up to it). Returns o: bf16 [N, nh, D]."""
+    graph stays valid for any context up to it). Returns o: bf16 [N, nh, D].
+    tensor_cores (default: head_dim in TC_HEAD_DIMS) picks paged_attn_tc over paged_attn; warps (4 or 8) and
+    min_keys (a power of two in CHUNKS: the fewest keys per split) override the launch plan, for benchmarks."""
     import cupy as cp  # noqa: PLC0415
 
     expect(q, "q", BF16, 3)
@@ -111,8 +117,15 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     chunk = split_chunk(visible)
     S = max(1, -(-visible // chunk))
     n_sm = sms(cp.cuda.Device().id)
-    warps = 8 if N * nkv <= 16 else 4             # a batch-1/2 decode: fatter CTAs, fewer splits (BENCHMARKS.md)
+    tc = D in TC_HEAD_DIMS if tensor_cores is None else bool(tensor_cores)
+    check(not tc or D in TC_HEAD_DIMS, f"head_dim = {D}: paged_attn_tc takes {TC_HEAD_DIMS}")
+    if warps is None:   # batch 1/2 (<= 16 (row, kv head) pairs): fatter CTAs, fewer splits (BENCHMARKS.md)
+        warps = 8 if N * nkv <= 16 and (not tc or 4 * 8 * gmax * D <= 48 * 1024) else 4
+    check(warps in (4, 8), f"warps = {warps}, expected 4 or 8")
     cmin = max(min_chunk(N, nkv, visible, n_sm), 64 if warps == 8 else 32)
+    if min_keys is not None:
+        check(min_keys in CHUNKS, f"min_keys = {min_keys}, expected one of {CHUNKS}")
+        cmin = min_keys
     o = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
     if not N:
         return o
@@ -122,7 +135,10 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     pm = cp.empty((N, nh, S), np.float32) if S > 1 else o
     pl = cp.empty((N, nh, S), np.float32) if S > 1 else o
     fmt = cache["fmt"]
-    name = f"paged_attn<{fmt}, {gmax}, {D}, {warps}>"
+    name = f"paged_attn{'_tc' if tc else ''}<{fmt}, {gmax}, {D}, {warps}>"
+    smem = 4 * warps * gmax * D if tc else 4 * g * D     # tc: each warp's output
+    check(smem <= 48 * 1024, f"paged_attn_tc with {warps} warps, {gmax} heads per kv head and head_dim {D} needs "
+          f"{smem} bytes of shared memory (> 49152): use warps=4")
     fn = load("paged_attention", name_expressions=(name,)).get_function(name)
     c, p = cache, ptr
     step = min(COUNTERS // nkv, 65535)             # rows per launch: a counter per (row, kv head); grid z <= 65535
@@ -133,5 +149,5 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
             p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
             np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq[r0:r1], row_pos[r0:r1],
             np.int32(window or 0), np.float32(scale), np.int32(cmin), np.int32(chunk), np.int32(S), po[r0:r1],
-            pm[r0:r1], pl[r0:r1], counters(), o[r0:r1]), shared_mem=4 * g * D, pdl=True)
+            pm[r0:r1], pl[r0:r1], counters(), o[r0:r1]), shared_mem=smem, pdl=True)
     return o

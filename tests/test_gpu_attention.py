@@ -239,3 +239,18 @@ def test_graph_decode_equals_eager(cp, monkeypatch, case, kv_cache, quant, n):
                 assert runner.enabled, runner.reason
                 assert runner.num_replays > 0
     assert outs[True] == outs[False]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("plan", [dict(tensor_cores=True, warps=8), dict(tensor_cores=True, min_keys=32),
+                                  dict(tensor_cores=True, min_keys=256), dict(tensor_cores=False)])
+@pytest.mark.parametrize("nh,nkv,D", [(32, 8, 128), (20, 4, 128), (16, 16, 64)])
+def test_paged_attention_launch_plans(cp, gpu, fmt, plan, nh, nkv, D, monkeypatch):
+    """Both kernels (paged_attn_tc, paged_attn) and the launch plans the benchmarks try (8 warps, 32-key and
+    256-key splits) against the twin: the plan changes the work split, never the result."""
+    import functools
+
+    from fdlite_kernels import kv_cache
+
+    monkeypatch.setattr(kv_cache, "paged_attention", functools.partial(kv_cache.paged_attention, **plan))
+    _check_paged(cp, gpu, fmt, nh, nkv, D, None, [0, 300, 683, 0, 64], [1, 1, 17, 40, 5], 160)
