@@ -94,6 +94,31 @@ for stage in "$@"; do
       T 90 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --attn tc,cuda,tc:k64,tc:k128 2>&1 \
         | tee $OUT/op_b32.log | grep "^|"
       T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16,int8 --batch 1,32 --gen 128 2>&1 | grep "^|" ;;
+    tcattn2)        # paged_attn_tc with the next group's loads in flight: twins, timings at batch 1 / 8 / 32, end to end
+      T 300 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | tail -4
+      T 60 python3 benchmarks/op_probe.py --only paged --attn tc,tc:w4 2>&1 | tee $OUT/op_b1.log | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 8 --ctx 200,1000 --attn tc,cuda,tc:w8 2>&1 \
+        | tee $OUT/op_b8.log | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --attn tc,tc:k128 2>&1 \
+        | tee $OUT/op_b32.log | grep "^|"
+      T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|" ;;
+    tcattn3)        # the split grid cut to what cmin allows: twins, timings, end to end
+      T 300 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | tail -4
+      T 60 python3 benchmarks/op_probe.py --only paged --ctx 64,200,1000 --max-len 264,4096 --attn tc 2>&1 \
+        | tee $OUT/op_b1.log | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --max-len 264,512,4096 --attn tc,tc:w8 \
+        2>&1 | tee $OUT/op_b32.log | grep "^|"
+      T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|" ;;
+    xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
+      for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
+        set -- $ms
+        T 90 ncu --launch-skip 2 --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+          --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section SchedulerStats \
+          --section LaunchStats python3 benchmarks/kernel_probe.py --kernel wint4 --M $1 --shape $2 \
+          > $OUT/ncu_xs_$1_$2.txt 2>&1
+        echo "-- M=$1 $2"; grep -E "gemv|mma_sk|Duration|Throughput|Pipe|Issue Slots|Issued Ipc|Warp Cycles|Stall|Achieved Occ|Registers|Shared Memory Configuration Size|Block Size|Grid Size|Bank|L1/TEX Hit|L2 Hit|Eligible|No Eligible|Active Warps" \
+          $OUT/ncu_xs_$1_$2.txt | grep -v "^    ---" | head -45
+      done ;;
     attnprobe)      # why a short-context attention call costs what it does: Nsight Compute on one launch
       T 60 $PT tests/test_gpu_kernels.py -k "pdl" -x 2>&1 | grep -E "Error|assert|passed|failed" | head -20
       T 60 python3 benchmarks/op_probe.py --ctx 32,64,300 --max-len 32,64,512 2>&1 | grep "^| paged"

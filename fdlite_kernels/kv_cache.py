@@ -126,6 +126,10 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     if min_keys is not None:
         check(min_keys in CHUNKS, f"min_keys = {min_keys}, expected one of {CHUNKS}")
         cmin = min_keys
+    # Every row's splits hold at least cmin keys (row_chunk), so no row uses more than ceil(visible / cmin) of them:
+    # where cmin is the larger, the grid stops there. Its other CTAs would only exit, and at batch 32 they were
+    # most of the grid (2304 CTAs for 512 busy ones, max_len 264).
+    S = min(S, -(-visible // cmin))
     o = out if out is not None else cp.empty((N, nh, D), dtype=BF16)
     if not N:
         return o
