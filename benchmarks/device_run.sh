@@ -109,6 +109,22 @@ for stage in "$@"; do
       T 60 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --max-len 264,512,4096 --attn tc,tc:w8 \
         2>&1 | tee $OUT/op_b32.log | grep "^|"
       T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 | grep "^|" ;;
+    xsk)            # gemv_xs with K split over blocks: its twins, then the split sweep at 16 and 32 rows
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_xs" 2>&1 | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head
+      T 300 env GEMV_XSK=1 GEMV_MS=16,32 PACKED_ONLY=1 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -E " xs|sk " $OUT/gemv.log | grep -v "wint8 sk\|sk w4" | head -150 ;;
+    xsk2)           # down_proj at 9-32 rows routed to gemv_xs with K split: twins, the model, end to end
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_xs or (mma_wq and 4096-14336) or (mma_sk and 4096-14336)" 2>&1 \
+        | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head
+      T 150 $PT tests/test_gpu_model.py tests/test_quant_device_path.py tests/test_moe_gpu_path.py 2>&1 | tail -2
+      T 240 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|" ;;
+    xsk3)           # the routed down_proj at 9-32 rows (gemv_xs, K split) against the twin, then end to end A/B/A
+      T 150 $PT tests/test_gpu_kernels.py -k "mma_wq and 4096-14336 and gemm_packed" 2>&1 \
+        | grep -E "^FAILED|Error|passed|failed|TIMEOUT" | head
+      for r in None 8192 None 8192; do
+        T 100 python3 benchmarks/route_ab.py XS_MAX_K=$r -- --quant wint4 --kv bf16 --batch 16,32 --gen 128 2>&1 \
+          | grep "^| llama" | sed "s/^/XS_MAX_K=$r /"
+      done ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms

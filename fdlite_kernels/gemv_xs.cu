@@ -10,6 +10,10 @@
 // (gemv_xs.py: plan), so each SM stages x once per chunk for all its warps. A warp walks the K tiles slice,
 // slice + S, ...; the block meets at a barrier once per chunk (x chunk c landed, chunk c - 1's buffer free), with the
 // weight loads already in flight across it. The slices meet in shared memory at the end.
+// Grid K split (gridDim.y = KS > 1, for a long K over few rows: down_proj): block (bx, by) takes K tiles
+// [by tps, (by + 1) tps) of its row pairs, so it stages only that slice of x (a chunk or two: about two barriers
+// instead of one per tile, where eight slices shared each 64 KiB chunk); each writes its fp32 sums to ws[by] and
+// the last block of bx to arrive (a counter per bx, left at zero) adds ws[0..KS-1] in order and writes y.
 // Chunk buffers: [NB * 8 rows][C columns] bf16, 16-byte chunks XOR-swizzled by row (8 rows of an ldmatrix hit 8
 // bank groups); rows past M are zeros.
 #include "common.cuh"
@@ -19,7 +23,8 @@
 template <int BITS, int NB, int GS>
 __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                   const float* __restrict__ scale, bf16_t* __restrict__ y, int M, int N,
-                                                  int K, int group, int P, int S, int C) {
+                                                  int K, int group, int P, int S, int C, int tps,
+                                                  float* __restrict__ ws, int* __restrict__ flags) {
   constexpr int KT = BITS == 8 ? 64 : 128;
   constexpr int STEPS = KT / 16;
   constexpr bool SCALED = BITS == 4;
@@ -30,7 +35,8 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   const int g = lane >> 2;                             // the lane's row in each n8 tile (its scale's row)
   const int pl = warp % P, sl = warp / P;              // this warp's row pair in the block, and its K slice
   const int ktiles = K / KT, G = K / group, CT = C / KT, CV = C / 8;   // CV: uint4 per chunk row
-  const int nchunks = (ktiles + CT - 1) / CT;
+  const int KS = gridDim.y, k0 = blockIdx.y * tps, k1 = min(ktiles, k0 + tps);   // this block's K tiles
+  const int nchunks = (k1 - k0 + CT - 1) / CT;
   const int pairs = (N + 15) / 16;
   const int pair = blockIdx.x * P + pl;
 
@@ -51,13 +57,13 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
 #pragma unroll
     for (int h = 0; h < 2; ++h) w[h] = __ldg(wrow[h] + kt * 32);
   };
-  auto stage = [&](int c) {                            // x columns [c C, c C + C) -> buffer c & 1
+  auto stage = [&](int c) {                            // x columns [k0 KT + c C, + C) -> buffer c & 1
     uint4* buf = xs + (size_t)(c & 1) * ROWS * CV;
-    const int cols = min(C, K - c * C);                // a multiple of KT
+    const int c0 = k0 * KT + c * C, cols = min(C, k1 * KT - c0);   // a multiple of KT
     for (int i = threadIdx.x; i < ROWS * CV; i += blockDim.x) {
       const int r = i / CV, v = i % CV;
       const bool ok = r < M && 8 * v < cols;
-      cp_async16(buf + r * CV + (v ^ (r & 7)), ok ? x + (size_t)r * K + c * C + 8 * v : x, ok);
+      cp_async16(buf + r * CV + (v ^ (r & 7)), ok ? x + (size_t)r * K + c0 + 8 * v : x, ok);
     }
     cp_async_commit();
   };
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   float sb[3][2][NS];
 #pragma unroll
   for (int d = 0; d < 2; ++d)
-    if (sl + d * S < ktiles) load_w(sl + d * S, wb[d], sb[d]);
+    if (k0 + sl + d * S < k1) load_w(k0 + sl + d * S, wb[d], sb[d]);
   x += pdl_wait();                                     // weights above are constant; x is the last kernel's
   stage(0);
 
@@ -88,7 +94,7 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
 #pragma unroll
   for (int j = 0; j < 4; ++j) xq[j] = 16u * ((2 * j + lbit) ^ rr);
   auto compute = [&](int kt, int c, const uint4 (&w)[2], const float (&sc)[2][NS]) {
-    const int v0 = (kt - c * CT) * (KT / 8);           // the tile's first uint4 column in the chunk
+    const int v0 = (kt - k0 - c * CT) * (KT / 8);      // the tile's first uint4 column in the chunk
     const unsigned tb = xs_lane + 16u * ((c & 1) * ROWS * CV + v0);
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
@@ -124,16 +130,16 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   };
   // slot u: load the weights two tiles on (into the slot of the tile before, consumed), then this tile's mma
   auto tile = [&](int kt, int c, int u) {
-    if (kt + 2 * S < ktiles) load_w(kt + 2 * S, wb[(u + 2) % 3], sb[(u + 2) % 3]);
+    if (kt + 2 * S < k1) load_w(kt + 2 * S, wb[(u + 2) % 3], sb[(u + 2) % 3]);
     compute(kt, c, wb[u], sb[u]);
   };
 
-  int kt = sl, u = 0;
+  int kt = k0 + sl, u = 0;
   for (int c = 0; c < nchunks; ++c) {
     cp_async_wait<0>();                                // this thread's copies of chunk c have landed
     __syncthreads();                                   // everyone's have; everyone is done with chunk c - 1
     if (c + 1 < nchunks) stage(c + 1);                 // into chunk c - 1's buffer, behind this chunk's work
-    const int kend = min(ktiles, (c + 1) * CT);
+    const int kend = min(k1, k0 + (c + 1) * CT);
     for (; kt < kend; kt += S) {
       if (u == 0) tile(kt, c, 0);
       else if (u == 1) tile(kt, c, 1);
@@ -160,15 +166,37 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
     if (m >= M || row >= N) continue;
     float sum = 0.f;
     for (int o = 0; o < S; ++o) sum += red[((o * P + p) * V + v) * 32 + l];
+    if (KS > 1) {
+      ws[((size_t)blockIdx.y * M + m) * N + row] = sum;
+      continue;
+    }
     if (BITS == 8) sum *= __ldg(scale + row);
     y[(size_t)m * N + row] = f32_to_bf16(sum);
   }
+  if (KS == 1) return;
+  // the last of the KS blocks of these row pairs to arrive adds their sums, in split order (deterministic)
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(flags + blockIdx.x, 1) == KS - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int r0 = 16 * blockIdx.x * P, nr = min(N - r0, 16 * P);
+  for (int i = threadIdx.x; i < M * nr; i += blockDim.x) {
+    const int m = i / nr, row = r0 + i % nr;
+    float sum = 0.f;
+    for (int z = 0; z < KS; ++z) sum += __ldcg(ws + ((size_t)z * M + m) * N + row);
+    if (BITS == 8) sum *= __ldg(scale + row);
+    y[(size_t)m * N + row] = f32_to_bf16(sum);
+  }
+  if (threadIdx.x == 0) flags[blockIdx.x] = 0;        // ready for the next launch (and graph replay)
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
 #define GEMV_XS(BITS, NB, GS) \
   template __global__ void gemv_xs<BITS, NB, GS>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, \
-                                                 int, int, int, int);
+                                                 int, int, int, int, int, float*, int*);
 GEMV_XS(8, 2, 1) GEMV_XS(8, 4, 1)
 GEMV_XS(4, 2, 8) GEMV_XS(4, 4, 8) GEMV_XS(4, 2, 4) GEMV_XS(4, 4, 4) GEMV_XS(4, 2, 2) GEMV_XS(4, 4, 2)
 GEMV_XS(4, 2, 1) GEMV_XS(4, 4, 1)

@@ -1,10 +1,13 @@
 """Launcher for gemv_xs.cu — batched decode GEMV (9-32 rows) over mma_wq's packed int8 / int4 weights, x staged
 in shared memory.
 
-gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=64):
+gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=64,
+        ksplit=None):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, 1 <= M <= 32;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     pairs_per_block (P): 16-row output pairs per block; slices (S): warps splitting K per pair, P * S <= 16.
+    ksplit: blocks splitting K (grid.y; their fp32 sums meet in a workspace, the last block adds them). Default
+    ``split_plan`` from K = LONG_K (blocks of 8 row pairs x 2 slices, about one per SM), else 1.
     Defaults: ``plan`` for blocks of ``warps`` (16: about one block per SM, 8: two); chunk_kib: KiB of x per
     staged chunk (two buffers). H100 sweep (results_gemv_xs2_h100_2026-11-25.jsonl), sum over qkv, o and gate_up,
     wint4, M = 16 / 32: 16 warps with 64 KiB chunks 66.4 / 94.1 us, 32 KiB 70.3 / 101.5, 16 KiB 77.3 / 114.7;
@@ -18,12 +21,13 @@ import functools
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, launch, sms
+from ._launch import BF16, COUNTERS, check, counters, launch, sms
 from .gemv_packed import steps_per_scale
 from .mma_wq import KT, _validate
 
 MAX_M = 32                     # four B fragments of 8 tokens
 MAX_WARPS = 16
+LONG_K = 8192                  # from here the default plan splits K over blocks (split_plan)
 
 
 def plan(pairs: int, n_sm: int, warps: int = 16) -> tuple[int, int]:
@@ -31,6 +35,16 @@ def plan(pairs: int, n_sm: int, warps: int = 16) -> tuple[int, int]:
     slices per pair as fit the warps (a short N such as o_proj's 256 pairs gets 2 pairs x 8 slices at 16)."""
     P = min(warps, max(1, -(-pairs // (n_sm * (MAX_WARPS // warps)))))
     return P, max(1, warps // P)
+
+
+def split_plan(pairs: int, ktiles: int, n_sm: int, warps: int = 16) -> tuple[int, int, int]:
+    """-> (P, S, K splits) for a long K: blocks of 8 row pairs x 2 K slices (16 warps), split over K until there is
+    about one block per SM, each split at least two K tiles. down_proj (256 pairs, 112 int4 tiles) -> 4 splits, 128
+    blocks. H100 sweep (results_gemv_xsk_h100_2026-11-25.jsonl), int4 down at 16 / 32 rows: 23.6 / 34.4 us, against
+    23.8 / 34.7 for 16 pairs x 8 splits and mma_sk's 28.2 / 38.8 (int8: 34.0 / 44.5 against 35.7 / 50.0)."""
+    P = min(warps // 2, pairs)
+    blocks = -(-pairs // P)
+    return P, max(1, warps // P), max(1, min(n_sm // blocks, ktiles // 2, 32))
 
 
 def chunk_cols(nb: int, chunk_kib: int = 64) -> int:
@@ -58,7 +72,7 @@ def kernel(device_id: int, name: str):
 
 
 def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None, warps: int = 16,
-            chunk_kib: int = 64):
+            chunk_kib: int = 64, ksplit=None):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -68,7 +82,14 @@ def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_blo
     pairs = Np // 16
     check(warps in (8, 16), f"warps = {warps}, expected 8 or 16")
     check(chunk_kib in (16, 32, 64), f"chunk_kib = {chunk_kib}, expected 16, 32 or 64")
-    P, S = plan(pairs, sms(dev), warps)
+    ktiles = K // KT[bits]
+    if ksplit is None and K >= LONG_K:
+        P, S, ksplit = split_plan(pairs, ktiles, sms(dev), warps)
+    elif ksplit is None or ksplit == 1:
+        (P, S), ksplit = plan(pairs, sms(dev), warps), 1
+    else:
+        P, S = min(warps, pairs), max(1, warps // min(warps, pairs))
+    check(1 <= ksplit <= ktiles, f"ksplit = {ksplit} must be in [1, {ktiles}] (the K tiles)")
     P = P if pairs_per_block is None else pairs_per_block
     S = S if slices is None else slices
     check(P >= 1 and S >= 1 and P * S <= MAX_WARPS, f"pairs_per_block = {P} x slices = {S} must be 1..{MAX_WARPS} "
@@ -81,7 +102,12 @@ def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_blo
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     smem = smem_bytes(nb, P, S, chunk_kib)
     fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}>")
-    launch(fn, (-(-pairs // P),), (32 * P * S,),
+    per = -(-ktiles // ksplit)
+    ksplit = -(-ktiles // per)                          # no empty split
+    bx = -(-pairs // P)
+    ws, flags = (y, y) if ksplit == 1 else (cp.empty((ksplit, M, N), np.float32), counters())
+    check(bx <= COUNTERS, f"{bx} row blocks exceed the {COUNTERS} split counters")
+    launch(fn, (bx, ksplit), (32 * P * S,),
            (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group), np.int32(P), np.int32(S),
-            np.int32(C)), shared_mem=smem, pdl=True)
+            np.int32(C), np.int32(per), ws, flags), shared_mem=smem, pdl=True)
     return y

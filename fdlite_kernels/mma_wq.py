@@ -142,17 +142,18 @@ def mma_bf16(x, w, out=None, cfg=None):
 
 GEMV_MAX_M = 8   # gemv_packed.cu (tensor-core GEMV, weights into registers) up to here. H100, sum over the 8B
 # projections (µs): M = 1 wint4 66-70 vs mma_sk 102, M = 8 86 vs 106; at M = 16 int4 134 vs mma_sk's 116 (BENCHMARKS.md)
-XS_MAX_M = 32    # gemv_xs.cu (x staged in shared memory) from there to here, for K below XS_MAX_K. H100 (2026-11-25,
-# results_gemv_xs_...): wint4 qkv / o / gate_up at M = 16 14.8 / 10.3 / 44.0 us vs mma_sk's 19.1 / 15.0 / 52.3, at
-# M = 32 22.4 / 16.3 / 61.9 vs 37.1 / 23.1 / 71.6; down_proj (K = 14336) lost: 33.7 vs 30.3 and 54.0 vs 43.3
-XS_MAX_K = 8192
+XS_MAX_M = 32    # gemv_xs.cu (x staged in shared memory) from there to here. H100 (2026-11-25, results_gemv_xs_...):
+# wint4 qkv / o / gate_up at M = 16 14.8 / 10.3 / 44.0 us vs mma_sk's 19.1 / 15.0 / 52.3, at M = 32 22.4 / 16.3 /
+# 61.9 vs 37.1 / 23.1 / 71.6. down_proj (K = 14336) lost (33.7 vs 30.3 and 54.0 vs 43.3) until gemv_xs split K over
+# blocks (gemv_xs.split_plan): 23.6 vs 28.2 and 34.4 vs 38.8 (results_gemv_xsk_h100_2026-11-25.jsonl)
+XS_MAX_K = None  # K from which mma_sk takes those rows instead (None: gemv_xs at every K)
 SK_MAX_M = 64    # mma_sk (split-K, cp.async pipeline) up to here: 1.2-1.8x mma_wq at M = 16-64 on the 8B shapes
 
 
 def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
     """y = x @ W.T for the packed weights of ``repack``, routed by M (the H100 measurements in BENCHMARKS.md):
-    the tensor-core GEMV (gemv_packed.cu) up to GEMV_MAX_M rows, the GEMV with x in shared memory (gemv_xs.cu) up to
-    XS_MAX_M rows when K < XS_MAX_K, the split-K pipelined GEMM (mma_sk.cu) up to SK_MAX_M rows, mma_wq above
+    the tensor-core GEMV (gemv_packed.cu) up to GEMV_MAX_M rows, the GEMV with x in shared memory (gemv_xs.cu, K split over
+    blocks for a long K) up to XS_MAX_M rows, the split-K pipelined GEMM (mma_sk.cu) up to SK_MAX_M rows, mma_wq above
     (prefill) and for int4 groups mma_sk does not stage. Same arguments and checks as ``mma_wq``."""
     from . import mma_sk  # noqa: PLC0415 - mma_sk imports this module
     from .gemv_packed import gemv_packed  # noqa: PLC0415 - gemv_packed imports this module
@@ -161,7 +162,7 @@ def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
     M = x.shape[0] if hasattr(x, "shape") and len(x.shape) == 2 else 0
     if 1 <= M <= GEMV_MAX_M:
         return gemv_packed(x, qp, scale, N, bits, group, out=out)
-    if 1 <= M <= XS_MAX_M and x.shape[1] < XS_MAX_K and x.data.ptr % 16 == 0:
+    if 1 <= M <= XS_MAX_M and (XS_MAX_K is None or x.shape[1] < XS_MAX_K) and x.data.ptr % 16 == 0:
         return gemv_xs(x, qp, scale, N, bits, group, out=out)
     if 1 <= M <= SK_MAX_M and mma_sk.supports(bits, group):
         return mma_sk.mma_sk(x, qp, scale, N, bits, group, out=out)

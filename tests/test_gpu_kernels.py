@@ -151,7 +151,7 @@ def test_act_quant_fp8_bits(cp, M, K):
 
 
 @pytest.mark.parametrize("N,K", SHAPES)
-@pytest.mark.parametrize("M", [1, 2, 4, 9, 16, 17, 64, 300])
+@pytest.mark.parametrize("M", [1, 2, 4, 9, 16, 17, 24, 64, 300])
 @pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, 32), (4, -1)])
 @pytest.mark.parametrize("entry", ["mma_wq", "gemm_packed"])
 def test_mma_wq(cp, N, K, M, bits, group, entry):
@@ -274,6 +274,22 @@ def test_gemv_xs_block_shapes(cp, P, S, warps, chunk_kib, M, bits, group):
     assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
 
+@pytest.mark.parametrize("ksplit,P,S", [(2, None, None), (3, 16, 1), (7, 4, 4), (8, 16, 1), (55, 2, 8)])
+@pytest.mark.parametrize("M,bits,group", [(16, 4, 128), (32, 8, -1), (20, 4, 64), (9, 4, 32)])
+def test_gemv_xs_k_split(cp, ksplit, P, S, M, bits, group):
+    """K split over blocks (a workspace and the last block's ordered sum): ragged splits, a split of one K tile,
+    a last row block past N, output poisoned; twice, so the arrival counters are left at zero."""
+    from fdlite_kernels.gemv_xs import gemv_xs
+
+    x, qp, s, g, ref = _packed_case(1000, 14336, M, bits, group, ksplit * 7 + (P or 0) + M + bits)
+    for _ in range(2):
+        y = cp.full((M, 1000), np.nan, dtype=BF16)
+        gemv_xs(cp.asarray(x), cp.asarray(qp), cp.asarray(s), 1000, bits, g, out=y, pairs_per_block=P, slices=S,
+                ksplit=ksplit)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
+
+
 def test_gemv_xs_rejects_bad_input(cp):
     from fdlite_kernels.gemv_xs import gemv_xs
 
@@ -284,6 +300,8 @@ def test_gemv_xs_rejects_bad_input(cp):
         gemv_xs(cp.asarray(x[:3]), cp.asarray(qp), cp.asarray(s), 96, 4, g, pairs_per_block=4, slices=5)
     with pytest.raises(ValueError, match="chunk_kib = 48"):
         gemv_xs(cp.asarray(x[:3]), cp.asarray(qp), cp.asarray(s), 96, 4, g, chunk_kib=48)
+    with pytest.raises(ValueError, match=r"ksplit = 2 must be in \[1, 1\]"):
+        gemv_xs(cp.asarray(x[:3]), cp.asarray(qp), cp.asarray(s), 96, 4, g, ksplit=2)
 
 
 def test_gemv_packed_rejects_bad_input(cp):
@@ -322,7 +340,8 @@ def _packed_case(N, K, M, bits, group, seed):
 
 
 _SK_CASES = [(N, K, M) for N, K in [(4096, 4096), (576, 576), (1536, 576), (96, 160)]
-             for M in [1, 3, 16, 17, 32, 33, 64, 300]] + [(6144, 4096, 16), (28672, 4096, 32), (4096, 14336, 64)]
+             for M in [1, 3, 16, 17, 32, 33, 64, 300]] + [(6144, 4096, 16), (28672, 4096, 32), (4096, 14336, 64),
+                                                                (4096, 14336, 24)]
 
 
 @pytest.mark.parametrize("N,K,M", _SK_CASES)
