@@ -125,6 +125,13 @@ for stage in "$@"; do
         T 100 python3 benchmarks/route_ab.py XS_MAX_K=$r -- --quant wint4 --kv bf16 --batch 16,32 --gen 128 2>&1 \
           | grep "^| llama" | sed "s/^/XS_MAX_K=$r /"
       done ;;
+    overlap)        # the engine's overlapped decode: GPU tests that run graphs and the sampler, then end to end A/B/A
+      T 200 $PT tests/test_gpu_sampling.py tests/test_gpu_model.py tests/test_quant_device_path.py > $OUT/ov.log 2>&1
+      grep -E "^FAILED" $OUT/ov.log | head; tail -1 $OUT/ov.log
+      for o in 1 0 1; do
+        T 120 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 --overlap $o 2>&1 \
+          | grep "^| llama" | sed "s/^/overlap=$o /"
+      done ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms

@@ -56,7 +56,7 @@ def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
            "e2e_tok_s": round(ntok / total, 1), "gpu_mem_gib": round(pool.total_bytes() / 2**30, 2),
            "weights_gib": round(m.memory_report()["weights_bytes"] / 2**30, 2),
            "graphs": runner.enabled, "graph_reason": runner.reason, "replays": runner.num_replays - r0,
-           "eager_steps": runner.num_eager - e0, **({"overrides": over} if over else {})}
+           "eager_steps": runner.num_eager - e0, "overlap": m.engine.overlap, **({"overrides": over} if over else {})}
     print(f"| {name} | {quant} | {kv} | {batch} | {row['decode_tok_s']} | {row['ms_per_step']} | "
           f"{row['load_to_first_token_s']} | {row['gpu_mem_gib']} | graphs={row['graphs']} "
           f"({row['replays']} replays, {row['eager_steps']} eager) |", flush=True)
@@ -75,6 +75,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (0: the model's)")
+    ap.add_argument("--overlap", type=int, default=1, help="the engine's overlapped decode (1) or plain steps (0)")
     a = ap.parse_args()
     over = {"num_hidden_layers": a.layers} if a.layers else {}
     print("| model | weights | kv | batch | decode tok/s | ms/step | load->1st token s | GPU GiB | graphs |")
@@ -87,6 +88,7 @@ def main():
             except Exception as e:  # noqa: BLE001 - report and go on to the next case
                 print(f"| {a.model} | {q} | {kv} | - | load FAILED {type(e).__name__}: {str(e)[:200]} |", flush=True)
                 continue
+            m.engine.overlap = bool(a.overlap)
             for b in batches:
                 try:
                     case(m, a.model, q, kv, b, a.prompt, a.gen, ttft, over)

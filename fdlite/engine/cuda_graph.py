@@ -102,6 +102,34 @@ class GraphRunner:
             out = self._forward(xp.asarray(ids), meta)
         return self._handoff(out)
 
+    def launch_decode(self, ids_dev, meta: StepMeta):
+        """A decode step whose token ids are already on the GPU (``ids_dev``, one per row in row order: the
+        sampler's output of the step before), launched without waiting for them: the engine's overlapped decode
+        (Engine.step). Returns the logits as ``__call__`` does, or None when no graph serves the step (the engine
+        then goes back to plain steps)."""
+        xp = self.xp
+        B = meta.batch
+        self._bind()
+        if not (self.enabled and B == len(ids_dev) and B <= self.buckets[-1] and self.scratch is not None):
+            return None
+        bucket = next(b for b in self.buckets if b >= B)
+        g = self.graphs.get(bucket) or self._capture(bucket)
+        if g is None:
+            return None
+        self._entered.record(xp.cuda.get_current_stream())
+        self.stream.wait_event(self._entered)                           # after the sampling that made ids_dev
+        g.copied.synchronize()
+        self._fill(g, 0, meta)
+        g.static.set(g.host, stream=self.stream)
+        with self.stream:
+            g.views["ids"][:B] = ids_dev                                 # over the copy's placeholder ids
+        g.copied.record(self.stream)
+        g.graph.launch(self.stream)
+        self.num_replays += 1
+        if B not in g.outs:
+            g.outs[B] = g.logits[:B]
+        return self._handoff(g.outs[B])
+
     def _bind(self) -> None:
         """Graphs hold the cache's addresses: a swapped cache (KV calibration runs on a temporary one) drops
         them. Padding rows need the scratch block past the block manager's range."""

@@ -8,6 +8,16 @@ With prefix caching (the block manager's), a sequence admitted with an empty blo
 cached full blocks its tokens start with and computes only the rest; at least its last token is always
 computed, since its logits are needed.
 
+Overlapped decode (GPU): while every running sequence decodes, the engine launches step t + 1 before it reads
+step t's tokens. The sampler's output stays on the device and is step t + 1's input; the host then waits for step
+t's tokens only (a copy queued right behind the sampling), records them (stops, detokenizing) and queues step t + 1's
+sampling while the GPU runs its forward. So the host's share of a step hides behind the GPU. A sequence that
+stops at step t has computed one position more in step t + 1, into a block position nobody else owns (a partial or
+fresh block, never a shared prefix block), and that row is not sampled. The same sequences, the same draws of their
+generators in the same order, hence the same tokens as plain steps; ``step`` then returns step t's sequences one call
+later. Anything else (an admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch)
+drains the overlap and the next step is a plain one. ``overlap = False`` turns it off.
+
 Threads: ``lock`` guards all engine state. Callers never step the engine under their own lock; they call
 ``pump(event)``, which runs steps for everyone until the caller's event is set (one of its sequences got a
 token or finished). Whichever caller holds ``lock`` steps; the others wait on their event, so concurrent
@@ -46,13 +56,16 @@ class Engine:
         self.num_preemptions = self.num_steps = self.peak_batch = 0
         self.num_cached_tokens = 0             # prompt tokens served from the prefix cache
         self.num_generated = 0                 # tokens sampled, over all requests
+        self.overlap = True                    # overlapped decode where the runner has launch_decode (GPU graphs)
+        self._inflight = None                  # (sequences, gpu_sampler.Pending): a step sampled, not yet recorded
+        self._slot = 0                         # alternates the Pending host buffers
 
     def add(self, seq: Sequence) -> None:
         with self.lock:
             self.waiting.append(seq)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._inflight)
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence now and return its KV blocks (waits for a step in progress to end)."""
@@ -130,7 +143,10 @@ class Engine:
 
     # --- one step ------------------------------------------------------------------------------------
     def step(self) -> list[Sequence]:
-        """Run one forward step. Returns the sequences that got a new token or finished."""
+        """Run one forward step. Returns the sequences that got a new token or finished (overlapped decode: of
+        the step before)."""
+        if self._inflight is not None:
+            return self._step_overlapped()
         batch = self._schedule()
         if not batch:
             if self.running or self.waiting:   # cannot happen with >= max_model_len tokens of blocks; guard anyway
@@ -142,6 +158,13 @@ class Engine:
         self.num_steps += 1
         self.peak_batch = max(self.peak_batch, len(batch))
         on_host = isinstance(logits, np.ndarray)           # else a cupy array: sample every row at once there
+        if not on_host and self._can_overlap(batch):
+            seqs = [seq for seq, _ in batch]
+            for seq in seqs:
+                seq.num_computed += 1
+                self._commit(seq, seq.num_computed)
+            self._inflight = (seqs, self._launch_sampling(logits, list(enumerate(seqs))))
+            return []
         picked = {} if on_host else self._choose_on_device(
             logits, [(row, seq) for row, (seq, n) in enumerate(batch) if seq.pending == n])
         touched, prefix, bs = [], self.blocks.enable_prefix_caching, self.blocks.block_size
@@ -154,6 +177,70 @@ class Engine:
             tok, raw = (self._choose(seq, logits[row]), logits[row]) if on_host else picked[row]
             self._record(seq, tok, raw)
             touched.append(seq)
+        return touched
+
+    # --- overlapped decode ---------------------------------------------------------------------------------
+    def _can_overlap(self, batch: list[tuple[Sequence, int]]) -> bool:
+        """Every running sequence decodes one token, nobody waits to be admitted, none wants logprobs (those rows
+        are sampled on the host), and the runner can launch a step from ids on the device."""
+        return (self.overlap and not self.waiting and len(batch) == len(self.running)
+                and hasattr(self.runner, "launch_decode")
+                and all(n == 1 and seq.pending == 1 and seq.logprobs is None for seq, n in batch))
+
+    def _launch_sampling(self, logits, rows: list[tuple[int, Sequence]]):
+        """Queue the sampling of rows (row, seq) of the device logits; their tokens come back as a Pending."""
+        from .gpu_sampler import Pending, launch  # noqa: PLC0415 - GPU only
+
+        seqs = [seq for _, seq in rows]
+        self._slot ^= 1
+        return Pending(launch(logits, seqs, [self._banned(seq) for seq in seqs], [row for row, _ in rows]),
+                       self._slot)
+
+    def _commit(self, seq: Sequence, upto: int) -> None:
+        """Name the blocks of seq that [0, upto) fills, for the prefix cache (all its tokens known, K/V computed)."""
+        if self.blocks.enable_prefix_caching and upto // self.blocks.block_size > len(seq.block_hashes):
+            self.blocks.commit(seq.block_table, seq.block_hashes, seq.all_ids, upto)
+
+    def _step_overlapped(self) -> list[Sequence]:
+        """Launch the next decode step of the sequences in flight (their last tokens still on the device), then
+        record the tokens of the step before and queue the new step's sampling. Falls back to recording only
+        (the next step is a plain one) when the batch would change or no graph serves it."""
+        seqs, pending = self._inflight
+        self._inflight = None
+        logits = None
+        if (self.overlap and not self.waiting and len(seqs) == len(self.running)
+                and all(s.status == RUNNING for s in seqs)
+                and all(self.blocks.allocate(s.block_table, s.num_computed + 1) for s in seqs)):
+            meta = StepMeta.build([(s.num_computed, 1, s.block_table) for s in seqs], self.blocks.block_size)
+            logits = self.runner.launch_decode(pending.dev, meta)
+        if logits is not None:
+            self.num_steps += 1
+            self.peak_batch = max(self.peak_batch, len(seqs))
+            for s in seqs:
+                s.num_computed += 1
+        touched = []
+        for seq, tok in zip(seqs, pending.get()):
+            if seq.status != RUNNING:                         # aborted while its step ran
+                continue
+            self._commit(seq, len(seq.prompt_ids) + len(seq.output_ids))   # what a plain step had committed
+            self._record(seq, int(tok), None)
+            touched.append(seq)
+        if logits is None:
+            return touched
+        live = [(row, s) for row, s in enumerate(seqs) if s.status == RUNNING]
+        if not live:
+            return touched
+        if self.overlap and not self.waiting and len(live) == len(self.running):
+            self._inflight = ([s for _, s in live], self._launch_sampling(logits, live))
+            return touched
+        picked = self._choose_on_device(logits, live)         # the batch changes: sample this step now
+        seen = {id(s) for s in touched}
+        for row, seq in live:
+            tok, raw = picked[row]
+            self._commit(seq, seq.num_computed)
+            self._record(seq, tok, raw)
+            if id(seq) not in seen:
+                touched.append(seq)
         return touched
 
     def _step_inputs(self, batch: list[tuple[Sequence, int]]) -> tuple[np.ndarray, StepMeta]:

@@ -90,8 +90,6 @@ def sample(logits_dev, seqs, banned_per_row, rows=None, raw_out: dict | None = N
     raw_out[i] when raw_out is given."""
     import cupy as cp  # noqa: PLC0415
 
-    from fdlite_kernels.sampling import sample_rows  # noqa: PLC0415
-
     S = len(seqs)
     rows = np.arange(S) if rows is None else np.asarray(rows, np.int64)
     R = logits_dev.shape[0]
@@ -107,11 +105,49 @@ def sample(logits_dev, seqs, banned_per_row, rows=None, raw_out: dict | None = N
             if raw_out is not None:
                 raw_out[i] = raw
     if dev:
-        logits = cp.ascontiguousarray(logits_dev, dtype=cp.float32)       # no copy when it already is
         if len(dev) < S:                                                  # else (the usual case) every row is here
             seqs, banned_per_row, rows = [seqs[i] for i in dev], [banned_per_row[i] for i in dev], rows[dev]
-        out[dev] = cp.asnumpy(sample_rows(logits, *pack(seqs, banned_per_row, rows, logits.shape[1]).to_device(cp)))
+        out[dev] = cp.asnumpy(launch(logits_dev, seqs, banned_per_row, rows))
     return out
 
 
-__all__ = ["Packed", "pack", "sample", "PRM", "META"]
+def launch(logits_dev, seqs, banned_per_row, rows):
+    """Sample rows[i] of logits_dev for seqs[i] on the device, none of them wanting logprobs (``sample`` sorts
+    those out). Returns the tokens there, int64 (S,), without waiting for them."""
+    import cupy as cp  # noqa: PLC0415
+
+    from fdlite_kernels.sampling import sample_rows  # noqa: PLC0415
+
+    logits = cp.ascontiguousarray(logits_dev, dtype=cp.float32)           # no copy when it already is
+    return sample_rows(logits, *pack(seqs, banned_per_row, rows, logits.shape[1]).to_device(cp))
+
+
+class Pending:
+    """Tokens sampled on the device, on their way to the host: ``dev`` stays on the GPU (the next step's input
+    ids in the engine's overlapped decode), a copy into page-locked memory is queued behind the sampling at
+    once, so ``get`` waits for the sampling only, not for whatever the stream runs after it."""
+
+    _pinned: dict = {}              # (device, slot) -> page-locked int64 buffer, reused; two slots alternate
+
+    def __init__(self, dev, slot: int):
+        import cupy as cp  # noqa: PLC0415
+
+        self.dev, n = dev, dev.size
+        key = (cp.cuda.Device().id, slot)
+        buf = self._pinned.get(key)
+        if buf is None or buf.size < n:
+            buf = np.frombuffer(cp.cuda.alloc_pinned_memory(max(n, 256) * 8), np.int64)
+            self._pinned[key] = buf
+        self.host = buf[:n]
+        stream = cp.cuda.get_current_stream()
+        cp.cuda.runtime.memcpyAsync(self.host.ctypes.data, dev.data.ptr, n * 8,
+                                    cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+        self.event = cp.cuda.Event(disable_timing=True)
+        self.event.record(stream)
+
+    def get(self) -> np.ndarray:
+        self.event.synchronize()
+        return self.host
+
+
+__all__ = ["Packed", "Pending", "launch", "pack", "sample", "PRM", "META"]
