@@ -132,6 +132,13 @@ for stage in "$@"; do
         T 120 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 --overlap $o 2>&1 \
           | grep "^| llama" | sed "s/^/overlap=$o /"
       done ;;
+    attnpf)         # paged_attn_tc with prefetch (a template flag then, removed: no gain) and split sizes
+      T 200 $PT tests/test_gpu_attention.py -k "launch_plans" 2>&1 | tail -2
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --max-len 264,4096 \
+        --attn tc,tc:pf,tc:k128,tc:k128:pf 2>&1 | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 8 --ctx 200 --max-len 264 --attn tc,tc:pf,tc:k64:pf 2>&1 \
+        | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --ctx 200,1000 --max-len 264,4096 --attn tc,tc:pf 2>&1 | grep "^|" ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms

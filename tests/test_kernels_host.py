@@ -272,21 +272,31 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr(gemv_xs, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
         (fn, grid, block, args, shared_mem, pdl)))
     monkeypatch.setattr(gemv_xs, "sms", lambda dev: 132)
+    monkeypatch.setattr(gemv_xs, "counters", lambda: Arr((1 << 16,), np.int32))
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("gemv_xs", "gemv_xs")
-    for M, N, K, bits, warps, kib in [(16, 6144, 4096, 4, 16, 32), (32, 28672, 4096, 8, 8, 64), (9, 1000, 1024, 4, 16, 16)]:
+    for M, N, K, bits, warps, kib in [(16, 6144, 4096, 4, 16, 32), (32, 28672, 4096, 8, 8, 64), (9, 1000, 1024, 4, 16, 16),
+                                      (24, 4096, 14336, 4, 16, 64), (32, 4096, 14336, 8, 16, 64)]:
         Np = -(-N // 16) * 16
         scale = Arr((Np, 1 if bits == 8 else K // 128), np.float32)
         gemv_xs.gemv_xs(Arr((M, K), bf16), Arr((Np * K * bits // 8,), np.uint8), scale, N, bits, K if bits == 8 else 128,
                         warps=warps, chunk_kib=kib)
         name, grid, block, args, shared_mem, pdl = calls[-1]
-        P, S = gemv_xs.plan(Np // 16, 132, warps)
+        ktiles = K // (64 if bits == 8 else 128)
+        if K >= gemv_xs.LONG_K:                  # K split over blocks: a workspace and the split counters
+            P, S, ks = gemv_xs.split_plan(Np // 16, ktiles, 132, warps)
+            per = -(-ktiles // ks)
+            assert args[-3] == per and args[-2].shape == (-(-ktiles // per), M, N) and args[-1].dtype == np.int32
+        else:
+            (P, S), per = gemv_xs.plan(Np // 16, 132, warps), ktiles
+            assert args[-3] == per
         nb = 2 if M <= 16 else 4
         assert name == f"gemv_xs<{bits}, {nb}, {1 if bits == 8 else 8}>" and pdl
-        assert grid == (-(-(Np // 16) // P),) and block == (32 * P * S,) and P * S <= warps
+        assert grid == (-(-(Np // 16) // P), -(-ktiles // per)) and block == (32 * P * S,) and P * S <= warps
         assert shared_mem == max(2 * kib * 1024, P * S * nb * 4 * 32 * 4) <= gemv_xs.MAX_SMEM
-        assert args[-1] == gemv_xs.chunk_cols(nb, kib) and args[-1] % (64 if bits == 8 else 128) == 0
+        assert args[-4] == gemv_xs.chunk_cols(nb, kib) and args[-4] % (64 if bits == 8 else 128) == 0
         assert len(args) == len(params)
         for a, p in zip(args, params):
             assert isinstance(a, np.int32) if p == "int" else isinstance(a, Arr), (p, a)
+    assert gemv_xs.split_plan(256, 112, 132) == (8, 2, 4) and gemv_xs.split_plan(256, 224, 132) == (8, 2, 4)
     assert gemv_xs.plan(384, 132) == (3, 5) and gemv_xs.plan(1792, 132) == (14, 1) and gemv_xs.plan(256, 132) == (2, 8)
