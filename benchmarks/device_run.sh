@@ -139,6 +139,17 @@ for stage in "$@"; do
       T 60 python3 benchmarks/op_probe.py --only paged --batch 8 --ctx 200 --max-len 264 --attn tc,tc:pf,tc:k64:pf 2>&1 \
         | grep "^|"
       T 60 python3 benchmarks/op_probe.py --only paged --ctx 200,1000 --max-len 264,4096 --attn tc,tc:pf 2>&1 | grep "^|" ;;
+    tests9)         # the ninth session's GPU tests in full: attention, graphs + sampler + model, MoE, parallel, kernels
+      T 240 $PT tests/test_gpu_attention.py 2>&1 | tail -2
+      T 200 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py tests/test_quant_device_path.py \
+        tests/test_moe_gpu_path.py tests/test_parallel_runtime.py 2>&1 | tail -2
+      T 150 $PT tests/test_gpu_kernels.py -k "gemv_xs or (mma_wq and gemm_packed and (4096-14336 or 6144-4096))" 2>&1 \
+        | tail -2 ;;
+    e2e9)           # the ninth session's end to end: the 8B shape (bf16 / wint8 / wint4, bf16 and int8 KV), ERNIE
+      T 300 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|"
+      T 120 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 128 2>&1 | grep "^| llama"
+      T 150 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 1,32 --gen 64 2>&1 \
+        | grep "^| ernie" ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms
