@@ -150,6 +150,32 @@ for stage in "$@"; do
       T 120 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 128 2>&1 | grep "^| llama"
       T 150 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 1,32 --gen 64 2>&1 \
         | grep "^| ernie" ;;
+    diag9)          # the batch-32 illegal address: which of overlap / kernels, then memcheck on 2 layers
+      for o in 0 1; do
+        T 90 python3 benchmarks/e2e.py --quant wint8 --kv bf16 --batch 32 --gen 64 --overlap $o 2>&1 | grep "^| llama" \
+          | sed "s/^/overlap=$o /"
+        T 90 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 32 --gen 64 --overlap $o 2>&1 | grep "^| llama" \
+          | sed "s/^/overlap=$o /"
+      done
+      T 200 compute-sanitizer --tool memcheck --print-limit 5 python3 benchmarks/e2e.py --quant wint8 --kv bf16 \
+        --batch 32 --gen 8 --prompt 16 --layers 1 2>&1 | grep -vE "^\s*$" | head -60 ;;
+    diag10)         # reproduce: batch 1 then 32 in one process, int8 KV, overlap on / off; then memcheck on 2 layers
+      for o in 1 0; do
+        T 100 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 128 --overlap $o 2>&1 \
+          | grep "^| llama" | sed "s/^/overlap=$o /"
+      done
+      T 300 compute-sanitizer --tool memcheck --print-limit 3 python3 benchmarks/e2e.py --quant wint4 --kv int8 \
+        --batch 1,32 --gen 128 --layers 2 2>&1 | grep -vE "^\s*$" | head -80 ;;
+    diag11)         # the e2e9 sequence that failed (dense then wint8, batches 1 / 16 / 32 in one process), overlap on / off
+      for o in 1 0; do
+        T 240 python3 benchmarks/e2e.py --quant dense,wint8 --kv bf16 --batch 1,16,32 --gen 128 --overlap $o 2>&1 \
+          | grep "^| llama" | sed "s/^/overlap=$o /"
+      done ;;
+    stress)         # overlapped decode, repeated: every weight x KV format at 1 / 16 / 32 rows, twice
+      for i in 1 2; do
+        T 280 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16,int8 --batch 1,16,32 --gen 128 2>&1 \
+          | grep "^| llama" | sed "s/^/run $i /"
+      done ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms

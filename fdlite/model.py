@@ -206,6 +206,8 @@ class Model:
             if self._closed:
                 return
             self._closed = True
+            if self.engine is not None:
+                self.engine.sync()          # no step of the device may still read what is freed below
             self.params = None
             self.cache.close()
             self.engine = None

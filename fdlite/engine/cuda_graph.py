@@ -130,6 +130,10 @@ class GraphRunner:
             g.outs[B] = g.logits[:B]
         return self._handoff(g.outs[B])
 
+    def wait(self) -> None:
+        """Block until everything launched on the runner's stream has finished."""
+        self.stream.synchronize()
+
     def _bind(self) -> None:
         """Graphs hold the cache's addresses: a swapped cache (KV calibration runs on a temporary one) drops
         them. Padding rows need the scratch block past the block manager's range."""

@@ -228,7 +228,8 @@ class Engine:
         if logits is None:
             return touched
         live = [(row, s) for row, s in enumerate(seqs) if s.status == RUNNING]
-        if not live:
+        if not live:            # every sequence stopped: nothing will read this step, so wait for it here (it
+            self.sync()         # writes K/V into blocks just freed, and reads weights a close() may free next)
             return touched
         if self.overlap and not self.waiting and len(live) == len(self.running):
             self._inflight = ([s for _, s in live], self._launch_sampling(logits, live))
@@ -242,6 +243,15 @@ class Engine:
             if id(seq) not in seen:
                 touched.append(seq)
         return touched
+
+    def sync(self) -> None:
+        """Wait for every step the engine has launched on the device (the overlapped decode leaves one running
+        past step()); the sampled tokens in flight stay for the next step to record. Model.close calls it."""
+        if self._inflight is not None:
+            self._inflight[1].get()
+        wait = getattr(self.runner, "wait", None)
+        if wait is not None:
+            wait()
 
     def _step_inputs(self, batch: list[tuple[Sequence, int]]) -> tuple[np.ndarray, StepMeta]:
         """The step's new token ids (N,) int64 and its StepMeta. Each sequence's tokens are sliced without
