@@ -173,8 +173,8 @@ for stage in "$@"; do
       done ;;
     stress)         # overlapped decode, repeated: every weight x KV format at 1 / 16 / 32 rows, twice
       for i in 1 2; do
-        T 280 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16,int8 --batch 1,16,32 --gen 128 2>&1 \
-          | grep "^| llama" | sed "s/^/run $i /"
+        T 280 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16,int8 --batch 1,16,32 --gen 128 \
+          --overlap ${OV:-1} 2>&1 | grep "^| llama" | sed "s/^/run $i overlap=${OV:-1} /"
       done ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
