@@ -75,7 +75,8 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (0: the model's)")
-    ap.add_argument("--overlap", type=int, default=1, help="the engine's overlapped decode (1) or plain steps (0)")
+    ap.add_argument("--overlap", type=int, default=0, help="the engine's overlapped decode (1; off by default, see "
+                    "fdlite/engine/engine.py) or plain steps (0)")
     a = ap.parse_args()
     over = {"num_hidden_layers": a.layers} if a.layers else {}
     print("| model | weights | kv | batch | decode tok/s | ms/step | load->1st token s | GPU GiB | graphs |")

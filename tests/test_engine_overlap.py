@@ -161,6 +161,7 @@ def test_token_budget_below_the_batch_never_overlaps_a_partial_batch(budget):
                     max_num_batched_tokens=budget) as m:
         launches: list = []
         _gpu_like(m, launches)
+        m.engine.overlap = True
         got = [o.outputs.token_ids for o in m.generate([r[1] for r in reqs], sp, use_tqdm=False)]
     assert got == plain
     assert all(b <= budget for b in launches if b != "wait")

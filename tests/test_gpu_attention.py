@@ -241,6 +241,28 @@ def test_graph_decode_equals_eager(cp, monkeypatch, case, kv_cache, quant, n):
     assert outs[True] == outs[False]
 
 
+@pytest.mark.parametrize("case", ["llama", "ernie4_5"])
+@pytest.mark.parametrize("kv_cache", ["bf16", "int8"])
+def test_overlapped_decode_equals_plain_steps_on_the_gpu(cp, case, kv_cache):
+    """The engine's overlapped decode (off by default) against plain steps: same tokens, with stop ids that end
+    sequences at different steps, sampled rows, and two models one after the other in the process."""
+    from fdlite import Model, SamplingParams
+
+    d = FIXTURES / "hf" / case
+    ids = dict(np.load(d / "reference.npz"))["input_ids"]
+    prompts = [ids[0, :4 + i].tolist() for i in range(5)]
+    params = [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, stop_token_ids=[7, 11, 13]),
+              SamplingParams(temperature=0.8, top_p=0.9, max_tokens=12, ignore_eos=True, seed=3)]
+    outs = {}
+    for overlap in (False, True, False, True):
+        with Model.load(d, device="cuda", kv_cache=kv_cache, max_num_seqs=8) as m:
+            m.engine.overlap = overlap
+            got = [[o.outputs.token_ids for o in m.generate(prompts, sp, use_tqdm=False)] for sp in params]
+            assert m.engine.runner.num_replays > 0
+        assert outs.setdefault(overlap, got) == got
+    assert outs[True] == outs[False]
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("plan", [dict(tensor_cores=True, warps=8), dict(tensor_cores=True, min_keys=32),
                                   dict(tensor_cores=True, min_keys=256), dict(tensor_cores=False)])

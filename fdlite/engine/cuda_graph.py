@@ -197,7 +197,8 @@ class GraphRunner:
         lay = self._layout(bucket)
         self._init_host(g)
         g.copied, g.outs = xp.cuda.Event(disable_timing=True), {}
-        g.static = xp.zeros(g.host.size, np.int32)            # default pool: lives as long as the runner
+        with self.stream:   # zeroed on the runner's stream: on another one the memset could land after the copy below
+            g.static = xp.zeros(g.host.size, np.int32)        # default pool: lives as long as the runner
         v = {n: g.static[s] for n, s in lay.items()}
         v["block_tables"] = v["block_tables"].reshape(bucket, self.max_blocks)
         g.views = v

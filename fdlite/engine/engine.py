@@ -16,7 +16,9 @@ stops at step t has computed one position more in step t + 1, into a block posit
 fresh block, never a shared prefix block), and that row is not sampled. The same sequences, the same draws of their
 generators in the same order, hence the same tokens as plain steps; ``step`` then returns step t's sequences one call
 later. Anything else (an admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch)
-drains the overlap and the next step is a plain one. ``overlap = False`` turns it off.
+drains the overlap and the next step is a plain one. It is OFF by default (``overlap = True`` turns it on): on the
+H100 it gave +5% at batch 1 and 32, but runs of several models in one process crashed with an illegal address at
+batch 32 (3 of 5 stress runs; 0 of 2 with it off; BENCHMARKS.md), cause not found yet.
 
 Threads: ``lock`` guards all engine state. Callers never step the engine under their own lock; they call
 ``pump(event)``, which runs steps for everyone until the caller's event is set (one of its sequences got a
@@ -56,7 +58,7 @@ class Engine:
         self.num_preemptions = self.num_steps = self.peak_batch = 0
         self.num_cached_tokens = 0             # prompt tokens served from the prefix cache
         self.num_generated = 0                 # tokens sampled, over all requests
-        self.overlap = True                    # overlapped decode where the runner has launch_decode (GPU graphs)
+        self.overlap = False                   # overlapped decode where the runner has launch_decode (GPU graphs)
         self._inflight = None                  # (sequences, gpu_sampler.Pending): a step sampled, not yet recorded
         self._slot = 0                         # alternates the Pending host buffers
 
