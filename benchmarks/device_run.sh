@@ -179,6 +179,9 @@ for stage in "$@"; do
     ovtest)         # the overlap GPU test, then the multi-model stress with the overlap on (after the static-zeroing fix)
       T 150 $PT tests/test_gpu_attention.py -k "overlapped or graph_decode_equals_eager" 2>&1 | tail -2
       OV=1 bash benchmarks/device_run.sh stress 2>&1 | grep -E "FAILED|run [12]" | tail -30 ;;
+    ovcheck)        # memcheck over the multi-model sequence that crashed with the overlap on (2 layers)
+      T 420 compute-sanitizer --tool memcheck --print-limit 4 python3 benchmarks/e2e.py --quant wint4 --kv bf16,int8 \
+        --batch 1,16,32 --gen 128 --layers 2 --overlap 1 2>&1 | grep -vE "^\s*$" | grep -v "^fdlite:" | head -70 ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms
