@@ -17,8 +17,9 @@ fresh block, never a shared prefix block), and that row is not sampled. The same
 generators in the same order, hence the same tokens as plain steps; ``step`` then returns step t's sequences one call
 later. Anything else (an admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch)
 drains the overlap and the next step is a plain one. It is OFF by default (``overlap = True`` turns it on): on the
-H100 it gave +5% at batch 1 and 32, but runs of several models in one process crashed with an illegal address at
-batch 32 (3 of 5 stress runs; 0 of 2 with it off; BENCHMARKS.md), cause not found yet.
+H100 it gave ~5% at batch 1 and 32, but runs of several models in one process crashed at batch 32 with an illegal
+address. Two bugs found since are fixed (a last step nobody samples left running past close; graph inputs zeroed
+on another stream), and the runs after both fixes were clean; too few to turn it on (BENCHMARKS.md).
 
 Threads: ``lock`` guards all engine state. Callers never step the engine under their own lock; they call
 ``pump(event)``, which runs steps for everyone until the caller's event is set (one of its sequences got a
