@@ -182,6 +182,13 @@ for stage in "$@"; do
     ovcheck)        # memcheck over the multi-model sequence that crashed with the overlap on (2 layers)
       T 420 compute-sanitizer --tool memcheck --print-limit 4 python3 benchmarks/e2e.py --quant wint4 --kv bf16,int8 \
         --batch 1,16,32 --gen 128 --layers 2 --overlap 1 2>&1 | grep -vE "^\s*$" | grep -v "^fdlite:" | head -70 ;;
+    attnloop)       # paged_attn_tc CTAs looping over a row's splits: twins, timings at long max_len
+      T 240 $PT tests/test_gpu_attention.py -k "paged" 2>&1 | tail -2
+      T 90 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --max-len 264,4096 --attn tc,tc:c16 \
+        2>&1 | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --ctx 200,4000 --max-len 4096 --attn tc 2>&1 | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 8 --ctx 200 --max-len 4096 --attn tc,tc:c16 2>&1 \
+        | grep "^|" ;;
     xsprof)         # Nsight Compute on the batched decode GEMMs at 16 and 32 rows (gemv_xs; mma_sk on down_proj)
       for ms in "32 gate_up" "32 qkv" "32 down" "16 gate_up"; do
         set -- $ms

@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--max-len", default="512,4096")
     ap.add_argument("--attn", default="tc,cuda",
                     help="attention plans, comma-separated: tc or cuda (paged_attn_tc / paged_attn), optionally "
-                         "with :w<warps> and :k<min_keys>, e.g. tc:w8:k32")
+                         "with :w<warps>, :k<min_keys> and :c<CTAs per row>, e.g. tc:w8:k32")
     ap.add_argument("--only", default="", help="only ops whose name contains this")
     a = ap.parse_args()
     import cupy as cp
@@ -87,7 +87,7 @@ def main():
                 kind, *opts = plan.split(":")
                 kw = {"tensor_cores": kind == "tc"}
                 for o in opts:
-                    kw["warps" if o[0] == "w" else "min_keys"] = int(o[1:])
+                    kw[{"w": "warps", "k": "min_keys", "c": "ctas_per_row"}[o[0]]] = int(o[1:])
                 ops[f"paged_attention[{plan}] ctx={ctx} max_len={ml}"] = (
                     lambda pos=pos, ml=ml, kw=kw: kv_cache.paged_attention(
                         q, cache, tables, rows, pos, window=None, scale=D ** -0.5, max_len=ml, **kw))

@@ -92,12 +92,13 @@ TC_HEAD_DIMS = (64, 128)                   # paged_attn_tc (tensor cores); other
 
 def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: int | None, scale: float,
                     max_len: int, out=None, tensor_cores: bool | None = None, warps: int | None = None,
-                    min_keys: int | None = None):
+                    min_keys: int | None = None, ctas_per_row: int | None = None):
     """q: bf16 [N, nh, D]; block_tables: int32 [B, max_blocks]; row_seq, row_pos: int32 [N] (sequence row and
     position of each query). max_len bounds every row's visible keys (it sizes the split grid, so a captured
     graph stays valid for any context up to it). Returns o: bf16 [N, nh, D].
     tensor_cores (default: head_dim in TC_HEAD_DIMS) picks paged_attn_tc over paged_attn; warps (4 or 8) and
-    min_keys (a power of two in CHUNKS: the fewest keys per split) override the launch plan, for benchmarks."""
+    min_keys (a power of two in CHUNKS: the fewest keys per split) override the launch plan, for benchmarks;
+    ctas_per_row (paged_attn_tc) caps the CTAs that share a row's splits (each loops over several)."""
     import cupy as cp  # noqa: PLC0415
 
     expect(q, "q", BF16, 3)
@@ -148,7 +149,10 @@ def paged_attention(q, cache: dict, block_tables, row_seq, row_pos, *, window: i
     step = min(COUNTERS // nkv, 65535)             # rows per launch: a counter per (row, kv head); grid z <= 65535
     for r0 in range(0, N, step):
         r1 = min(N, r0 + step)
-        launch(fn, (S, nkv, r1 - r0), (32 * warps,), (
+        # paged_attn_tc loops over a row's splits: about 4 CTAs per SM over all (row, kv head) pairs, at most S each
+        # (batch 32 with max_len 4096: 3 CTAs a row instead of 16, most of which only exited at a short context)
+        sx = min(S, ctas_per_row or -(-4 * n_sm // ((r1 - r0) * nkv))) if tc else S
+        launch(fn, (sx, nkv, r1 - r0), (32 * warps,), (
             q[r0:r1], np.int32(nh), np.int32(nkv), c["k"], c["v"], p(c.get("k_tok")), p(c.get("v_tok")),
             p(c.get("k_r")), p(c.get("v_r")), p(c.get("k_z")), p(c.get("v_z")), block_tables,
             np.int32(block_tables.shape[1]), np.int32(c["k"].shape[2]), row_seq[r0:r1], row_pos[r0:r1],

@@ -466,7 +466,7 @@ __global__ void __launch_bounds__(32 * W) paged_attn_tc(PAGED_ATTN_PARAMS) {
   __shared__ int ridx[TC_KEYS];                     // cache row (block * nkv + hk) * block_size + offset per key
   __shared__ float wm[W][GMAX], wl[W][GMAX];
   __shared__ int last;
-  const int s = blockIdx.x, hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+  const int hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5, r = lane >> 2, j = lane & 3;
   const int z = pdl_wait();
   q += z, kc += z, vc += z, kts += z, vts += z, block_tables += z, row_seq += z, row_pos += z;
@@ -476,10 +476,6 @@ __global__ void __launch_bounds__(32 * W) paged_attn_tc(PAGED_ATTN_PARAMS) {
   const int visible = pos + 1 - lo;
   const int ck = row_chunk(visible, S, cmin, chunk);
   const int nsplit = (visible + ck - 1) / ck;
-  const int start = lo + s * ck;
-  if (start > pos) return;
-  const int ntok = min(pos + 1 - start, ck);
-
   // queries: A fragments of the KT k16 steps, rows r (and r + 8), k columns = the dims of the K chunk's pairs;
   // K's scales folded in (int8 / int4 per channel), int4's zero-point term zq = sum_d q'_d zp_d (per head).
   unsigned qa[KT][2][2];                            // [step][row half][a0/a2 | a1/a3]
@@ -514,146 +510,154 @@ __global__ void __launch_bounds__(32 * W) paged_attn_tc(PAGED_ATTN_PARAMS) {
   // softmax scale in log2 units, with fp8's per-head K scale
   const float sscale = scale * 1.4426950408889634f * (FMT == KV_FP8 ? __ldg(ks + hk) : 1.f);
 
-  // the split's cache rows, one per key (keys past ntok repeat the last one: valid loads, masked scores)
-  {
-    const int* table = block_tables + (size_t)__ldcg(row_seq + n) * max_blocks;
-    const FastDiv bdiv = fastdiv_of(block_size);
-    const int nk = (ntok + 15) & ~15;
-    for (int t = tid; t < nk; t += THREADS) {
-      const int jj = start + min(t, ntok - 1);
-      const int b = fastdiv(jj, bdiv);
-      ridx[t] = (__ldcg(table + b) * nkv + hk) * block_size + (jj - b * block_size);
-    }
-  }
-  __syncthreads();
-
-  float acc[2 * NPV][4];                            // O fragments of the D/8 n-tiles
-#pragma unroll
-  for (int t = 0; t < 2 * NPV; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
-  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.f, 0.f};
-  const unsigned zero = 0u;
-
-  for (int t0 = warp * 16; t0 < ntok; t0 += W * 16) {
-    unsigned kw[2][NWK], vw[4][NWV];
-    float kt[2][2], vt[2][2];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-      load_words<NWK>(kc + (size_t)ridx[t0 + nt * 8 + r] * RB + j * KB, kw[nt]);
-#pragma unroll
-    for (int c = 0; c < 4; ++c)
-      load_words<NWV>(vc + (size_t)ridx[t0 + (c >> 1) * 8 + 2 * j + (c & 1)] * RB + r * VB, vw[c]);
-    if (FMT == KV_BFP8)
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int row = ridx[t0 + nt * 8 + 2 * j + e];
-          kt[nt][e] = __ldcg(kts + row), vt[nt][e] = __ldcg(vts + row);
-        }
-
-    // scores of keys t0 + nt 8 + 2j + e for heads r (c[e]) and r + 8 (c[2 + e])
-    float sc[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      unsigned kp[NPK];
-      chunk_pairs<FMT, NWK>(kw[nt], kp);
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-#pragma unroll
-      for (int k = 0; k < KT; ++k) {
-        const unsigned a[4] = {qa[k][0][0], HI ? qa[k][1][0] : zero, qa[k][0][1], HI ? qa[k][1][1] : zero};
-        mma_tc<BF>(sc[nt], a, kp[2 * k], kp[2 * k + 1]);
+  // A CTA takes splits blockIdx.x, + gridDim.x, ... of its row: the host's grid holds fewer CTAs than the longest
+  // context's splits where the (row, kv head) pairs already fill the GPU, so a short context launches no CTA that
+  // would only exit. The queries above serve every split.
+  for (int s = blockIdx.x; s < nsplit; s += gridDim.x) {
+    if (s != (int)blockIdx.x) __syncthreads();      // the split before is done with the shared buffers
+    const int start = lo + s * ck;
+    const int ntok = min(pos + 1 - start, ck);
+    // the split's cache rows, one per key (keys past ntok repeat the last one: valid loads, masked scores)
+    {
+      const int* table = block_tables + (size_t)__ldcg(row_seq + n) * max_blocks;
+      const FastDiv bdiv = fastdiv_of(block_size);
+      const int nk = (ntok + 15) & ~15;
+      for (int t = tid; t < nk; t += THREADS) {
+        const int jj = start + min(t, ntok - 1);
+        const int b = fastdiv(jj, bdiv);
+        ridx[t] = (__ldcg(table + b) * nkv + hk) * block_size + (jj - b * block_size);
       }
     }
-    float mx[2];
-#pragma unroll
-    for (int hh = 0; hh < (HI ? 2 : 1); ++hh) {
-      mx[hh] = neg_inf();
-#pragma unroll
+    __syncthreads();
+
+    float acc[2 * NPV][4];                            // O fragments of the D/8 n-tiles
+  #pragma unroll
+    for (int t = 0; t < 2 * NPV; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.f, 0.f};
+    const unsigned zero = 0u;
+
+    for (int t0 = warp * 16; t0 < ntok; t0 += W * 16) {
+      unsigned kw[2][NWK], vw[4][NWV];
+      float kt[2][2], vt[2][2];
+  #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float v = FMT == KV_INT4ZP ? sc[nt][2 * hh + e] - zq[hh] : sc[nt][2 * hh + e];
-          v *= FMT == KV_BFP8 ? sscale * kt[nt][e] : sscale;
-          if (t0 + nt * 8 + 2 * j + e >= ntok) v = neg_inf();
-          sc[nt][2 * hh + e] = v;
-          mx[hh] = fmaxf(mx[hh], v);
-        }
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-    }
-    unsigned pa[4];                                   // P as the A fragment of P V (keys on k)
-#pragma unroll
-    for (int hh = 0; hh < (HI ? 2 : 1); ++hh) {
-      const float mn = fmaxf(m[hh], mx[hh]), alpha = exp2f(m[hh] - mn);
-      m[hh] = mn;
-      float ps = 0.f;
-#pragma unroll
+        load_words<NWK>(kc + (size_t)ridx[t0 + nt * 8 + r] * RB + j * KB, kw[nt]);
+  #pragma unroll
+      for (int c = 0; c < 4; ++c)
+        load_words<NWV>(vc + (size_t)ridx[t0 + (c >> 1) * 8 + 2 * j + (c & 1)] * RB + r * VB, vw[c]);
+      if (FMT == KV_BFP8)
+  #pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+  #pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int row = ridx[t0 + nt * 8 + 2 * j + e];
+            kt[nt][e] = __ldcg(kts + row), vt[nt][e] = __ldcg(vts + row);
+          }
+
+      // scores of keys t0 + nt 8 + 2j + e for heads r (c[e]) and r + 8 (c[2 + e])
+      float sc[2][4];
+  #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
-        const float p0 = exp2f(sc[nt][2 * hh] - mn), p1 = exp2f(sc[nt][2 * hh + 1] - mn);
-        ps += p0 + p1;
-        pa[2 * nt + hh] = FMT == KV_BFP8 ? pack_half2(p0 * vt[nt][0], p1 * vt[nt][1], BF) : pack_half2(p0, p1, BF);
+        unsigned kp[NPK];
+        chunk_pairs<FMT, NWK>(kw[nt], kp);
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+  #pragma unroll
+        for (int k = 0; k < KT; ++k) {
+          const unsigned a[4] = {qa[k][0][0], HI ? qa[k][1][0] : zero, qa[k][0][1], HI ? qa[k][1][1] : zero};
+          mma_tc<BF>(sc[nt], a, kp[2 * k], kp[2 * k + 1]);
+        }
       }
-      l[hh] = l[hh] * alpha + ps;
-#pragma unroll
-      for (int t = 0; t < 2 * NPV; ++t) acc[t][2 * hh] *= alpha, acc[t][2 * hh + 1] *= alpha;
-    }
-    if (!HI) pa[1] = pa[3] = 0u;
+      float mx[2];
+  #pragma unroll
+      for (int hh = 0; hh < (HI ? 2 : 1); ++hh) {
+        mx[hh] = neg_inf();
+  #pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+  #pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float v = FMT == KV_INT4ZP ? sc[nt][2 * hh + e] - zq[hh] : sc[nt][2 * hh + e];
+            v *= FMT == KV_BFP8 ? sscale * kt[nt][e] : sscale;
+            if (t0 + nt * 8 + 2 * j + e >= ntok) v = neg_inf();
+            sc[nt][2 * hh + e] = v;
+            mx[hh] = fmaxf(mx[hh], v);
+          }
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+      }
+      unsigned pa[4];                                   // P as the A fragment of P V (keys on k)
+  #pragma unroll
+      for (int hh = 0; hh < (HI ? 2 : 1); ++hh) {
+        const float mn = fmaxf(m[hh], mx[hh]), alpha = exp2f(m[hh] - mn);
+        m[hh] = mn;
+        float ps = 0.f;
+  #pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const float p0 = exp2f(sc[nt][2 * hh] - mn), p1 = exp2f(sc[nt][2 * hh + 1] - mn);
+          ps += p0 + p1;
+          pa[2 * nt + hh] = FMT == KV_BFP8 ? pack_half2(p0 * vt[nt][0], p1 * vt[nt][1], BF) : pack_half2(p0, p1, BF);
+        }
+        l[hh] = l[hh] * alpha + ps;
+  #pragma unroll
+        for (int t = 0; t < 2 * NPV; ++t) acc[t][2 * hh] *= alpha, acc[t][2 * hh + 1] *= alpha;
+      }
+      if (!HI) pa[1] = pa[3] = 0u;
 
-    unsigned vp[4][NPV];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) chunk_pairs<FMT, NWV>(vw[c], vp[c]);
-#pragma unroll
-    for (int i = 0; i < NPV; ++i) {
-      mma_tc<BF>(acc[2 * i], pa, __byte_perm(vp[0][i], vp[1][i], 0x5410), __byte_perm(vp[2][i], vp[3][i], 0x5410));
-      mma_tc<BF>(acc[2 * i + 1], pa, __byte_perm(vp[0][i], vp[1][i], 0x7632), __byte_perm(vp[2][i], vp[3][i], 0x7632));
-    }
-  }
-  pdl_launch();
-
-  // the warp -> shared memory (natural-log max): heads r (and r + 8), dims n D/8 + dim_in_chunk(t), n = 2j, 2j+1
-#pragma unroll
-  for (int hh = 0; hh < (HI ? 2 : 1); ++hh) {
-    const int hq = r + 8 * hh;
-    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
-    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
-    if (hq < g) {
-      if (j == 0) wm[warp][hq] = m[hh] * 0.6931471805599453f, wl[warp][hq] = l[hh];
-      float* ob = obuf + (warp * GMAX + hq) * D;
-#pragma unroll
-      for (int t = 0; t < 2 * NPV; ++t) {
-        const int d = (t & 1 ? pair_lo<FMT>(t >> 1) + pair_step<FMT>() : pair_lo<FMT>(t >> 1));
-        ob[(2 * j) * VE + d] = acc[t][2 * hh];
-        ob[(2 * j + 1) * VE + d] = acc[t][2 * hh + 1];
+      unsigned vp[4][NPV];
+  #pragma unroll
+      for (int c = 0; c < 4; ++c) chunk_pairs<FMT, NWV>(vw[c], vp[c]);
+  #pragma unroll
+      for (int i = 0; i < NPV; ++i) {
+        mma_tc<BF>(acc[2 * i], pa, __byte_perm(vp[0][i], vp[1][i], 0x5410), __byte_perm(vp[2][i], vp[3][i], 0x5410));
+        mma_tc<BF>(acc[2 * i + 1], pa, __byte_perm(vp[0][i], vp[1][i], 0x7632), __byte_perm(vp[2][i], vp[3][i], 0x7632));
       }
     }
-  }
-  __syncthreads();
-  // warps -> the CTA's output: rescale to the CTA's max, sum, apply V's scales
-  for (int x = tid; x < g * D; x += THREADS) {
-    const int i = x / D, d = x % D;
-    float M = wm[0][i];
-#pragma unroll
-    for (int w = 1; w < W; ++w) M = fmaxf(M, wm[w][i]);
-    float lsum = 0.f, a = 0.f;
-#pragma unroll
-    for (int w = 0; w < W; ++w) {
-      const float f = wm[w][i] == neg_inf() ? 0.f : __expf(wm[w][i] - M);
-      lsum = fmaf(wl[w][i], f, lsum);
-      a = fmaf(obuf[(w * GMAX + i) * D + d], f, a);
+    pdl_launch();
+
+    // the warp -> shared memory (natural-log max): heads r (and r + 8), dims n D/8 + dim_in_chunk(t), n = 2j, 2j+1
+  #pragma unroll
+    for (int hh = 0; hh < (HI ? 2 : 1); ++hh) {
+      const int hq = r + 8 * hh;
+      l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
+      l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
+      if (hq < g) {
+        if (j == 0) wm[warp][hq] = m[hh] * 0.6931471805599453f, wl[warp][hq] = l[hh];
+        float* ob = obuf + (warp * GMAX + hq) * D;
+  #pragma unroll
+        for (int t = 0; t < 2 * NPV; ++t) {
+          const int d = (t & 1 ? pair_lo<FMT>(t >> 1) + pair_step<FMT>() : pair_lo<FMT>(t >> 1));
+          ob[(2 * j) * VE + d] = acc[t][2 * hh];
+          ob[(2 * j + 1) * VE + d] = acc[t][2 * hh + 1];
+        }
+      }
     }
-    if (FMT == KV_INT8) a *= __ldg(vs + hk * D + d);
-    if (FMT == KV_FP8) a *= __ldg(vs + hk);
-    if (FMT == KV_INT4ZP) a = (a - __ldg(vz + hk * D + d) * lsum) * __ldg(vs + hk * D + d);
-    const size_t h = (size_t)n * nh + hk * g + i;
-    if (nsplit == 1) {
-      o[h * D + d] = f32_to_bf16(a / lsum);
-    } else {
-      po[(h * S + s) * D + d] = a;
-      if (d == 0) pm[h * S + s] = M, pl[h * S + s] = lsum;
+    __syncthreads();
+    // warps -> the CTA's output: rescale to the CTA's max, sum, apply V's scales
+    for (int x = tid; x < g * D; x += THREADS) {
+      const int i = x / D, d = x % D;
+      float M = wm[0][i];
+  #pragma unroll
+      for (int w = 1; w < W; ++w) M = fmaxf(M, wm[w][i]);
+      float lsum = 0.f, a = 0.f;
+  #pragma unroll
+      for (int w = 0; w < W; ++w) {
+        const float f = wm[w][i] == neg_inf() ? 0.f : __expf(wm[w][i] - M);
+        lsum = fmaf(wl[w][i], f, lsum);
+        a = fmaf(obuf[(w * GMAX + i) * D + d], f, a);
+      }
+      if (FMT == KV_INT8) a *= __ldg(vs + hk * D + d);
+      if (FMT == KV_FP8) a *= __ldg(vs + hk);
+      if (FMT == KV_INT4ZP) a = (a - __ldg(vz + hk * D + d) * lsum) * __ldg(vs + hk * D + d);
+      const size_t h = (size_t)n * nh + hk * g + i;
+      if (nsplit == 1) {
+        o[h * D + d] = f32_to_bf16(a / lsum);
+      } else {
+        po[(h * S + s) * D + d] = a;
+        if (d == 0) pm[h * S + s] = M, pl[h * S + s] = lsum;
+      }
     }
+    if (nsplit == 1) return;
+    merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS, &last);
   }
-  if (nsplit == 1) return;
-  merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS, &last);
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask

@@ -265,11 +265,14 @@ def test_overlapped_decode_equals_plain_steps_on_the_gpu(cp, case, kv_cache):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("plan", [dict(tensor_cores=True, warps=8), dict(tensor_cores=True, min_keys=32),
-                                  dict(tensor_cores=True, min_keys=256), dict(tensor_cores=False)])
+                                  dict(tensor_cores=True, min_keys=256), dict(tensor_cores=False),
+                                  dict(tensor_cores=True, min_keys=32, ctas_per_row=1),
+                                  dict(tensor_cores=True, min_keys=32, ctas_per_row=3)])
 @pytest.mark.parametrize("nh,nkv,D", [(32, 8, 128), (20, 4, 128), (16, 16, 64)])
 def test_paged_attention_launch_plans(cp, gpu, fmt, plan, nh, nkv, D, monkeypatch):
     """Both kernels (paged_attn_tc, paged_attn) and the launch plans the benchmarks try (8 warps, 32-key and
-    256-key splits) against the twin: the plan changes the work split, never the result."""
+    256-key splits, one or three CTAs looping over a row's splits) against the twin: the plan changes the work
+    split, never the result."""
     import functools
 
     from fdlite_kernels import kv_cache
