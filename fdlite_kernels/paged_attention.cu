@@ -348,7 +348,9 @@ __global__ void __launch_bounds__(32 * W) paged_attn(PAGED_ATTN_PARAMS) {
 // Codes enter the mma exactly: bf16 as bf16; int8, e4m3 and int4 codes as fp16 (all exact), with the K scales
 // folded into the queries (fp16) or the scores and the V scales applied to the result, as paged_attn does. P is
 // rounded to the mma's type (bf16 or fp16) before P V, as flash attention does. Scores are kept in log2 units.
-// The split grid, row_chunk, the arrival counter and the partials (natural-log max) are paged_attn's.
+// The splits, row_chunk, the arrival counter and the partials (natural-log max) are paged_attn's, except that
+// a CTA loops over splits blockIdx.x, + gridDim.x, ... of its row (the host sizes gridDim.x to the GPU, not to the
+// longest context).
 template <int FMT>
 struct TcGeo {
   static constexpr int EPW = FMT == KV_BF16 ? 2 : (FMT == KV_INT4ZP ? 8 : 4);   // elements per 32-bit word
