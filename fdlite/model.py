@@ -207,7 +207,7 @@ class Model:
                 return
             self._closed = True
             if self.engine is not None:
-                self.engine.sync()          # no step of the device may still read what is freed below
+                self.engine.close()         # no step of the device may still read what is freed below
             self.params = None
             self.cache.close()
             self.engine = None

@@ -53,7 +53,10 @@ def counters():
 
     key = (cp.cuda.Device().id, cp.cuda.get_current_stream().ptr)
     if key not in _counters:
-        _counters[key] = cp.zeros(COUNTERS, np.int32)
+        # from the default pool even inside a CUDA-graph runner's private allocator: they outlive any one model
+        # (a later stream may reuse this handle), and a runner's pool is freed with it
+        with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):
+            _counters[key] = cp.zeros(COUNTERS, np.int32)
     return _counters[key]
 
 

@@ -53,10 +53,12 @@ def _gpu_like(m: Model, launches: list):
         def wait(self):
             launches.append("wait")
 
-        def launch_decode(self, ids_dev, meta):
+        replayed = True                      # a graph served the plain step (the GPU runner's flag)
+
+        def launch_decode(self, tokens, meta):
             launches.append(meta.batch)
-            assert len(ids_dev) == meta.batch
-            return Dev(real(np.asarray(ids_dev.a, np.int64), meta))
+            assert len(tokens.dev) == meta.batch
+            return Dev(real(np.asarray(tokens.dev.a, np.int64), meta))
 
     eng.runner = Runner()
     eng._launch_sampling = lambda logits, rows: Pending(np.array(_host_sample(eng, logits, rows), np.int64))
@@ -165,3 +167,27 @@ def test_token_budget_below_the_batch_never_overlaps_a_partial_batch(budget):
         got = [o.outputs.token_ids for o in m.generate([r[1] for r in reqs], sp, use_tqdm=False)]
     assert got == plain
     assert all(b <= budget for b in launches if b != "wait")
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_engine_close_mid_run_ends_everything(overlap):
+    """Model.close's Engine.close with a step in flight and sequences running and waiting: each ends as "abort",
+    every block comes back, the step in flight is dropped and step() does nothing from then on."""
+    sp = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    with Model.load(LLAMA, device="cpu", max_model_len=MAX_LEN, block_size=4, max_num_seqs=2) as m:
+        _gpu_like(m, [])
+        eng = m.engine
+        eng.overlap = overlap
+        seqs = [g[0] for g in m._prepare([[1, 2, 3], [4, 5], [6, 7, 8, 9]], sp)]
+        for s in seqs[:2]:
+            eng.add(s)
+        with eng.lock:
+            for _ in range(4):
+                eng.step()
+        eng.add(seqs[2])                            # waits: both slots are taken
+        with eng.lock:
+            assert (eng._inflight is not None) == overlap and eng.waiting
+            eng.close()
+            assert eng.step() == [] and not eng.has_work() and eng._inflight is None
+        assert all(s.finish_reason == "abort" for s in seqs)
+        assert eng.blocks.num_free == eng.blocks.num_blocks

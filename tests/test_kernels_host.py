@@ -117,10 +117,13 @@ def test_mma_sk_launches_pass_what_the_kernel_takes(monkeypatch):
             self.size = int(np.prod(shape))
             self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
 
+    import contextlib
+
     cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"),
-                                 get_current_stream=lambda: types.SimpleNamespace(ptr=7))
+                                 get_current_stream=lambda: types.SimpleNamespace(ptr=7),
+                                 using_allocator=lambda alloc: contextlib.nullcontext())
     fake = types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype), zeros=lambda n, d: Arr((n,), d),
-                                 cuda=cuda)
+                                 cuda=cuda, get_default_memory_pool=lambda: types.SimpleNamespace(malloc=None))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(mma_sk, "kernel", lambda *key: lambda grid, block, args, shared_mem: calls.append(
         (key, grid, block, args, shared_mem)))

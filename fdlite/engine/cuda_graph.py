@@ -77,6 +77,7 @@ class GraphRunner:
         self._entered, self._left = xp.cuda.Event(disable_timing=True), xp.cuda.Event(disable_timing=True)
         self.pool = xp.cuda.MemoryPool()
         self.num_replays = self.num_eager = 0
+        self.replayed = False               # the last __call__ ran a captured graph (the overlap starts only then)
 
     @property
     def enabled(self) -> bool:
@@ -96,19 +97,22 @@ class GraphRunner:
             if g is not None:
                 out = self._replay(g, ids, meta)
                 self.num_replays += 1
+                self.replayed = True
                 return self._handoff(out)
         self.num_eager += 1
+        self.replayed = False
         with self.stream:
             out = self._forward(xp.asarray(ids), meta)
         return self._handoff(out)
 
-    def launch_decode(self, ids_dev, meta: StepMeta):
-        """A decode step whose token ids are already on the GPU (``ids_dev``, one per row in row order: the
-        sampler's output of the step before), launched without waiting for them: the engine's overlapped decode
-        (Engine.step). Returns the logits as ``__call__`` does, or None when no graph serves the step (the engine
-        then goes back to plain steps)."""
+    def launch_decode(self, tokens, meta: StepMeta):
+        """A decode step whose token ids are already on the GPU (``tokens``: the gpu_sampler.Pending of the step
+        before, one id per row in row order in ``tokens.dev``), launched without waiting for them: the engine's
+        overlapped decode (Engine.step). Returns the logits as ``__call__`` does, or None when no graph serves the
+        step (the engine then goes back to plain steps)."""
         xp = self.xp
         B = meta.batch
+        ids_dev = tokens.dev
         self._bind()
         if not (self.enabled and B == len(ids_dev) and B <= self.buckets[-1] and self.scratch is not None):
             return None
@@ -117,7 +121,8 @@ class GraphRunner:
         if g is None:
             return None
         self._entered.record(xp.cuda.get_current_stream())
-        self.stream.wait_event(self._entered)                           # after the sampling that made ids_dev
+        self.stream.wait_event(self._entered)                           # after whatever the caller queued
+        self.stream.wait_event(tokens.event)    # and after the sampling that made the ids, on whichever stream it ran
         g.copied.synchronize()
         self._fill(g, 0, meta)
         g.static.set(g.host, stream=self.stream)

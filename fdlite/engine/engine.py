@@ -14,9 +14,11 @@ t's tokens only (a copy queued right behind the sampling), records them (stops, 
 sampling while the GPU runs its forward. So the host's share of a step hides behind the GPU. A sequence that
 stops at step t has computed one position more in step t + 1, into a block position nobody else owns (a partial or
 fresh block, never a shared prefix block), and that row is not sampled. The same sequences, the same draws of their
-generators in the same order, hence the same tokens as plain steps; ``step`` then returns step t's sequences one call
-later. Anything else (an admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch)
-drains the overlap and the next step is a plain one. It is OFF by default (``overlap = True`` turns it on): on the
+generators in the same order; ``step`` returns step t's sequences one call later. Anything else (an admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch)
+drains the overlap and the next step is a plain one. On the GPU a step's logits depend on its row count (kernel
+plans), and the overlapped step keeps the rows of sequences that stopped one step longer, so tokens can differ from
+plain steps by rounding where that changes a plan; with the same plans (and on the CPU twin) they are the same.
+It is OFF by default (``overlap = True`` turns it on): on the
 H100 it gave ~5% at batch 1 and 32, but runs of several models in one process crashed at batch 32 with an illegal
 address. Two bugs found since are fixed (a last step nobody samples left running past close; graph inputs zeroed
 on another stream), and the runs after both fixes were clean; too few to turn it on (BENCHMARKS.md).
@@ -62,13 +64,16 @@ class Engine:
         self.overlap = False                   # overlapped decode where the runner has launch_decode (GPU graphs)
         self._inflight = None                  # (sequences, gpu_sampler.Pending): a step sampled, not yet recorded
         self._slot = 0                         # alternates the Pending host buffers
+        self._pinned: dict = {}                # this engine's Pending host buffers
+        self._fed = None                       # the Pending whose ids the last launched step reads (kept alive)
+        self.closed = False
 
     def add(self, seq: Sequence) -> None:
         with self.lock:
             self.waiting.append(seq)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._inflight)
+        return not self.closed and bool(self.waiting or self.running or self._inflight)
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence now and return its KV blocks (waits for a step in progress to end)."""
@@ -148,6 +153,8 @@ class Engine:
     def step(self) -> list[Sequence]:
         """Run one forward step. Returns the sequences that got a new token or finished (overlapped decode: of
         the step before)."""
+        if self.closed:
+            return []
         if self._inflight is not None:
             return self._step_overlapped()
         batch = self._schedule()
@@ -166,7 +173,7 @@ class Engine:
             for seq in seqs:
                 seq.num_computed += 1
                 self._commit(seq, seq.num_computed)
-            self._inflight = (seqs, self._launch_sampling(logits, list(enumerate(seqs))))
+            self._inflight = (seqs, self._launch_sampling(logits, list(enumerate(seqs))), logits)
             return []
         picked = {} if on_host else self._choose_on_device(
             logits, [(row, seq) for row, (seq, n) in enumerate(batch) if seq.pending == n])
@@ -187,7 +194,7 @@ class Engine:
         """Every running sequence decodes one token, nobody waits to be admitted, none wants logprobs (those rows
         are sampled on the host), and the runner can launch a step from ids on the device."""
         return (self.overlap and not self.waiting and len(batch) == len(self.running)
-                and hasattr(self.runner, "launch_decode")
+                and hasattr(self.runner, "launch_decode") and getattr(self.runner, "replayed", False)
                 and all(n == 1 and seq.pending == 1 and seq.logprobs is None for seq, n in batch))
 
     def _launch_sampling(self, logits, rows: list[tuple[int, Sequence]]):
@@ -197,7 +204,7 @@ class Engine:
         seqs = [seq for _, seq in rows]
         self._slot ^= 1
         return Pending(launch(logits, seqs, [self._banned(seq) for seq in seqs], [row for row, _ in rows]),
-                       self._slot)
+                       self._pinned, self._slot)
 
     def _commit(self, seq: Sequence, upto: int) -> None:
         """Name the blocks of seq that [0, upto) fills, for the prefix cache (all its tokens known, K/V computed)."""
@@ -208,14 +215,18 @@ class Engine:
         """Launch the next decode step of the sequences in flight (their last tokens still on the device), then
         record the tokens of the step before and queue the new step's sampling. Falls back to recording only
         (the next step is a plain one) when the batch would change or no graph serves it."""
-        seqs, pending = self._inflight
+        seqs, pending, _ = self._inflight
         self._inflight = None
         logits = None
         if (self.overlap and not self.waiting and len(seqs) == len(self.running)
                 and all(s.status == RUNNING for s in seqs)
                 and all(self.blocks.allocate(s.block_table, s.num_computed + 1) for s in seqs)):
             meta = StepMeta.build([(s.num_computed, 1, s.block_table) for s in seqs], self.blocks.block_size)
-            logits = self.runner.launch_decode(pending.dev, meta)
+            logits = self.runner.launch_decode(pending, meta)
+        # The launched step reads pending.dev on the runner's stream: keep it referenced until that step is known
+        # done, so its memory is not reused meanwhile. The ids the step before read (prior) are safe to free once
+        # pending.get() below returns: that sampling was queued behind the step before.
+        prior, self._fed = self._fed, (pending if logits is not None else None)
         if logits is not None:
             self.num_steps += 1
             self.peak_batch = max(self.peak_batch, len(seqs))
@@ -228,6 +239,7 @@ class Engine:
             self._commit(seq, len(seq.prompt_ids) + len(seq.output_ids))   # what a plain step had committed
             self._record(seq, int(tok), None)
             touched.append(seq)
+        del prior
         if logits is None:
             return touched
         live = [(row, s) for row, s in enumerate(seqs) if s.status == RUNNING]
@@ -235,7 +247,7 @@ class Engine:
             self.sync()         # writes K/V into blocks just freed, and reads weights a close() may free next)
             return touched
         if self.overlap and not self.waiting and len(live) == len(self.running):
-            self._inflight = ([s for _, s in live], self._launch_sampling(logits, live))
+            self._inflight = ([s for _, s in live], self._launch_sampling(logits, live), logits)
             return touched
         picked = self._choose_on_device(logits, live)         # the batch changes: sample this step now
         seen = {id(s) for s in touched}
@@ -255,6 +267,18 @@ class Engine:
         wait = getattr(self.runner, "wait", None)
         if wait is not None:
             wait()
+        self._fed = None
+
+    def close(self) -> None:
+        """Stop for good (Model.close, with ``lock`` held): wait for the device, drop the step in flight, end every
+        sequence (finish reason "abort", waking its caller), and make step() a no-op."""
+        self.sync()
+        self._inflight = None
+        for seq in list(self.running) + list(self.waiting):
+            if seq in self.waiting:
+                self.waiting.remove(seq)
+            self._finish(seq, "abort")
+        self.closed = True
 
     def _step_inputs(self, batch: list[tuple[Sequence, int]]) -> tuple[np.ndarray, StepMeta]:
         """The step's new token ids (N,) int64 and its StepMeta. Each sequence's tokens are sliced without

@@ -127,17 +127,17 @@ class Pending:
     ids in the engine's overlapped decode), a copy into page-locked memory is queued behind the sampling at
     once, so ``get`` waits for the sampling only, not for whatever the stream runs after it."""
 
-    _pinned: dict = {}              # (device, slot) -> page-locked int64 buffer, reused; two slots alternate
-
-    def __init__(self, dev, slot: int):
+    def __init__(self, dev, buffers: dict, slot: int):
+        """buffers: the caller's own {(device, slot): page-locked int64 buffer}, reused (an engine alternates two
+        slots, so a buffer is refilled only after its tokens were read; engines must not share them)."""
         import cupy as cp  # noqa: PLC0415
 
         self.dev, n = dev, dev.size
         key = (cp.cuda.Device().id, slot)
-        buf = self._pinned.get(key)
+        buf = buffers.get(key)
         if buf is None or buf.size < n:
             buf = np.frombuffer(cp.cuda.alloc_pinned_memory(max(n, 256) * 8), np.int64)
-            self._pinned[key] = buf
+            buffers[key] = buf
         self.host = buf[:n]
         stream = cp.cuda.get_current_stream()
         cp.cuda.runtime.memcpyAsync(self.host.ctypes.data, dev.data.ptr, n * 8,
