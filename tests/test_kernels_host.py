@@ -249,6 +249,73 @@ def test_attention_min_chunk_splits_only_while_the_gpu_is_not_full():
             assert split_chunk(visible) * 16 >= min(visible, CHUNKS[-1] * 16)
 
 
+def _row_chunk(visible, S, cmin, cmax):
+    """paged_attention.cu's row_chunk, on the host."""
+    c = cmin
+    while c < cmax and c * S < visible:
+        c *= 2
+    return c
+
+
+def test_paged_attention_grid_covers_every_row_split(monkeypatch):
+    """The launcher's grid against the kernels' arithmetic (a stand-in cupy records the launch): for every row's
+    context up to max_len, row_chunk's splits fit the S the partials are sized for, and paged_attn_tc's CTAs
+    (grid x, each looping over splits x, x + grid x, ...) reach them all; the CUDA-core kernel gets one CTA per
+    split. Batch 32 with max_len 264 no longer launches 9 CTAs a row for at most 2 busy ones."""
+    import sys
+    import types
+
+    import ml_dtypes
+
+    from fdlite_kernels import kv_cache
+
+    class Arr:
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+            self.data, self.device, self.size = types.SimpleNamespace(ptr=256), 0, int(np.prod(shape))
+            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
+
+        def __getitem__(self, sl):
+            return self
+
+    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype),
+                                                                   cuda=cuda))
+    calls = []
+    monkeypatch.setattr(kv_cache, "load", lambda *a, **k: types.SimpleNamespace(get_function=lambda name: name))
+    monkeypatch.setattr(kv_cache, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
+        (fn, grid, block, args, shared_mem)))
+    monkeypatch.setattr(kv_cache, "sms", lambda dev: 132)
+    monkeypatch.setattr(kv_cache, "counters", lambda: Arr((1 << 16,), np.int32))
+    monkeypatch.setattr(kv_cache, "ptr", lambda a: Arr((1,), np.float32) if a is None else a)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    for N, nh, nkv, D, max_len, window in [(1, 32, 8, 128, 264, None), (32, 32, 8, 128, 264, None),
+                                           (32, 32, 8, 128, 4096, None), (8, 32, 8, 128, 8192, None),
+                                           (5, 64, 4, 128, 700, None), (3, 8, 2, 256, 3000, 40),
+                                           (2, 16, 16, 64, 130000, None)]:
+        cache = {"fmt": 0, "k": Arr((10, nkv, 16, D), bf16), "v": Arr((10, nkv, 16, D), bf16)}
+        for tc in ((False, True) if D in kv_cache.TC_HEAD_DIMS else (False,)):
+            kv_cache.paged_attention(Arr((N, nh, D), bf16), cache, Arr((N, 4), np.int32), Arr((N,), np.int32),
+                                     Arr((N,), np.int32), window=window, scale=0.1, max_len=max_len,
+                                     tensor_cores=tc)
+            name, grid, block, args, smem = calls[-1]
+            assert name.startswith("paged_attn_tc<" if tc else "paged_attn<") and grid[1:] == (nkv, N)
+            cmin, cmax, S = int(args[-8]), int(args[-7]), int(args[-6])
+            visible = min(max_len, window) if window else max_len
+            assert cmin >= 32 and cmax >= 32
+            for v in {1, 2, 17, 64, 255, 256, 257, 1000, visible // 2, visible - 1, visible}:
+                if 1 <= v <= visible:
+                    ck = _row_chunk(v, S, cmin, cmax)
+                    assert ck <= 256 and -(-v // ck) <= S, (N, max_len, v, ck, S)
+            assert 1 <= grid[0] <= S and (tc or grid[0] == S)
+            if tc:
+                assert grid[0] == min(S, -(-4 * 132 // (N * nkv)))
+            assert smem == (4 * block[0] // 32 * next(g for g in kv_cache.GMAX if g >= nh // nkv) * D if tc
+                            else 4 * (nh // nkv) * D)
+    tc32 = [c for c in calls if c[0].startswith("paged_attn_tc<0, 4, 128") and c[1][2] == 32]
+    assert tc32[0][1][0] == 2                              # batch 32, max_len 264: 2 CTAs a row (was 9)
+
+
 def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
     """gemv_xs's launcher (plan, chunk size, shared memory, argument tuple) against a stand-in cupy that records
     the launch: the arguments follow the kernel's signature, the grid covers every row pair, the block is the
