@@ -132,13 +132,12 @@ for stage in "$@"; do
         T 120 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --gen 128 --overlap $o 2>&1 \
           | grep "^| llama" | sed "s/^/overlap=$o /"
       done ;;
-    attnpf)         # paged_attn_tc with prefetch (a template flag then, removed: no gain) and split sizes
+    attnpf)         # split sizes at batch 32 / 8 / 1 (call 10 also timed a prefetch build, `:pf`; removed: no gain)
       T 200 $PT tests/test_gpu_attention.py -k "launch_plans" 2>&1 | tail -2
-      T 60 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --max-len 264,4096 \
-        --attn tc,tc:pf,tc:k128,tc:k128:pf 2>&1 | grep "^|"
-      T 60 python3 benchmarks/op_probe.py --only paged --batch 8 --ctx 200 --max-len 264 --attn tc,tc:pf,tc:k64:pf 2>&1 \
-        | grep "^|"
-      T 60 python3 benchmarks/op_probe.py --only paged --ctx 200,1000 --max-len 264,4096 --attn tc,tc:pf 2>&1 | grep "^|" ;;
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 32 --ctx 200,1000 --max-len 264,4096 --attn tc,tc:k128 \
+        2>&1 | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --batch 8 --ctx 200 --max-len 264 --attn tc,tc:k64 2>&1 | grep "^|"
+      T 60 python3 benchmarks/op_probe.py --only paged --ctx 200,1000 --max-len 264,4096 --attn tc 2>&1 | grep "^|" ;;
     tests9)         # the ninth session's GPU tests in full: attention, graphs + sampler + model, MoE, parallel, kernels
       T 240 $PT tests/test_gpu_attention.py 2>&1 | tail -2
       T 200 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py tests/test_quant_device_path.py \

@@ -177,6 +177,24 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
   return sign | code;
 }
 
+// Split-K arrival (mma_sk, gemv_xs, paged attention's merge). Each block of an output tile writes its partials, then
+// counts itself in *flag (zero between launches). Returns true, in the whole block, for the block that arrives
+// last: every other split's partials are visible to it then (read them with coherent loads), and the flag is
+// already back at zero for the next launch or graph replay. Every thread of the block calls it.
+__device__ __forceinline__ bool last_to_arrive(int* flag, int arrivals) {
+  __shared__ int last;
+  __threadfence();                                  // this block's partials are visible before the counter says so
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(flag, 1) == arrivals - 1;
+    if (last) *flag = 0;                            // every split has arrived
+  }
+  __syncthreads();
+  const bool mine = last;
+  if (mine) __threadfence();
+  return mine;
+}
+
 // Programmatic dependent launch (_launch.py: launch(..., pdl=True)). pdl_wait: block until the kernel before
 // this one on the stream has finished and its writes are visible; a kernel launched with PDL calls it before
 // it touches anything an earlier kernel writes or reads (only constant weights may be read before it).

@@ -175,13 +175,7 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   }
   if (KS == 1) return;
   // the last of the KS blocks of these row pairs to arrive adds their sums, in split order (deterministic)
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(flags + blockIdx.x, 1) == KS - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_to_arrive(flags + blockIdx.x, KS)) return;
   const int r0 = 16 * blockIdx.x * P, nr = min(N - r0, 16 * P);
   for (int i = threadIdx.x; i < M * nr; i += blockDim.x) {
     const int m = i / nr, row = r0 + i % nr;
@@ -190,7 +184,6 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
     if (BITS == 8) sum *= __ldg(scale + row);
     y[(size_t)m * N + row] = f32_to_bf16(sum);
   }
-  if (threadIdx.x == 0) flags[blockIdx.x] = 0;        // ready for the next launch (and graph replay)
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask

@@ -273,17 +273,7 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
         const int rl = 16 * a + g + (c >= 2 ? 8 : 0), col = 8 * (wnt + h) + 2 * t + (c & 1);
         if (rl < rows && col < Np) part[(size_t)yrow_s[rl] * Np + col] = acc[a][h][c];
       }
-  __threadfence();                                  // the partials are visible before the counter says so
-  __syncthreads();
-  __shared__ int last;
-  if (threadIdx.x == 0) {
-    int* f = flags + blockIdx.y * gridDim.x + blockIdx.x;
-    last = atomicAdd(f, 1) == (int)gridDim.z - 1;
-    if (last) *f = 0;                               // every split has arrived: ready for the next launch
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_to_arrive(flags + blockIdx.y * gridDim.x + blockIdx.x, gridDim.z)) return;
 #pragma unroll
   for (int a = 0; a < MT; ++a)
 #pragma unroll

@@ -152,9 +152,9 @@ SK_MAX_M = 64    # mma_sk (split-K, cp.async pipeline) up to here: 1.2-1.8x mma_
 
 def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
     """y = x @ W.T for the packed weights of ``repack``, routed by M (the H100 measurements in BENCHMARKS.md):
-    the tensor-core GEMV (gemv_packed.cu) up to GEMV_MAX_M rows, the GEMV with x in shared memory (gemv_xs.cu, K split over
-    blocks for a long K) up to XS_MAX_M rows, the split-K pipelined GEMM (mma_sk.cu) up to SK_MAX_M rows, mma_wq above
-    (prefill) and for int4 groups mma_sk does not stage. Same arguments and checks as ``mma_wq``."""
+    the tensor-core GEMV (gemv_packed.cu) up to GEMV_MAX_M rows, the GEMV with x in shared memory (gemv_xs.cu, K
+    split over blocks for a long K) up to XS_MAX_M rows, the split-K pipelined GEMM (mma_sk.cu) up to SK_MAX_M rows,
+    mma_wq above (prefill) and for int4 groups mma_sk does not stage. Same arguments and checks as ``mma_wq``."""
     from . import mma_sk  # noqa: PLC0415 - mma_sk imports this module
     from .gemv_packed import gemv_packed  # noqa: PLC0415 - gemv_packed imports this module
     from .gemv_xs import gemv_xs  # noqa: PLC0415 - gemv_xs imports this module

@@ -105,13 +105,8 @@ __device__ __forceinline__ void load_unit(const u8* p, unsigned (&w)[NW]) {
 __device__ __forceinline__ void merge_splits(int n, int hk, int nh, int nkv, int g, int D, int S, int nsplit,
                                              const float* __restrict__ po, const float* __restrict__ pm,
                                              const float* __restrict__ pl, int* __restrict__ flags,
-                                             bf16_t* __restrict__ o, int tid, int threads, int* last) {
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) *last = atomicAdd(flags + (size_t)n * nkv + hk, 1) == nsplit - 1;
-  __syncthreads();
-  if (!*last) return;
-  __threadfence();
+                                             bf16_t* __restrict__ o, int tid, int threads) {
+  if (!last_to_arrive(flags + (size_t)n * nkv + hk, nsplit)) return;
   for (int x = tid; x < g * D; x += threads) {
     const int i = x / D, d = x % D;
     const size_t h = (size_t)n * nh + hk * g + i;
@@ -126,7 +121,19 @@ __device__ __forceinline__ void merge_splits(int n, int hk, int nh, int nkv, int
     }
     o[h * D + d] = f32_to_bf16(a / lsum);
   }
-  if (tid == 0) flags[(size_t)n * nkv + hk] = 0;   // ready for the next launch (and graph replay)
+}
+
+// A CTA's result for element (h, d) of split s: final when the row has one split, else the unnormalized partial
+// (po; pm and pl once per head) that merge_splits reads.
+__device__ __forceinline__ void store_split(bf16_t* __restrict__ o, float* __restrict__ po, float* __restrict__ pm,
+                                            float* __restrict__ pl, size_t h, int D, int d, int S, int s, int nsplit,
+                                            float a, float M, float lsum) {
+  if (nsplit == 1) {
+    o[h * D + d] = f32_to_bf16(a / lsum);
+    return;
+  }
+  po[(h * S + s) * D + d] = a;
+  if (d == 0) pm[h * S + s] = M, pl[h * S + s] = lsum;
 }
 
 // W warps per CTA (4 or 8): 8 for a batch-1 or -2 decode (<= 16 (row, kv head) pairs leave the GPU idle), so a
@@ -140,7 +147,6 @@ __global__ void __launch_bounds__(32 * W) paged_attn(PAGED_ATTN_PARAMS) {
   extern __shared__ float obuf[];                 // [g][D]: the warps' rescaled output sums
   __shared__ int tab[TABMAX];                     // the split's slice of the block table
   __shared__ float wm[W][GMAX], wl[W][GMAX];
-  __shared__ int last;
   const int s = blockIdx.x, hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5, li = lane % L, slot = lane / L;
   const int z = pdl_wait();                       // launched with PDL: before the first read (and any return)
@@ -318,18 +324,12 @@ __global__ void __launch_bounds__(32 * W) paged_attn(PAGED_ATTN_PARAMS) {
     float lsum = 0.f;
 #pragma unroll
     for (int w = 0; w < W; ++w) lsum += wm[w][i] == neg_inf() ? 0.f : wl[w][i] * __expf(wm[w][i] - M);
-    const size_t h = (size_t)n * nh + hk * g + i;
-    if (nsplit == 1) {
-      o[h * D + d] = f32_to_bf16(obuf[x] / lsum);
-    } else {
-      po[(h * S + s) * D + d] = obuf[x];
-      if (d == 0) pm[h * S + s] = M, pl[h * S + s] = lsum;
-    }
+    store_split(o, po, pm, pl, (size_t)n * nh + hk * g + i, D, d, S, s, nsplit, obuf[x], M, lsum);
   }
   if (nsplit == 1) return;
 
   // the last split of (n, hk) to arrive merges: o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s
-  merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS, &last);
+  merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -467,7 +467,6 @@ __global__ void __launch_bounds__(32 * W) paged_attn_tc(PAGED_ATTN_PARAMS) {
   extern __shared__ float obuf[];                   // [W][GMAX][D]
   __shared__ int ridx[TC_KEYS];                     // cache row (block * nkv + hk) * block_size + offset per key
   __shared__ float wm[W][GMAX], wl[W][GMAX];
-  __shared__ int last;
   const int hk = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5, r = lane >> 2, j = lane & 3;
   const int z = pdl_wait();
@@ -649,16 +648,10 @@ __global__ void __launch_bounds__(32 * W) paged_attn_tc(PAGED_ATTN_PARAMS) {
       if (FMT == KV_INT8) a *= __ldg(vs + hk * D + d);
       if (FMT == KV_FP8) a *= __ldg(vs + hk);
       if (FMT == KV_INT4ZP) a = (a - __ldg(vz + hk * D + d) * lsum) * __ldg(vs + hk * D + d);
-      const size_t h = (size_t)n * nh + hk * g + i;
-      if (nsplit == 1) {
-        o[h * D + d] = f32_to_bf16(a / lsum);
-      } else {
-        po[(h * S + s) * D + d] = a;
-        if (d == 0) pm[h * S + s] = M, pl[h * S + s] = lsum;
-      }
+      store_split(o, po, pm, pl, (size_t)n * nh + hk * g + i, D, d, S, s, nsplit, a, M, lsum);
     }
     if (nsplit == 1) return;
-    merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS, &last);
+    merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS);
   }
 }
 

@@ -91,14 +91,11 @@ class GraphRunner:
         B = meta.batch
         decode = len(ids) == B
         self._bind()
-        if self.enabled and decode and B <= self.buckets[-1] and self.scratch is not None:
-            bucket = next(b for b in self.buckets if b >= B)
-            g = self.graphs.get(bucket) or self._capture(bucket)
-            if g is not None:
-                out = self._replay(g, ids, meta)
-                self.num_replays += 1
-                self.replayed = True
-                return self._handoff(out)
+        g = self._graph_for(B) if decode else None
+        if g is not None:
+            out = self._replay(g, ids, meta)
+            self.replayed = True
+            return self._handoff(out)
         self.num_eager += 1
         self.replayed = False
         with self.stream:
@@ -110,30 +107,14 @@ class GraphRunner:
         before, one id per row in row order in ``tokens.dev``), launched without waiting for them: the engine's
         overlapped decode (Engine.step). Returns the logits as ``__call__`` does, or None when no graph serves the
         step (the engine then goes back to plain steps)."""
-        xp = self.xp
-        B = meta.batch
-        ids_dev = tokens.dev
         self._bind()
-        if not (self.enabled and B == len(ids_dev) and B <= self.buckets[-1] and self.scratch is not None):
-            return None
-        bucket = next(b for b in self.buckets if b >= B)
-        g = self.graphs.get(bucket) or self._capture(bucket)
+        g = self._graph_for(meta.batch) if meta.batch == len(tokens.dev) else None
         if g is None:
             return None
-        self._entered.record(xp.cuda.get_current_stream())
+        self._entered.record(self.xp.cuda.get_current_stream())
         self.stream.wait_event(self._entered)                           # after whatever the caller queued
         self.stream.wait_event(tokens.event)    # and after the sampling that made the ids, on whichever stream it ran
-        g.copied.synchronize()
-        self._fill(g, 0, meta)
-        g.static.set(g.host, stream=self.stream)
-        with self.stream:
-            g.views["ids"][:B] = ids_dev                                 # over the copy's placeholder ids
-        g.copied.record(self.stream)
-        g.graph.launch(self.stream)
-        self.num_replays += 1
-        if B not in g.outs:
-            g.outs[B] = g.logits[:B]
-        return self._handoff(g.outs[B])
+        return self._handoff(self._replay(g, 0, meta, ids_dev=tokens.dev))
 
     def wait(self) -> None:
         """Block until everything launched on the runner's stream has finished."""
@@ -229,13 +210,25 @@ class GraphRunner:
         log.info("fdlite: captured the decode step for batch bucket %d", bucket)
         return g
 
-    def _replay(self, g: _Graph, ids, meta: StepMeta):
+    def _graph_for(self, B: int) -> _Graph | None:
+        """The graph of B's bucket (captured on first use), or None when graphs cannot serve B rows."""
+        if not (self.enabled and B <= self.buckets[-1] and self.scratch is not None):
+            return None
+        bucket = next(b for b in self.buckets if b >= B)
+        return self.graphs.get(bucket) or self._capture(bucket)
+
+    def _replay(self, g: _Graph, ids, meta: StepMeta, ids_dev=None):
+        """Refill g's static inputs (ids from the host, or from ids_dev on the device) and launch it."""
         g.copied.synchronize()          # the copy out of g.host is async: the last one must be done before a refill
         self._fill(g, ids, meta)
         g.static.set(g.host, stream=self.stream)
+        B = meta.batch
+        if ids_dev is not None:
+            with self.stream:
+                g.views["ids"][:B] = ids_dev                         # over the host copy's placeholder ids
         g.copied.record(self.stream)
         g.graph.launch(self.stream)
-        B = meta.batch
+        self.num_replays += 1
         if B not in g.outs:             # the view is fixed (static logits): slice once per batch size
             g.outs[B] = g.logits[:B]
         return g.outs[B]

@@ -10,18 +10,18 @@ computed, since its logits are needed.
 
 Overlapped decode (GPU): while every running sequence decodes, the engine launches step t + 1 before it reads
 step t's tokens. The sampler's output stays on the device and is step t + 1's input; the host then waits for step
-t's tokens only (a copy queued right behind the sampling), records them (stops, detokenizing) and queues step t + 1's
-sampling while the GPU runs its forward. So the host's share of a step hides behind the GPU. A sequence that
-stops at step t has computed one position more in step t + 1, into a block position nobody else owns (a partial or
-fresh block, never a shared prefix block), and that row is not sampled. The same sequences, the same draws of their
-generators in the same order; ``step`` returns step t's sequences one call later. Anything else (an admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch)
-drains the overlap and the next step is a plain one. On the GPU a step's logits depend on its row count (kernel
-plans), and the overlapped step keeps the rows of sequences that stopped one step longer, so tokens can differ from
-plain steps by rounding where that changes a plan; with the same plans (and on the CPU twin) they are the same.
-It is OFF by default (``overlap = True`` turns it on): on the
-H100 it gave ~5% at batch 1 and 32, but runs of several models in one process crashed at batch 32 with an illegal
-address. Two bugs found since are fixed (a last step nobody samples left running past close; graph inputs zeroed
-on another stream), and the runs after both fixes were clean; too few to turn it on (BENCHMARKS.md).
+t's tokens only (a copy queued right behind the sampling), records them (stops, detokenizing) and queues step
+t + 1's sampling while the GPU runs its forward, so the host's share of a step hides behind the GPU. A sequence
+that stops at step t has computed one position more in step t + 1, into a block position nobody else owns (a
+partial or fresh block, never a shared prefix block), and that row is not sampled. The same sequences and the same
+draws of their generators in the same order; ``step`` returns step t's sequences one call later. Anything else (an
+admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the batch) drains the overlap and the
+next step is a plain one. On the GPU a step's logits depend on its row count (kernel plans), and the overlapped
+step keeps stopped sequences' rows one step longer, so tokens can differ from plain steps by rounding where that
+changes a plan; with the same plans (and on the CPU twin) they are the same.
+It is OFF by default (``overlap = True`` turns it on): on the H100 it gave ~5% at batch 1 and 32, but runs of
+several models in one process crashed at batch 32 with an illegal address. The hazards found since are fixed (see
+BENCHMARKS.md); the fixes have not all run on the device yet.
 
 Threads: ``lock`` guards all engine state. Callers never step the engine under their own lock; they call
 ``pump(event)``, which runs steps for everyone until the caller's event is set (one of its sequences got a
@@ -177,11 +177,10 @@ class Engine:
             return []
         picked = {} if on_host else self._choose_on_device(
             logits, [(row, seq) for row, (seq, n) in enumerate(batch) if seq.pending == n])
-        touched, prefix, bs = [], self.blocks.enable_prefix_caching, self.blocks.block_size
+        touched = []
         for row, (seq, n) in enumerate(batch):
             seq.num_computed += n
-            if prefix and seq.num_computed // bs > len(seq.block_hashes):
-                self.blocks.commit(seq.block_table, seq.block_hashes, seq.all_ids, seq.num_computed)
+            self._commit(seq, seq.num_computed)
             if seq.pending:                                   # mid-prompt chunk: nothing to sample yet
                 continue
             tok, raw = (self._choose(seq, logits[row]), logits[row]) if on_host else picked[row]

@@ -128,21 +128,22 @@ class Pending:
     once, so ``get`` waits for the sampling only, not for whatever the stream runs after it."""
 
     def __init__(self, dev, buffers: dict, slot: int):
-        """buffers: the caller's own {(device, slot): page-locked int64 buffer}, reused (an engine alternates two
-        slots, so a buffer is refilled only after its tokens were read; engines must not share them)."""
+        """buffers: the caller's own {(device, slot): (page-locked int64 buffer, event)}, reused every step (an
+        engine alternates two slots, so a slot is refilled only after its tokens were read; engines must not
+        share them)."""
         import cupy as cp  # noqa: PLC0415
 
         self.dev, n = dev, dev.size
         key = (cp.cuda.Device().id, slot)
-        buf = buffers.get(key)
+        buf, self.event = buffers.get(key, (None, None))
         if buf is None or buf.size < n:
             buf = np.frombuffer(cp.cuda.alloc_pinned_memory(max(n, 256) * 8), np.int64)
-            buffers[key] = buf
+            self.event = self.event or cp.cuda.Event(disable_timing=True)
+            buffers[key] = (buf, self.event)
         self.host = buf[:n]
         stream = cp.cuda.get_current_stream()
         cp.cuda.runtime.memcpyAsync(self.host.ctypes.data, dev.data.ptr, n * 8,
                                     cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
-        self.event = cp.cuda.Event(disable_timing=True)
         self.event.record(stream)
 
     def get(self) -> np.ndarray:
