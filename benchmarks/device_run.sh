@@ -144,6 +144,17 @@ for stage in "$@"; do
         tests/test_moe_gpu_path.py tests/test_parallel_runtime.py 2>&1 | tail -2
       T 150 $PT tests/test_gpu_kernels.py -k "gemv_xs or (mma_wq and gemm_packed and (4096-14336 or 6144-4096))" 2>&1 \
         | tail -2 ;;
+    tests10)        # the tenth session's first call: tests9, then the split-K kernels that last_to_arrive touched
+      bash benchmarks/device_run.sh tests9
+      T 200 $PT tests/test_gpu_kernels.py -k "mma_sk and (4096-4096 or 576-576 or 96-160 or 4096-14336)" 2>&1 | tail -2 ;;
+    swiglu)         # SwiGLU in the decode GEMVs' epilogue, the overlap on by default: twins, model tests, end to end
+      T 200 $PT tests/test_gpu_kernels.py -k "swiglu or (gemv_xs and k_split)" 2>&1 | tail -3
+      T 120 $PT tests/test_gpu_model.py tests/test_gpu_sampling.py tests/test_moe_gpu_path.py \
+        tests/test_gpu_attention.py -k "not paged" 2>&1 | tail -3
+      T 150 python3 benchmarks/e2e.py --quant wint4,wint8 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^| llama"
+      T 60 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 32 --gen 128 2>&1 | grep "^| llama"
+      T 100 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 1,32 --gen 64 2>&1 \
+        | grep "^| ernie" ;;
     e2e9)           # the ninth session's end to end: the 8B shape (bf16 / wint8 / wint4, bf16 and int8 KV), ERNIE
       T 300 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,16,32 --gen 128 2>&1 | grep "^|"
       T 120 python3 benchmarks/e2e.py --quant wint4 --kv int8 --batch 1,32 --gen 128 2>&1 | grep "^| llama"

@@ -75,7 +75,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (0: the model's)")
-    ap.add_argument("--overlap", type=int, default=0, help="the engine's overlapped decode (1; off by default, see "
+    ap.add_argument("--overlap", type=int, default=None, help="the engine's overlapped decode (1; the default, see "
                     "fdlite/engine/engine.py) or plain steps (0)")
     a = ap.parse_args()
     over = {"num_hidden_layers": a.layers} if a.layers else {}
@@ -89,7 +89,8 @@ def main():
             except Exception as e:  # noqa: BLE001 - report and go on to the next case
                 print(f"| {a.model} | {q} | {kv} | - | load FAILED {type(e).__name__}: {str(e)[:200]} |", flush=True)
                 continue
-            m.engine.overlap = bool(a.overlap)
+            if a.overlap is not None:
+                m.engine.overlap = bool(a.overlap)
             for b in batches:
                 try:
                     case(m, a.model, q, kv, b, a.prompt, a.gen, ttft, over)

@@ -48,6 +48,9 @@ class _Recorder:
         self.hessians[self.name] = xh.T @ xh + (0 if h is None else h)                  # (K, K)
         return self.method.matmul(x, p, xp)
 
+    def matmul_swiglu(self, x, p, xp):
+        return None                    # the unfused path: its matmul above records x
+
 
 class _StopHead:
     def matmul(self, x, p, xp):

@@ -119,9 +119,7 @@ def moe_forward(m: MoE, x, xp):
     """x: (N, hidden) normed hidden states -> (N, hidden): routed experts combined, plus the shared experts."""
     out = moe_gpu.routed(m, x, xp) if moe_gpu.use_kernels(m, x, xp) else _grouped(m, x, xp)
     if m.shared is not None:
-        gu = m.shared["w13"](x)                                                # (N, 2 I_shared)
-        inter = gu.shape[1] // 2
-        out = out + m.shared["w2"](ops.silu_mul(gu[:, :inter], gu[:, inter:], xp))
+        out = out + m.shared["w2"](ops.linear_swiglu(m.shared["w13"], x, xp))   # (N, I_shared) -> (N, hidden)
     return out
 
 

@@ -45,6 +45,14 @@ def swiglu(gu, xp):
     return silu_mul(gu[:, :inter], gu[:, inter:], xp)
 
 
+def linear_swiglu(gate_up, x, xp):
+    """x: (M, K) -> (M, I) silu(gate) * up through a fused gate_up Linear (rows [gate; up], 2I): one kernel where
+    its method puts the SwiGLU in the GEMV's epilogue (the decode GEMVs of wint8 / wint4 on the GPU), else the
+    projection and then ``swiglu``. Both give the same bits."""
+    y = gate_up.swiglu(x)
+    return swiglu(gate_up(x), xp) if y is None else y
+
+
 def silu_mul(gate, up, xp):
     """SwiGLU: silu(gate) * up, elementwise; (M, I) each."""
     g = gate.astype(xp.float32, copy=False)

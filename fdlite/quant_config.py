@@ -179,6 +179,9 @@ class Bound(QuantMethod):
     def matmul(self, x, p, xp):
         return self.m.matmul(x, p, xp)
 
+    def matmul_swiglu(self, x, p, xp):
+        return self.m.matmul_swiglu(x, p, xp)
+
     def error_bound(self, w):
         return self.m.error_bound(w)
 

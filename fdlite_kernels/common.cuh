@@ -177,6 +177,14 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
   return sign | code;
 }
 
+// SwiGLU of a gate_up GEMV's two fp32 sums, rounded as the unfused path rounds them: each projection's output to
+// bf16 (the GEMV's y), then silu(gate) * up in fp32 and one bf16 rounding (fused_ops.cu: silu_mul, which calls this
+// on values already in bf16: rounding them again changes nothing). The GEMVs fuse it into their epilogue (GATE).
+__device__ __forceinline__ bf16_t swiglu_bf16(float gate, float up) {
+  const float g = bf16_to_f32(f32_to_bf16(gate)), u = bf16_to_f32(f32_to_bf16(up));
+  return f32_to_bf16(g / (1.f + expf(-g)) * u);
+}
+
 // Split-K arrival (mma_sk, gemv_xs, paged attention's merge). Each block of an output tile writes its partials, then
 // counts itself in *flag (zero between launches). Returns true, in the whole block, for the block that arrives
 // last: every other split's partials are visible to it then (read them with coherent loads), and the flag is

@@ -122,8 +122,7 @@ __global__ void __launch_bounds__(THREADS) silu_mul(const bf16_t* __restrict__ g
   const size_t total = (size_t)M * I;
   for (size_t e = (size_t)blockIdx.x * THREADS + threadIdx.x; e < total; e += (size_t)gridDim.x * THREADS) {
     const size_t m = e / I, i = e % I;
-    const float g = bf16_to_f32(__ldcg(gu + m * 2 * I + i));
-    y[e] = f32_to_bf16(g / (1.f + expf(-g)) * bf16_to_f32(__ldcg(gu + m * 2 * I + I + i)));
+    y[e] = swiglu_bf16(bf16_to_f32(__ldcg(gu + m * 2 * I + i)), bf16_to_f32(__ldcg(gu + m * 2 * I + I + i)));
   }
 }
 

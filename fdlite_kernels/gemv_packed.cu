@@ -13,6 +13,10 @@
 // Each lane keeps RB - 1 K tiles of weights (and their scales) in flight in registers while it computes one (D <= 0).
 // GS: k16 steps per scale group inside a tile (int4: 8 = one scale per tile when group % 128 == 0; 4, 2, 1
 // for groups of 64, 32, or any other multiple of 16, one scale per step). int8: the channel scale comes last.
+// GATE: the weight is a fused gate_up projection (N = 2I rows: gate, then up; I % 8 == 0) and y is [M, I] =
+// silu(gate) * up. A block's "row pair" is then gate n8 tile p and up n8 tile I / 8 + p instead of tiles 2p, 2p + 1:
+// the C fragment's rows g and g + 8 are one output's gate and up, so the epilogue applies SwiGLU with no extra pass
+// (each output element's sum is the unfused kernel's, to the bit: its A-fragment partner does not enter it).
 #include "common.cuh"
 
 // D <= 0: each lane keeps its next RB - 1 K tiles of weights (and scales) in registers (RB = 3 for D = 0, else -D).
@@ -20,7 +24,7 @@
 // warp in shared memory, filled by cp.async D - 1 tiles ahead (copies hold no registers while in flight, so the
 // depth costs no occupancy); each lane copies and later reads only its own 16-byte words, so a per-thread
 // cp.async.wait_group is the only synchronisation.
-template <int BITS, int NB, int GS, int R, int W, int MINB, int D>
+template <int BITS, int NB, int GS, int R, int W, int MINB, int D, bool GATE>
 __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                       const float* __restrict__ scale, bf16_t* __restrict__ y,
                                                       int M, int N, int K, int group) {
@@ -31,7 +35,7 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ktiles = K / KT, G = K / group;
-  const int pairs = N > 0 ? (N + 15) / 16 : 0;         // row pairs of the padded weight
+  const int pairs = N > 0 ? (N + 15) / 16 : 0;         // row pairs of the padded weight (GATE: outputs / 8)
   const int p0 = blockIdx.x * R;
 
   float acc[R][NB][4];
@@ -46,15 +50,16 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
   // padded weight (a block's second row pair at the end of N) read the last pair, tokens past M read row M - 1:
   // their sums land in outputs that are never stored, so no predicate or zeroing costs the loop anything.
   const FastDiv gdiv = fastdiv_of(group);
-  const uint4* wrow[R][2];                             // lane's word of n8 tile (2 pr + h), K tile 0
+  const uint4* wrow[R][2];                             // lane's word of n8 tile nt (below), K tile 0
   const float* srow[R][2];                             // its row's scales (int4)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int pr = min(p0 + r, pairs - 1);
-      wrow[r][h] = qp + (size_t)(2 * pr + h) * ktiles * 32 + lane;
-      srow[r][h] = scale + (size_t)(16 * pr + 8 * h + g) * G;
+      const int nt = GATE ? pr + h * pairs : 2 * pr + h;   // GATE: gate tile pr, up tile I / 8 + pr
+      wrow[r][h] = qp + (size_t)nt * ktiles * 32 + lane;
+      srow[r][h] = scale + (size_t)(8 * nt + g) * G;
     }
   // weights and int4 group scales of tile kt (kt < ktiles: the caller's test, uniform over the warp)
   auto load_w = [&](int kt, uint4 (&w)[R][2], float (&sc)[R][2][NS]) {
@@ -232,8 +237,18 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
   for (int i = threadIdx.x; i < V * 32; i += 32 * W) {
     const int v = i / 32, l = i % 32;
     const int r = v / (NB * 4), b = (v / 4) % NB, c = v % 4;
-    const int row = 16 * (p0 + r) + (l >> 2) + 8 * (c >> 1);      // C fragment: rows g, g + 8
     const int m = 8 * b + 2 * (l & 3) + (c & 1);                 // columns 2t, 2t + 1 = tokens
+    if (GATE) {                                                   // c0, c1: gate; c2, c3: up of the same outputs
+      const int I = N / 2, row = 8 * (p0 + r) + (l >> 2);        // the output column, its gate's weight row
+      if (c >= 2 || m >= M || row >= I) continue;
+      float gs = 0.f, us = 0.f;
+#pragma unroll
+      for (int o = 0; o < W; ++o) gs += red[o][v][l], us += red[o][v + 2][l];
+      if (BITS == 8) gs *= __ldg(scale + row), us *= __ldg(scale + I + row);
+      y[(size_t)m * I + row] = swiglu_bf16(gs, us);
+      continue;
+    }
+    const int row = 16 * (p0 + r) + (l >> 2) + 8 * (c >> 1);      // C fragment: rows g, g + 8
     if (m >= M || row >= N) continue;
     float sum = 0.f;
 #pragma unroll
@@ -244,9 +259,10 @@ __global__ void __launch_bounds__(32 * W, MINB) gemv_packed(const bf16_t* __rest
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_PACKED(BITS, NB, GS, R, W, MINB, D)                                                         \
-  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB, D>(const bf16_t*, const uint4*, const float*, \
-                                                                    bf16_t*, int, int, int, int);
+#define GEMV_PACKED_G(BITS, NB, GS, R, W, MINB, D, GATE)                                                    \
+  template __global__ void gemv_packed<BITS, NB, GS, R, W, MINB, D, GATE>(const bf16_t*, const uint4*, const float*, \
+                                                                          bf16_t*, int, int, int, int);
+#define GEMV_PACKED(BITS, NB, GS, R, W, MINB, D) GEMV_PACKED_G(BITS, NB, GS, R, W, MINB, D, false)
 #define GEMV_PACKED_D(BITS, NB, GS, R, W, MINB) \
   GEMV_PACKED(BITS, NB, GS, R, W, MINB, 0) GEMV_PACKED(BITS, NB, GS, R, W, MINB, 3)
 GEMV_PACKED_D(8, 1, 1, 1, 8, 1)     // the plan's shapes (gemv_packed.py: plan), one and two B fragments
@@ -263,4 +279,8 @@ GEMV_PACKED_D(4, 1, 1, 1, 8, 1)
 GEMV_PACKED_D(4, 2, 1, 2, 8, 3)
 GEMV_PACKED(4, 1, 8, 1, 4, 1, -4)   // four tiles in registers (the sweeps of gpu_gemv.py)
 GEMV_PACKED(8, 1, 1, 1, 8, 1, -4)
+GEMV_PACKED_G(8, 1, 1, 1, 4, 1, 0, true)   // gate_up with SwiGLU: the plan's shape for its N
+GEMV_PACKED_G(8, 2, 1, 1, 4, 1, 0, true)
+GEMV_PACKED_G(4, 1, 8, 1, 4, 1, 0, true)
+GEMV_PACKED_G(4, 2, 8, 1, 4, 1, 0, true)
 #endif

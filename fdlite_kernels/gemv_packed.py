@@ -1,8 +1,10 @@
 """Launcher for gemv_packed.cu — decode GEMV (M <= 16) on the tensor cores over mma_wq's packed int8 / int4 weights.
 
-gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None, minb=None, depth=None):
+gemv_packed(x, qp, scale, N, bits, group, out=None, rows=None, warps=None, minb=None, depth=None, gate=False):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, M <= 16;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
+    gate: the weight is a fused gate_up projection (rows [gate; up], N = 2I with I % 8 == 0) and y is bf16 [M, I]
+    = silu(gate) * up, applied in the epilogue (twin: fdlite.ops.swiglu of the plain result, bit for bit).
     rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles);
     minb: resident blocks per SM the compile asks for (1: the compiler's choice of registers); depth: 0 keeps
     each lane's next two K tiles in registers, -n its next n - 1 (n = 2..6), 2..8 streams them through a per-warp
@@ -49,9 +51,16 @@ def plan(Np: int, K: int, bits: int, M: int = 1) -> tuple[int, int, int, int]:
     return (1, 4, 1, 0) if Np >= 6144 else (1, 8, 1, 0)
 
 
-def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, depth: int = 0) -> str:
+def name(bits: int, M: int, group: int, rows: int, warps: int, minb: int, depth: int = 0, gate: bool = False) -> str:
     return (f"gemv_packed<{bits}, {1 if M <= 8 else 2}, {steps_per_scale(bits, group)}, {rows}, {warps}, {minb}, "
-            f"{depth}>")
+            f"{depth}, {'true' if gate else 'false'}>")
+
+
+def check_gate(N: int, Np: int, who: str) -> int:
+    """The fused SwiGLU's shape rule (gemv_packed / gemv_xs, gate=True) -> I, the outputs per token."""
+    check(N % 16 == 0 and Np == N, f"{who}(gate=True) needs a gate_up weight of N = 2I rows with I a multiple of 8, "
+          f"got N = {N}")
+    return N // 2
 
 
 def smem_bytes(bits: int, group: int, rows: int, warps: int, depth: int) -> int:
@@ -73,7 +82,7 @@ def kernel(device_id: int, name: str, smem: int = 0):
 
 
 def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None, warps=None, minb=None,
-                depth=None):
+                depth=None, gate: bool = False):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -93,10 +102,11 @@ def gemv_packed(x, qp, scale, N: int, bits: int, group: int, out=None, rows=None
     check(smem <= 227 * 1024, f"depth = {depth} with {warps} warps x {rows} row pairs needs {smem} bytes of shared "
           "memory, over the 227 KiB a block may have")
     check(x.data.ptr % 4 == 0, f"x must be 4-byte aligned (address {x.data.ptr:#x}): the kernel reads bf16 pairs")
-    y = out if out is not None else cp.empty((M, N), dtype=BF16)
-    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
-          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    fn = kernel(cp.cuda.Device().id, name(bits, M, group, rows, warps, minb, depth), smem)
+    Ny = check_gate(N, Np, "gemv_packed") if gate else N        # output columns
+    y = out if out is not None else cp.empty((M, Ny), dtype=BF16)
+    check(y.shape == (M, Ny) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, Ny)}")
+    fn = kernel(cp.cuda.Device().id, name(bits, M, group, rows, warps, minb, depth, gate), smem)
     pairs = Np // 16
     launch(fn, (-(-pairs // rows),), (32 * warps,),
            (x, qp, scale, y, np.int32(M), np.int32(N), np.int32(K), np.int32(group)), shared_mem=smem, pdl=True)

@@ -14,13 +14,15 @@
 // [by tps, (by + 1) tps) of its row pairs, so it stages only that slice of x (a chunk or two: about two barriers
 // instead of one per tile, where eight slices shared each 64 KiB chunk); each writes its fp32 sums to ws[by] and
 // the last block of bx to arrive (a counter per bx, left at zero) adds ws[0..KS-1] in order and writes y.
+// GATE: a fused gate_up weight (N = 2I rows: gate, then up) gives y [M, I] = silu(gate) * up, as gemv_packed.cu's
+// GATE: a row pair is gate n8 tile p with up n8 tile I / 8 + p, and the epilogue (or the last split) applies SwiGLU.
 // Chunk buffers: [NB * 8 rows][C columns] bf16, 16-byte chunks XOR-swizzled by row (8 rows of an ldmatrix hit 8
 // bank groups); rows past M are zeros.
 #include "common.cuh"
 
 // x: bf16 [M, K]; qp: packed [Np / 8 n-tiles][K / KT k-tiles][512 B]; scale: f32 [Np, G]; y: bf16 [M, N].
 // P row pairs and S K slices per block (blockDim.x = 32 P S), C columns per x chunk (a multiple of KT).
-template <int BITS, int NB, int GS>
+template <int BITS, int NB, int GS, bool GATE>
 __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                   const float* __restrict__ scale, bf16_t* __restrict__ y, int M, int N,
                                                   int K, int group, int P, int S, int C, int tps,
@@ -37,15 +39,16 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   const int ktiles = K / KT, G = K / group, CT = C / KT, CV = C / 8;   // CV: uint4 per chunk row
   const int KS = gridDim.y, k0 = blockIdx.y * tps, k1 = min(ktiles, k0 + tps);   // this block's K tiles
   const int nchunks = (k1 - k0 + CT - 1) / CT;
-  const int pairs = (N + 15) / 16;
+  const int pairs = (N + 15) / 16;                     // GATE: outputs / 8
   const int pair = blockIdx.x * P + pl;
 
   // Loop-invariant address parts, once: a block's warps past the last row pair read the last pair (their sums
   // are never stored), so the loads need no predicate and no zeros; tiles past K are never loaded.
   const FastDiv gdiv = fastdiv_of(group);
   const int pr = min(pair, pairs - 1);
-  const uint4* wrow[2] = {qp + (size_t)(2 * pr) * ktiles * 32 + lane, qp + (size_t)(2 * pr + 1) * ktiles * 32 + lane};
-  const float* srow[2] = {scale + (size_t)(16 * pr + g) * G, scale + (size_t)(16 * pr + 8 + g) * G};
+  const int nt[2] = {GATE ? pr : 2 * pr, GATE ? pr + pairs : 2 * pr + 1};   // the pair's n8 tiles
+  const uint4* wrow[2] = {qp + (size_t)nt[0] * ktiles * 32 + lane, qp + (size_t)nt[1] * ktiles * 32 + lane};
+  const float* srow[2] = {scale + (size_t)(8 * nt[0] + g) * G, scale + (size_t)(8 * nt[1] + g) * G};
   auto load_w = [&](int kt, uint4 (&w)[2], float (&sc)[2][NS]) {
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
@@ -158,14 +161,25 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
 #pragma unroll
     for (int e = 0; e < 4; ++e) red[(warp * V + b * 4 + e) * 32 + lane] = acc[b][e];
   __syncthreads();
+  const int I = N / 2;                                 // GATE: outputs per token
   for (int i = threadIdx.x; i < P * V * 32; i += blockDim.x) {
     const int p = i / (V * 32), v = (i / 32) % V, l = i % 32;
     const int b = v / 4, e = v % 4;
-    const int row = 16 * (blockIdx.x * P + p) + (l >> 2) + 8 * (e >> 1);   // C fragment rows g, g + 8
     const int m = 8 * b + 2 * (l & 3) + (e & 1);                           // columns 2t, 2t + 1 = tokens
-    if (m >= M || row >= N) continue;
+    const int orow = 8 * (blockIdx.x * P + p) + (l >> 2);                   // GATE: output column = gate row
+    // C fragment rows g, g + 8 (GATE: the gate and the up row of output orow)
+    const int row = GATE ? orow + (e >> 1) * I : 16 * (blockIdx.x * P + p) + (l >> 2) + 8 * (e >> 1);
+    if (m >= M || (GATE ? orow >= I : row >= N)) continue;
+    if (GATE && KS == 1 && e >= 2) continue;                               // the gate's thread sums its up too
     float sum = 0.f;
     for (int o = 0; o < S; ++o) sum += red[((o * P + p) * V + v) * 32 + l];
+    if (GATE && KS == 1) {
+      float up = 0.f;
+      for (int o = 0; o < S; ++o) up += red[((o * P + p) * V + v + 2) * 32 + l];
+      if (BITS == 8) sum *= __ldg(scale + row), up *= __ldg(scale + I + orow);
+      y[(size_t)m * I + orow] = swiglu_bf16(sum, up);
+      continue;
+    }
     if (KS > 1) {
       ws[((size_t)blockIdx.y * M + m) * N + row] = sum;
       continue;
@@ -176,6 +190,20 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
   if (KS == 1) return;
   // the last of the KS blocks of these row pairs to arrive adds their sums, in split order (deterministic)
   if (!last_to_arrive(flags + blockIdx.x, KS)) return;
+  if (GATE) {                                           // outputs [8 bx P, + 8 P): gate row o, up row I + o
+    const int o0 = 8 * blockIdx.x * P, no = min(I - o0, 8 * P);
+    for (int i = threadIdx.x; i < M * no; i += blockDim.x) {
+      const int m = i / no, o = o0 + i % no;
+      float gs = 0.f, us = 0.f;
+      for (int z = 0; z < KS; ++z) {
+        gs += __ldcg(ws + ((size_t)z * M + m) * N + o);
+        us += __ldcg(ws + ((size_t)z * M + m) * N + I + o);
+      }
+      if (BITS == 8) gs *= __ldg(scale + o), us *= __ldg(scale + I + o);
+      y[(size_t)m * I + o] = swiglu_bf16(gs, us);
+    }
+    return;
+  }
   const int r0 = 16 * blockIdx.x * P, nr = min(N - r0, 16 * P);
   for (int i = threadIdx.x; i < M * nr; i += blockDim.x) {
     const int m = i / nr, row = r0 + i % nr;
@@ -187,9 +215,10 @@ __global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, 
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_XS(BITS, NB, GS) \
-  template __global__ void gemv_xs<BITS, NB, GS>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int, \
-                                                 int, int, int, int, int, float*, int*);
+#define GEMV_XS_G(BITS, NB, GS, GATE)                                                                              \
+  template __global__ void gemv_xs<BITS, NB, GS, GATE>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, \
+                                                       int, int, int, int, int, int, float*, int*);
+#define GEMV_XS(BITS, NB, GS) GEMV_XS_G(BITS, NB, GS, false) GEMV_XS_G(BITS, NB, GS, true)
 GEMV_XS(8, 2, 1) GEMV_XS(8, 4, 1)
 GEMV_XS(4, 2, 8) GEMV_XS(4, 4, 8) GEMV_XS(4, 2, 4) GEMV_XS(4, 4, 4) GEMV_XS(4, 2, 2) GEMV_XS(4, 4, 2)
 GEMV_XS(4, 2, 1) GEMV_XS(4, 4, 1)

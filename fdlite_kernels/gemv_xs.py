@@ -2,9 +2,11 @@
 in shared memory.
 
 gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=64,
-        ksplit=None):
+        ksplit=None, gate=False):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, 1 <= M <= 32;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
+    gate: a fused gate_up weight (rows [gate; up], N = 2I, I % 8 == 0): y is bf16 [M, I] = silu(gate) * up,
+    applied in the epilogue (twin: fdlite.ops.swiglu of the plain result, bit for bit).
     pairs_per_block (P): 16-row output pairs per block; slices (S): warps splitting K per pair, P * S <= 16.
     ksplit: blocks splitting K (grid.y; their fp32 sums meet in a workspace, the last block adds them). Default
     ``split_plan`` from K = LONG_K (blocks of 8 row pairs x 2 slices, about one per SM), else 1.
@@ -22,7 +24,7 @@ import numpy as np
 
 from . import load
 from ._launch import BF16, COUNTERS, check, counters, launch, sms
-from .gemv_packed import steps_per_scale
+from .gemv_packed import check_gate, steps_per_scale
 from .mma_wq import KT, _validate
 
 MAX_M = 32                     # four B fragments of 8 tokens
@@ -72,7 +74,7 @@ def kernel(device_id: int, name: str):
 
 
 def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None, warps: int = 16,
-            chunk_kib: int = 64, ksplit=None):
+            chunk_kib: int = 64, ksplit=None, gate: bool = False):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
@@ -97,11 +99,12 @@ def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_blo
     nb = 2 if M <= 16 else 4
     C = chunk_cols(nb, chunk_kib)
     check(C % KT[bits] == 0, f"chunk of {C} columns is not whole {KT[bits]}-column K tiles")
-    y = out if out is not None else cp.empty((M, N), dtype=BF16)
-    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
-          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
+    Ny = check_gate(N, Np, "gemv_xs") if gate else N              # output columns
+    y = out if out is not None else cp.empty((M, Ny), dtype=BF16)
+    check(y.shape == (M, Ny) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, Ny)}")
     smem = smem_bytes(nb, P, S, chunk_kib)
-    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}>")
+    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}, {'true' if gate else 'false'}>")
     per = -(-ktiles // ksplit)
     ksplit = -(-ktiles // per)                          # no empty split
     bx = -(-pairs // P)

@@ -167,3 +167,21 @@ def gemm_packed(x, qp, scale, N: int, bits: int, group: int, out=None):
     if 1 <= M <= SK_MAX_M and mma_sk.supports(bits, group):
         return mma_sk.mma_sk(x, qp, scale, N, bits, group, out=out)
     return mma_wq(x, qp, scale, N, bits, group, out=out)
+
+
+def gemm_packed_swiglu(x, qp, scale, N: int, bits: int, group: int, out=None):
+    """silu(gate) * up of a fused gate_up projection (rows [gate; up], N = 2I) in one kernel: the decode GEMVs'
+    epilogue (gemv_packed up to GEMV_MAX_M rows, gemv_xs up to XS_MAX_M) -> y bf16 [M, I]. None where no kernel
+    fuses it (more rows, I % 8 != 0, x not 16-byte aligned past GEMV_MAX_M): the caller runs ``gemm_packed`` and
+    then the SwiGLU kernel. Bit for bit what that pair gives (the same sums, rounded the same way)."""
+    from .gemv_packed import gemv_packed  # noqa: PLC0415 - gemv_packed imports this module
+    from .gemv_xs import gemv_xs  # noqa: PLC0415 - gemv_xs imports this module
+
+    M = x.shape[0] if hasattr(x, "shape") and len(x.shape) == 2 else 0
+    if N % 16:
+        return None                                    # I % 8 != 0: gate and up tiles do not pair
+    if 1 <= M <= GEMV_MAX_M:
+        return gemv_packed(x, qp, scale, N, bits, group, out=out, gate=True)
+    if 1 <= M <= XS_MAX_M and (XS_MAX_K is None or x.shape[1] < XS_MAX_K) and x.data.ptr % 16 == 0:
+        return gemv_xs(x, qp, scale, N, bits, group, out=out, gate=True)
+    return None

@@ -114,7 +114,7 @@ def test_overlapped_decode_equals_plain_steps(reqs, block_size, max_num_seqs, pr
                             stop_token_ids=[int(t) for t in rng.integers(0, 256, 40)] if stop else None,
                             repetition_penalty=1.2 if seed % 3 == 0 else 1.0)
         plan.append((at, rng.integers(0, 256, n).tolist(), sp))
-    want, _ = _run(plan, block_size, max_num_seqs, overlap=None, prefix=prefix)
+    want, _ = _run(plan, block_size, max_num_seqs, overlap=False, prefix=prefix)
     got, _ = _run(plan, block_size, max_num_seqs, overlap=True, abort_at=abort, prefix=prefix)
     for (ids, why), (ref, ref_why) in zip(got, want):      # the CPU engine is batch-invariant: arrival times and
         if why == "abort":                                  # neighbours do not change a sequence's tokens
@@ -146,7 +146,7 @@ def test_logprobs_and_admissions_drain_the_overlap():
     assert not [b for b in launches if b != "wait"]
     reqs = [(0, [1, 2, 3], sp), (3, [4, 5, 6, 7], sp)]
     got, launches = _run(reqs, 4, 4, overlap=True)
-    want, _ = _run(reqs, 4, 4, overlap=None)
+    want, _ = _run(reqs, 4, 4, overlap=False)
     assert got == want and [b for b in launches if b != "wait"]
 
 

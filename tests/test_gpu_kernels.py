@@ -290,6 +290,48 @@ def test_gemv_xs_k_split(cp, ksplit, P, S, M, bits, group):
         assert np.isfinite(got).all() and _rel(got, ref) < 4e-3
 
 
+@pytest.mark.parametrize("N,K,M", [(n, k, m) for n, k in [(2048, 14336), (96, 160), (32, 576)]
+                                   for m in (1, 3, 8, 9, 16, 17, 32)] + [(28672, 4096, m) for m in (1, 9, 32)])
+@pytest.mark.parametrize("bits,group", [(8, -1), (4, 128), (4, 64), (4, 32), (4, -1)])
+def test_gate_up_swiglu_fused_equals_the_two_steps(cp, N, K, M, bits, group):
+    """SwiGLU in the decode GEMVs' epilogue (gemv_packed to 8 rows, gemv_xs to 32; K = 14336 splits K over blocks)
+    gives, bit for bit, the plain GEMM then fused_ops.silu_mul, and is near the NumPy twin (ops.swiglu of the
+    formula); output poisoned, run twice (the split counters are left at zero)."""
+    from fdlite import ops
+    from fdlite_kernels.fused_ops import silu_mul
+    from fdlite_kernels.mma_wq import gemm_packed, gemm_packed_swiglu
+
+    case = _packed_case(N, K, M, bits, group, N * 7 + K + M * 3 + bits + max(group, 0))
+    if case is None:
+        pytest.skip("group does not divide the padded K")
+    x, qp, s, g, ref = case
+    xd, qd, sd = cp.asarray(x), cp.asarray(qp), cp.asarray(s)
+    two_steps = cp.asnumpy(silu_mul(gemm_packed(xd, qd, sd, N, bits, g)))
+    twin = ops.swiglu(ref.astype(BF16), np).astype(np.float32)
+    for _ in range(2):
+        y = cp.full((M, N // 2), np.nan, dtype=BF16)
+        assert gemm_packed_swiglu(xd, qd, sd, N, bits, g, out=y) is y
+        got = cp.asnumpy(y)
+        assert np.array_equal(got.view(np.uint16), two_steps.view(np.uint16))
+        assert _rel(got.astype(np.float32), twin) < 1e-2
+
+
+def test_gate_up_swiglu_rejects_an_unpaired_weight(cp):
+    from fdlite_kernels.gemv_packed import gemv_packed
+    from fdlite_kernels.gemv_xs import gemv_xs
+    from fdlite_kernels.mma_wq import gemm_packed_swiglu
+
+    x, qp, s, g, _ = _packed_case(40, 256, 9, 4, 128, 3)
+    args = (cp.asarray(x), cp.asarray(qp), cp.asarray(s), 40, 4, g)
+    assert gemm_packed_swiglu(*args) is None                      # I = 20: not whole n8 tiles, the two steps run
+    x33, q33, s33, g33, _ = _packed_case(96, 128, 33, 4, 128, 1)
+    assert gemm_packed_swiglu(cp.asarray(x33), cp.asarray(q33), cp.asarray(s33), 96, 4, g33) is None   # past gemv_xs
+    with pytest.raises(ValueError, match="I a multiple of 8, got N = 40"):
+        gemv_xs(*args, gate=True)
+    with pytest.raises(ValueError, match="I a multiple of 8, got N = 40"):
+        gemv_packed(cp.asarray(x[:1]), *args[1:], gate=True)
+
+
 def test_gemv_xs_rejects_bad_input(cp):
     from fdlite_kernels.gemv_xs import gemv_xs
 

@@ -345,13 +345,17 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr(gemv_xs, "counters", lambda: Arr((1 << 16,), np.int32))
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("gemv_xs", "gemv_xs")
-    for M, N, K, bits, warps, kib in [(16, 6144, 4096, 4, 16, 32), (32, 28672, 4096, 8, 8, 64), (9, 1000, 1024, 4, 16, 16),
-                                      (24, 4096, 14336, 4, 16, 64), (32, 4096, 14336, 8, 16, 64)]:
+    for M, N, K, bits, warps, kib, gate in [(16, 6144, 4096, 4, 16, 32, False), (32, 28672, 4096, 8, 8, 64, False),
+                                            (9, 1000, 1024, 4, 16, 16, False), (24, 4096, 14336, 4, 16, 64, False),
+                                            (32, 4096, 14336, 8, 16, 64, False), (16, 28672, 4096, 4, 16, 64, True),
+                                            (20, 2048, 14336, 8, 16, 64, True)]:
         Np = -(-N // 16) * 16
         scale = Arr((Np, 1 if bits == 8 else K // 128), np.float32)
-        gemv_xs.gemv_xs(Arr((M, K), bf16), Arr((Np * K * bits // 8,), np.uint8), scale, N, bits, K if bits == 8 else 128,
-                        warps=warps, chunk_kib=kib)
+        y = gemv_xs.gemv_xs(Arr((M, K), bf16), Arr((Np * K * bits // 8,), np.uint8), scale, N, bits,
+                            K if bits == 8 else 128, warps=warps, chunk_kib=kib, gate=gate)
+        assert y.shape == (M, N // 2 if gate else N)     # the fused SwiGLU writes silu(gate) * up: I columns
         name, grid, block, args, shared_mem, pdl = calls[-1]
+        assert args[3] is y
         ktiles = K // (64 if bits == 8 else 128)
         if K >= gemv_xs.LONG_K:                  # K split over blocks: a workspace and the split counters
             P, S, ks = gemv_xs.split_plan(Np // 16, ktiles, 132, warps)
@@ -361,7 +365,7 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
             (P, S), per = gemv_xs.plan(Np // 16, 132, warps), ktiles
             assert args[-3] == per
         nb = 2 if M <= 16 else 4
-        assert name == f"gemv_xs<{bits}, {nb}, {1 if bits == 8 else 8}>" and pdl
+        assert name == f"gemv_xs<{bits}, {nb}, {1 if bits == 8 else 8}, {'true' if gate else 'false'}>" and pdl
         assert grid == (-(-(Np // 16) // P), -(-ktiles // per)) and block == (32 * P * S,) and P * S <= warps
         assert shared_mem == max(2 * kib * 1024, P * S * nb * 4 * 32 * 4) <= gemv_xs.MAX_SMEM
         assert args[-4] == gemv_xs.chunk_cols(nb, kib) and args[-4] % (64 if bits == 8 else 128) == 0
@@ -370,3 +374,50 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
             assert isinstance(a, np.int32) if p == "int" else isinstance(a, Arr), (p, a)
     assert gemv_xs.split_plan(256, 112, 132) == (8, 2, 4) and gemv_xs.split_plan(256, 224, 132) == (8, 2, 4)
     assert gemv_xs.plan(384, 132) == (3, 5) and gemv_xs.plan(1792, 132) == (14, 1) and gemv_xs.plan(256, 132) == (2, 8)
+
+
+def test_gate_up_swiglu_routes_to_the_decode_gemvs(monkeypatch):
+    """mma_wq.gemm_packed_swiglu: gemv_packed (gate) to GEMV_MAX_M rows, gemv_xs (gate) to XS_MAX_M, None past
+    them or for an I that is not whole n8 tiles; gemv_packed's gated launch names the GATE instantiation, covers
+    I / 8 output tiles and writes an [M, I] result (a stand-in cupy records it)."""
+    import sys
+    import types
+
+    import ml_dtypes
+
+    from fdlite_kernels import gemv_packed, gemv_xs, mma_wq
+
+    class Arr:
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
+            self.data, self.device = types.SimpleNamespace(ptr=256), 0
+            self.size = int(np.prod(shape))
+            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
+
+    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype),
+                                                                   cuda=cuda))
+    calls = []
+    monkeypatch.setattr(gemv_packed, "kernel", lambda dev, name, smem: name)
+    monkeypatch.setattr(gemv_packed, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
+        ("packed", fn, grid, args)))
+    monkeypatch.setattr(gemv_xs, "gemv_xs", lambda *a, **k: calls.append(("xs", k)) or "xs")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    N, K = 28672, 4096
+    qp, scale = Arr((N * K // 2,), np.uint8), Arr((N, K // 128), np.float32)
+    params = _kernel_params("gemv_packed", "gemv_packed")
+    for M in (1, 5, 8):
+        y = mma_wq.gemm_packed_swiglu(Arr((M, K), bf16), qp, scale, N, 4, 128)
+        _, name, grid, args = calls[-1]
+        assert y.shape == (M, N // 2) and args[3] is y and len(args) == len(params)
+        assert name.endswith(", true>") and grid == (N // 16,)          # I / 8 gate-up tile pairs, one a block
+    assert mma_wq.gemm_packed_swiglu(Arr((9, K), bf16), qp, scale, N, 4, 128) == "xs" and calls[-1][1]["gate"]
+    assert mma_wq.gemm_packed_swiglu(Arr((32, K), bf16), qp, scale, N, 4, 128) == "xs"
+    n = len(calls)
+    assert mma_wq.gemm_packed_swiglu(Arr((33, K), bf16), qp, scale, N, 4, 128) is None
+    assert mma_wq.gemm_packed_swiglu(Arr((1, 128), bf16), Arr((48 * 64,), np.uint8), Arr((48, 1), np.float32),
+                                     40, 4, 128) is None               # I = 20
+    assert len(calls) == n
+    with pytest.raises(ValueError, match="I a multiple of 8, got N = 40"):
+        gemv_packed.gemv_packed(Arr((1, 128), bf16), Arr((48 * 64,), np.uint8), Arr((48, 1), np.float32), 40, 4, 128,
+                                gate=True)

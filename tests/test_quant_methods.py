@@ -192,3 +192,33 @@ def test_method_options_rejected_by_name():
         quant.get("wint8")(bogus=1)
     with pytest.raises(ConfigError, match="weight_block_size"):
         quant.get("block_wise_fp8")(weight_block_size=[128])
+
+
+def test_linear_swiglu_takes_the_fused_kernel_only_where_the_method_has_one():
+    """ops.linear_swiglu: a method's fused gate_up + SwiGLU (the GPU decode GEMVs) when it returns one, else the
+    projection then ops.swiglu; a bias, the host methods, a checkpoint-bound method (quant_config.Bound delegates)
+    and GPTQ's recorder (which must see x) all take the two steps."""
+    from fdlite import ops
+    from fdlite.gptq import _Recorder
+    from fdlite.quant.base import Linear
+    from fdlite.quant_config import Bound
+
+    rng = np.random.default_rng(3)
+    w, x = rng.standard_normal((16, 32)).astype(np.float32), rng.standard_normal((3, 32)).astype(np.float32)
+    m = quant.get("wint8")()
+    p = m.quantize(w)
+    two_steps = ops.swiglu(m.matmul(x, p, np), np)
+    assert two_steps.shape == (3, 8)
+    for method in (m, Bound(m, "mlp.gate_up_proj"), _Recorder(m, "mlp.gate_up_proj", {})):
+        assert Linear(method, p, None, np).swiglu(x) is None
+        np.testing.assert_array_equal(ops.linear_swiglu(Linear(method, p, None, np), x, np), two_steps)
+
+    class Fused(type(m)):
+        def matmul_swiglu(self, x, p, xp):
+            return "fused"
+    f = Fused()
+    assert ops.linear_swiglu(Linear(f, p, None, np), x, np) == "fused"
+    assert ops.linear_swiglu(Linear(Bound(f, "w13"), p, None, np), x, np) == "fused"
+    bias = np.ones(16, np.float32)
+    np.testing.assert_allclose(ops.linear_swiglu(Linear(f, p, bias, np), x, np),
+                               ops.swiglu(m.matmul(x, p, np) + bias, np))

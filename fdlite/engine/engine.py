@@ -19,9 +19,11 @@ admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the b
 next step is a plain one. On the GPU a step's logits depend on its row count (kernel plans), and the overlapped
 step keeps stopped sequences' rows one step longer, so tokens can differ from plain steps by rounding where that
 changes a plan; with the same plans (and on the CPU twin) they are the same.
-It is OFF by default (``overlap = True`` turns it on): on the H100 it gave ~5% at batch 1 and 32, but runs of
-several models in one process crashed at batch 32 with an illegal address. The hazards found since are fixed (see
-BENCHMARKS.md); the fixes have not all run on the device yet.
+It is on by default (``engine.overlap = False`` runs plain steps): on the H100 it gives ~4-8% at batch 1 and 32.
+An earlier build crashed (illegal address) at batch 32 in runs of several models in one process; the hazards found
+then are fixed (the kernels' arrival counters came from a graph runner's memory pool that dies with its model, the
+static inputs were zeroed on another stream, a last step could outlive Model.close) and the multi-model stress runs
+clean since (BENCHMARKS.md, GPU end to end).
 
 Threads: ``lock`` guards all engine state. Callers never step the engine under their own lock; they call
 ``pump(event)``, which runs steps for everyone until the caller's event is set (one of its sequences got a
@@ -61,7 +63,7 @@ class Engine:
         self.num_preemptions = self.num_steps = self.peak_batch = 0
         self.num_cached_tokens = 0             # prompt tokens served from the prefix cache
         self.num_generated = 0                 # tokens sampled, over all requests
-        self.overlap = False                   # overlapped decode where the runner has launch_decode (GPU graphs)
+        self.overlap = True                    # overlapped decode where the runner has launch_decode (GPU graphs)
         self._inflight = None                  # (sequences, gpu_sampler.Pending): a step sampled, not yet recorded
         self._slot = 0                         # alternates the Pending host buffers
         self._pinned: dict = {}                # this engine's Pending host buffers

@@ -103,7 +103,7 @@ def attention_block(lp, cfg, x, meta, cache, layer, rot, xp):
 
 
 def mlp_block(lp, x, xp):
-    return lp["w2"](ops.swiglu(lp["w13"](x), xp))                              # (N, 2 I) -> (N, I) -> (N, hidden)
+    return lp["w2"](ops.linear_swiglu(lp["w13"], x, xp))                       # (N, I) -> (N, hidden)
 
 
 def forward(params, cfg, ids, meta, cache, rope, xp, ffn=mlp_block):

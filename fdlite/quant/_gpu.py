@@ -58,6 +58,14 @@ def matmul_grouped(x, p: Packed, xp):
                        p.meta["bits"], p.meta["group"])
 
 
+def matmul_grouped_swiglu(x, p: Packed, xp):
+    """The decode GEMVs with SwiGLU in their epilogue (mma_wq.gemm_packed_swiglu); None past their rows."""
+    from fdlite_kernels.mma_wq import gemm_packed_swiglu  # noqa: PLC0415
+
+    return gemm_packed_swiglu(_bf16_padded(x, p.meta["K_pad"], xp), p.arrays["qp"], p.arrays["scale"], p.shape[0],
+                              p.meta["bits"], p.meta["group"])
+
+
 def matmul_block_fp8(method, x, p: Packed, xp):
     from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8  # noqa: PLC0415
 

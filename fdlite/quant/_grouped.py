@@ -134,6 +134,9 @@ class Grouped(QuantMethod):
         w = self.dequantize(p, xp)                                                 # (N, K) float32
         return (self.act(x, p, xp).astype(xp.float32, copy=False) @ w.T).astype(x.dtype, copy=False)
 
+    def matmul_swiglu(self, x, p: Packed, xp):
+        return _gpu.matmul_grouped_swiglu(x, p, xp) if p.meta.get("gpu") == "mma_wq" else None
+
     def error_bound(self, w) -> float:
         """max |w - dequantize(quantize(w))| for round-to-nearest: half a grid step times the group scale."""
         w = check_weight(w)

@@ -66,6 +66,11 @@ class QuantMethod:
         w = self.dequantize(p, xp)
         return (x.astype(xp.float32, copy=False) @ w.T).astype(x.dtype, copy=False)
 
+    def matmul_swiglu(self, x, p: Packed, xp):
+        """x: (M, K), p a fused gate_up weight (rows [gate; up], N = 2I) -> (M, I) silu(gate) * up in one kernel,
+        or None where this method has none for these shapes (the caller then runs ``matmul`` and the SwiGLU)."""
+        return None
+
 
 def iter_linears(tree):
     """Every Linear in a params tree of dicts and lists (the families' layout), depth first."""
@@ -95,3 +100,8 @@ class Linear:
     def __call__(self, x):
         y = self.method.matmul(x, self.packed, self.xp)
         return y if self.bias is None else y + self.bias
+
+    def swiglu(self, x):
+        """This gate_up projection (rows [gate; up]) followed by SwiGLU -> (M, N / 2), in one kernel where the
+        method fuses it; None otherwise (with a bias too): fdlite.ops.linear_swiglu then runs the two steps."""
+        return None if self.bias is not None else self.method.matmul_swiglu(x, self.packed, self.xp)
