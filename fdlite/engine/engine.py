@@ -19,7 +19,7 @@ admission, a prefill chunk, a preemption, logprobs, an abort, no graph for the b
 next step is a plain one. On the GPU a step's logits depend on its row count (kernel plans), and the overlapped
 step keeps stopped sequences' rows one step longer, so tokens can differ from plain steps by rounding where that
 changes a plan; with the same plans (and on the CPU twin) they are the same.
-It is on by default (``engine.overlap = False`` runs plain steps): on the H100 it gives ~4-8% at batch 1 and 32.
+It is on by default (``engine.overlap = False`` runs plain steps): on the H100 it gives ~4-5% at batch 1 and 32.
 An earlier build crashed (illegal address) at batch 32 in runs of several models in one process; the hazards found
 then are fixed (the kernels' arrival counters came from a graph runner's memory pool that dies with its model, the
 static inputs were zeroed on another stream, a last step could outlive Model.close) and the multi-model stress runs

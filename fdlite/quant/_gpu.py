@@ -5,7 +5,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 
 | method | layout on the GPU | few rows | more rows | kernel |
 |---|---|---|---|---|
-| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M |
+| wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (4 rows a launch, M <= 16, any M in graphs) | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | mma_sk_fp8 (e4m3 mma; K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M = 1: mma_bf16, gemv_bf16 for N >= 65536 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
