@@ -209,6 +209,18 @@ for stage in "$@"; do
         echo "-- M=$1 $2"; grep -E "gemv|mma_sk|Duration|Throughput|Pipe|Issue Slots|Issued Ipc|Warp Cycles|Stall|Achieved Occ|Registers|Shared Memory Configuration Size|Block Size|Grid Size|Bank|L1/TEX Hit|L2 Hit|Eligible|No Eligible|Active Warps" \
           $OUT/ncu_xs_$1_$2.txt | grep -v "^    ---" | head -45
       done ;;
+    xsstall)        # gemv_xs at 16 / 32 rows: stall reasons per issued instruction, L2 and shared-memory traffic
+      R=smsp__average_warps_issue_stalled; P=_per_issue_active.ratio
+      MET="gpu__time_duration.sum,dram__bytes_read.sum,lts__t_bytes.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"
+      MET="$MET,sm__warps_active.avg.per_cycle_active,smsp__issue_active.avg.pct_of_peak_sustained_active"
+      for r in barrier long_scoreboard short_scoreboard mio_throttle lg_throttle math_pipe_throttle wait \
+               not_selected selected dispatch_stall no_instruction branch_resolving membar; do MET="$MET,${R}_${r}${P}"; done
+      for ms in "32 o" "32 gate_up" "16 gate_up"; do
+        set -- $ms
+        T 70 ncu --launch-skip 2 --launch-count 1 --metrics "$MET" python3 benchmarks/kernel_probe.py --kernel wint4 \
+          --M $1 --shape $2 > $OUT/ncu_stall_$1_$2.txt 2>&1
+        echo "-- M=$1 $2"; grep -E "gemv|mma_sk|__" $OUT/ncu_stall_$1_$2.txt | grep -v "==PROF==" | head -24
+      done ;;
     attnprobe)      # why a short-context attention call costs what it does: Nsight Compute on one launch
       T 60 $PT tests/test_gpu_kernels.py -k "pdl" -x 2>&1 | grep -E "Error|assert|passed|failed" | head -20
       T 60 python3 benchmarks/op_probe.py --ctx 32,64,300 --max-len 32,64,512 2>&1 | grep "^| paged"
