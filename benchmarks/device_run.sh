@@ -209,16 +209,6 @@ for stage in "$@"; do
         echo "-- M=$1 $2"; grep -E "gemv|mma_sk|Duration|Throughput|Pipe|Issue Slots|Issued Ipc|Warp Cycles|Stall|Achieved Occ|Registers|Shared Memory Configuration Size|Block Size|Grid Size|Bank|L1/TEX Hit|L2 Hit|Eligible|No Eligible|Active Warps" \
           $OUT/ncu_xs_$1_$2.txt | grep -v "^    ---" | head -45
       done ;;
-    xsr)            # gemv_xs with two row pairs per warp: twins (stop there on a failure), timings at 32 rows, end to end A/B
-      T 90 $PT tests/test_gpu_kernels.py -k "two_pairs" > $OUT/xsr_tests.log 2>&1
-      tail -2 $OUT/xsr_tests.log; grep -E "^FAILED|Error" $OUT/xsr_tests.log | head -5
-      grep -qE "[0-9]+ failed|[0-9]+ error|TIMEOUT|^FAILED" $OUT/xsr_tests.log && { echo "xsr: tests failed, stopping"; exit 0; }
-      T 80 env GEMV_XSR=1 PACKED_ONLY=1 GEMV_MS=32 WINT2=0 python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
-      grep -E " xs|sum over|M=32" $OUT/gemv.log | grep -v "sk\|packed" | head -24
-      for r in 2 1; do
-        T 50 python3 benchmarks/route_ab.py gemv_xs.ROWS_PER_WARP=$r -- --quant wint4 --kv bf16 --batch 32 2>&1 \
-          | grep "^| llama" | sed "s/^/R=$r /"
-      done ;;
     xsstall)        # gemv_xs at 16 / 32 rows: stall reasons per issued instruction, L2 and shared-memory traffic
       R=smsp__average_warps_issue_stalled; P=_per_issue_active.ratio
       MET="gpu__time_duration.sum,dram__bytes_read.sum,lts__t_bytes.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"

@@ -4,7 +4,7 @@ layer's four projections (the issue's measure).
     GEMV_MS=1,16,64 python benchmarks/gpu_gemv.py   (on the GPU machine; JSON lines to $OUT/gemv.jsonl)
     ROWMAJOR=1 adds the first row-major int8/int4 GEMVs (superseded by the packed layout); WINT2=0 skips wint2;
     GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16; GEMV_SK=1 every mma_sk plan (warps, mt,
-    splits) for wint4; GEMV_XS=1 gemv_xs's warps per block and x chunk sizes for M <= 32; GEMV_XSK=1 its K splits over blocks; GEMV_XSR=1 its two row pairs per warp (9-32 rows); GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16, at the ring depths
+    splits) for wint4; GEMV_XS=1 gemv_xs's warps per block and x chunk sizes for M <= 32; GEMV_XSK=1 its K splits over blocks; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16, at the ring depths
     of GEMV_TC_DEPTHS (default 0: registers), GEMV_TC_SHAPES="r.w.minb;..." to name the shapes; PACKED_ONLY=1
     times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk).
 """
@@ -191,13 +191,6 @@ def main():
                         rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} xs w{wx} c{ck}",
                                      "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
                                      "speedup_vs_bf16": round(t_bf16 / t, 2)})
-            if os.environ.get("GEMV_XSR") == "1" and 9 <= M <= 32:   # gemv_xs with two row pairs per warp
-                for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),
-                                            (8, p8, s8c, K, N * K + 4 * N)):
-                    t = bench(lambda i: gemv_xs(x, pw[i], sc, N, bits, g, out=y, rows_per_warp=2))
-                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": f"wint{bits} xs r2",
-                                 "us": round(t, 2), "GB_s": round(nb / t / 1e3, 1),
-                                 "speedup_vs_bf16": round(t_bf16 / t, 2)})
             if os.environ.get("GEMV_XSK") == "1" and M <= 32:   # gemv_xs's K split over blocks (row pairs P)
                 for ks, pp in ((1, None), (2, 16), (4, 16), (8, 16), (16, 16), (4, 8), (8, 8), (16, 8)):
                     for bits, pw, sc, g, nb in ((4, p4, s4, 128, N * K // 2 + 4 * N * K // 128),

@@ -21,11 +21,9 @@
 #include "common.cuh"
 
 // x: bf16 [M, K]; qp: packed [Np / 8 n-tiles][K / KT k-tiles][512 B]; scale: f32 [Np, G]; y: bf16 [M, N].
-// P row-pair groups and S K slices per block (blockDim.x = 32 P S), C columns per x chunk (a multiple of KT).
-// R: row pairs per warp (a group). R = 2 gives each x fragment (one ldmatrix) two pairs' mma: twice the independent
-// accumulator chains per warp, for about 1.5x the registers (blocks of at most 256 threads then).
-template <int BITS, int NB, int GS, bool GATE, int R>
-__global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
+// P row pairs and S K slices per block (blockDim.x = 32 P S), C columns per x chunk (a multiple of KT).
+template <int BITS, int NB, int GS, bool GATE>
+__global__ void __launch_bounds__(512, 1) gemv_xs(const bf16_t* __restrict__ x, const uint4* __restrict__ qp,
                                                   const float* __restrict__ scale, bf16_t* __restrict__ y, int M, int N,
                                                   int K, int group, int P, int S, int C, int tps,
                                                   float* __restrict__ ws, int* __restrict__ flags) {
@@ -37,42 +35,30 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
   extern __shared__ uint4 xs[];                        // 2 x [ROWS][C / 8] uint4; the slices' sums at the end
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2;                             // the lane's row in each n8 tile (its scale's row)
-  const int pl = warp % P, sl = warp / P;              // this warp's row-pair group in the block, and its K slice
+  const int pl = warp % P, sl = warp / P;              // this warp's row pair in the block, and its K slice
   const int ktiles = K / KT, G = K / group, CT = C / KT, CV = C / 8;   // CV: uint4 per chunk row
   const int KS = gridDim.y, k0 = blockIdx.y * tps, k1 = min(ktiles, k0 + tps);   // this block's K tiles
   const int nchunks = (k1 - k0 + CT - 1) / CT;
   const int pairs = (N + 15) / 16;                     // GATE: outputs / 8
-  const int grp = blockIdx.x * P + pl;                 // pairs grp R .. grp R + R - 1
+  const int pair = blockIdx.x * P + pl;
 
   // Loop-invariant address parts, once: a block's warps past the last row pair read the last pair (their sums
   // are never stored), so the loads need no predicate and no zeros; tiles past K are never loaded.
   const FastDiv gdiv = fastdiv_of(group);
-  const uint4* wrow[R][2];
-  const float* srow[R][2];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int pr = min(grp * R + r, pairs - 1);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int nt = GATE ? pr + h * pairs : 2 * pr + h;   // the pair's n8 tiles (GATE: gate pr, up I / 8 + pr)
-      wrow[r][h] = qp + (size_t)nt * ktiles * 32 + lane;
-      srow[r][h] = scale + (size_t)(8 * nt + g) * G;
-    }
-  }
-  auto load_w = [&](int kt, uint4 (&w)[R][2], float (&sc)[R][2][NS]) {
+  const int pr = min(pair, pairs - 1);
+  const int nt[2] = {GATE ? pr : 2 * pr, GATE ? pr + pairs : 2 * pr + 1};   // the pair's n8 tiles
+  const uint4* wrow[2] = {qp + (size_t)nt[0] * ktiles * 32 + lane, qp + (size_t)nt[1] * ktiles * 32 + lane};
+  const float* srow[2] = {scale + (size_t)(8 * nt[0] + g) * G, scale + (size_t)(8 * nt[1] + g) * G};
+  auto load_w = [&](int kt, uint4 (&w)[2], float (&sc)[2][NS]) {
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
       const unsigned gi = SCALED ? fastdiv(kt * KT + 16 * GS * s, gdiv) : 0;
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          if (SCALED) sc[r][h][s] = __ldg(srow[r][h] + gi);
+      for (int h = 0; h < 2; ++h)
+        if (SCALED) sc[h][s] = __ldg(srow[h] + gi);
     }
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) w[r][h] = __ldg(wrow[r][h] + kt * 32);
+    for (int h = 0; h < 2; ++h) w[h] = __ldg(wrow[h] + kt * 32);
   };
   auto stage = [&](int c) {                            // x columns [k0 KT + c C, + C) -> buffer c & 1
     uint4* buf = xs + (size_t)(c & 1) * ROWS * CV;
@@ -88,21 +74,19 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
   // Tile i of this warp (kt = slice + i S) lives in wb[i % 3] / sb[i % 3]; two tiles of weights are in flight while
   // one is computed. The slot is a run-time counter (a warp's tiles per chunk vary), so each tile dispatches on it
   // to one of three copies of the body, whose indices are constants: the pipeline rotates with no register copies.
-  uint4 wb[3][R][2];
-  float sb[3][R][2][NS];
+  uint4 wb[3][2];
+  float sb[3][2][NS];
 #pragma unroll
   for (int d = 0; d < 2; ++d)
     if (k0 + sl + d * S < k1) load_w(k0 + sl + d * S, wb[d], sb[d]);
   x += pdl_wait();                                     // weights above are constant; x is the last kernel's
   stage(0);
 
-  float acc[R][NB][4];
+  float acc[NB][4];
 #pragma unroll
-  for (int r = 0; r < R; ++r)
+  for (int b = 0; b < NB; ++b)
 #pragma unroll
-    for (int b = 0; b < NB; ++b)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[r][b][c] = 0.f;
+    for (int c = 0; c < 4; ++c) acc[b][c] = 0.f;
 
   // This lane's ldmatrix row is token 16 b2 + lr, its 16-byte column in the tile's step j is (v0 + 2 j + lbit) ^ rr
   // (the swizzle). v0 is a multiple of 8 and 2 j + lbit < 16, so that is v0 + ((2 j + lbit) ^ rr), and the column
@@ -112,50 +96,39 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
   unsigned xq[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) xq[j] = 16u * ((2 * j + lbit) ^ rr);
-  auto compute = [&](int kt, int c, const uint4 (&w)[R][2], const float (&sc)[R][2][NS]) {
+  auto compute = [&](int kt, int c, const uint4 (&w)[2], const float (&sc)[2][NS]) {
     const int v0 = (kt - k0 - c * CT) * (KT / 8);      // the tile's first uint4 column in the chunk
     const unsigned tb = xs_lane + 16u * ((c & 1) * ROWS * CV + v0);
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
-      float part[R][NB][4];
+      float part[NB][4];
 #pragma unroll
-      for (int r = 0; r < R; ++r)
+      for (int b = 0; b < NB; ++b)
 #pragma unroll
-        for (int b = 0; b < NB; ++b)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) part[r][b][e] = 0.f;
+        for (int e = 0; e < 4; ++e) part[b][e] = 0.f;
 #pragma unroll
       for (int jj = 0; jj < STEPS / NS; ++jj) {
         const int j = s * (STEPS / NS) + jj;
-        unsigned a[R][4];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          unsigned lo[2], hi[2];                       // rows g and g + 8 of the pair (common.cuh)
-          codes_of_step<BITS>(w[r][0], j, lo);
-          codes_of_step<BITS>(w[r][1], j, hi);
-          a[r][0] = lo[0], a[r][1] = hi[0], a[r][2] = lo[1], a[r][3] = hi[1];
-        }
+        unsigned lo[2], hi[2];                         // rows g and g + 8 of the pair (common.cuh)
+        codes_of_step<BITS>(w[0], j, lo);
+        codes_of_step<BITS>(w[1], j, hi);
+        const unsigned a[4] = {lo[0], hi[0], lo[1], hi[1]};
 #pragma unroll
         for (int b2 = 0; b2 < NB / 2; ++b2) {         // tokens 16 b2 ...: matrices (rows +0 / +8) x (k +0 / +8)
           unsigned bf[4];
           ldmatrix_x4(bf, tb + 256u * b2 * CV + xq[j & 3] + 128u * (j >> 2));
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            mma_16816(part[r][2 * b2], a[r], bf[0], bf[1]);
-            mma_16816(part[r][2 * b2 + 1], a[r], bf[2], bf[3]);
-          }
+          mma_16816(part[2 * b2], a, bf[0], bf[1]);
+          mma_16816(part[2 * b2 + 1], a, bf[2], bf[3]);
         }
       }
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int b = 0; b < NB; ++b) {
-          const float s0 = SCALED ? sc[r][0][s] : 1.f, s1 = SCALED ? sc[r][1][s] : 1.f;
-          acc[r][b][0] = fmaf(part[r][b][0], s0, acc[r][b][0]);
-          acc[r][b][1] = fmaf(part[r][b][1], s0, acc[r][b][1]);
-          acc[r][b][2] = fmaf(part[r][b][2], s1, acc[r][b][2]);
-          acc[r][b][3] = fmaf(part[r][b][3], s1, acc[r][b][3]);
-        }
+      for (int b = 0; b < NB; ++b) {
+        const float s0 = SCALED ? sc[0][s] : 1.f, s1 = SCALED ? sc[1][s] : 1.f;
+        acc[b][0] = fmaf(part[b][0], s0, acc[b][0]);
+        acc[b][1] = fmaf(part[b][1], s0, acc[b][1]);
+        acc[b][2] = fmaf(part[b][2], s1, acc[b][2]);
+        acc[b][3] = fmaf(part[b][3], s1, acc[b][3]);
+      }
     }
   };
   // slot u: load the weights two tiles on (into the slot of the tile before, consumed), then this tile's mma
@@ -181,32 +154,28 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
   pdl_launch();
   // the slices of each row pair meet in shared memory (the x buffers, free once every warp is past its last chunk)
   constexpr int V = NB * 4;
-  float* red = reinterpret_cast<float*>(xs);           // [P S warps][R pairs][V][32 lanes]
+  float* red = reinterpret_cast<float*>(xs);           // [P S warps][V][32 lanes]
   __syncthreads();
 #pragma unroll
-  for (int r = 0; r < R; ++r)
+  for (int b = 0; b < NB; ++b)
 #pragma unroll
-    for (int b = 0; b < NB; ++b)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) red[((warp * R + r) * V + b * 4 + e) * 32 + lane] = acc[r][b][e];
+    for (int e = 0; e < 4; ++e) red[(warp * V + b * 4 + e) * 32 + lane] = acc[b][e];
   __syncthreads();
   const int I = N / 2;                                 // GATE: outputs per token
-  for (int i = threadIdx.x; i < P * R * V * 32; i += blockDim.x) {
-    const int pp = i / (V * 32), v = (i / 32) % V, l = i % 32;            // pp = p R + r: the block's pair
+  for (int i = threadIdx.x; i < P * V * 32; i += blockDim.x) {
+    const int p = i / (V * 32), v = (i / 32) % V, l = i % 32;
     const int b = v / 4, e = v % 4;
     const int m = 8 * b + 2 * (l & 3) + (e & 1);                           // columns 2t, 2t + 1 = tokens
-    const int pair = blockIdx.x * P * R + pp;
-    const int orow = 8 * pair + (l >> 2);                                   // GATE: output column = gate row
+    const int orow = 8 * (blockIdx.x * P + p) + (l >> 2);                   // GATE: output column = gate row
     // C fragment rows g, g + 8 (GATE: the gate and the up row of output orow)
-    const int row = GATE ? orow + (e >> 1) * I : 16 * pair + (l >> 2) + 8 * (e >> 1);
+    const int row = GATE ? orow + (e >> 1) * I : 16 * (blockIdx.x * P + p) + (l >> 2) + 8 * (e >> 1);
     if (m >= M || (GATE ? orow >= I : row >= N)) continue;
     if (GATE && KS == 1 && e >= 2) continue;                               // the gate's thread sums its up too
-    // warp (o, p) holds pair pp = p R + r at red[((o P + p) R + r) V ...] = red[(o P R + pp) V ...]
     float sum = 0.f;
-    for (int o = 0; o < S; ++o) sum += red[((o * P * R + pp) * V + v) * 32 + l];
+    for (int o = 0; o < S; ++o) sum += red[((o * P + p) * V + v) * 32 + l];
     if (GATE && KS == 1) {
       float up = 0.f;
-      for (int o = 0; o < S; ++o) up += red[((o * P * R + pp) * V + v + 2) * 32 + l];
+      for (int o = 0; o < S; ++o) up += red[((o * P + p) * V + v + 2) * 32 + l];
       if (BITS == 8) sum *= __ldg(scale + row), up *= __ldg(scale + I + orow);
       y[(size_t)m * I + orow] = swiglu_bf16(sum, up);
       continue;
@@ -222,7 +191,7 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
   // the last of the KS blocks of these row pairs to arrive adds their sums, in split order (deterministic)
   if (!last_to_arrive(flags + blockIdx.x, KS)) return;
   if (GATE) {                                           // outputs [8 bx P, + 8 P): gate row o, up row I + o
-    const int o0 = 8 * blockIdx.x * P * R, no = min(I - o0, 8 * P * R);
+    const int o0 = 8 * blockIdx.x * P, no = min(I - o0, 8 * P);
     for (int i = threadIdx.x; i < M * no; i += blockDim.x) {
       const int m = i / no, o = o0 + i % no;
       float gs = 0.f, us = 0.f;
@@ -235,7 +204,7 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
     }
     return;
   }
-  const int r0 = 16 * blockIdx.x * P * R, nr = min(N - r0, 16 * P * R);
+  const int r0 = 16 * blockIdx.x * P, nr = min(N - r0, 16 * P);
   for (int i = threadIdx.x; i < M * nr; i += blockDim.x) {
     const int m = i / nr, row = r0 + i % nr;
     float sum = 0.f;
@@ -246,11 +215,10 @@ __global__ void __launch_bounds__(512 / R, 1) gemv_xs(const bf16_t* __restrict__
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_XS_G(BITS, NB, GS, GATE, R)                                                                          \
-  template __global__ void gemv_xs<BITS, NB, GS, GATE, R>(const bf16_t*, const uint4*, const float*, bf16_t*, int,   \
-                                                          int, int, int, int, int, int, int, float*, int*);
-#define GEMV_XS(BITS, NB, GS) GEMV_XS_G(BITS, NB, GS, false, 1) GEMV_XS_G(BITS, NB, GS, true, 1) \
-  GEMV_XS_G(BITS, NB, GS, false, 2) GEMV_XS_G(BITS, NB, GS, true, 2)
+#define GEMV_XS_G(BITS, NB, GS, GATE)                                                                              \
+  template __global__ void gemv_xs<BITS, NB, GS, GATE>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, \
+                                                       int, int, int, int, int, int, float*, int*);
+#define GEMV_XS(BITS, NB, GS) GEMV_XS_G(BITS, NB, GS, false) GEMV_XS_G(BITS, NB, GS, true)
 GEMV_XS(8, 2, 1) GEMV_XS(8, 4, 1)
 GEMV_XS(4, 2, 8) GEMV_XS(4, 4, 8) GEMV_XS(4, 2, 4) GEMV_XS(4, 4, 4) GEMV_XS(4, 2, 2) GEMV_XS(4, 4, 2)
 GEMV_XS(4, 2, 1) GEMV_XS(4, 4, 1)

@@ -2,14 +2,12 @@
 in shared memory.
 
 gemv_xs(x, qp, scale, N, bits, group, out=None, pairs_per_block=None, slices=None, warps=16, chunk_kib=64,
-        ksplit=None, gate=False, rows_per_warp=None):
+        ksplit=None, gate=False):
     the same arguments, checks and result as ``mma_wq.mma_wq`` (x: bf16 [M, K] with K the packed K, 1 <= M <= 32;
     qp from ``mma_wq.repack``; scale: float32 [Np, G]) -> y bf16 [M, N] = x @ (q * scale per (n, k // group)).T.
     gate: a fused gate_up weight (rows [gate; up], N = 2I, I % 8 == 0): y is bf16 [M, I] = silu(gate) * up,
     applied in the epilogue (twin: fdlite.ops.swiglu of the plain result, bit for bit).
-    pairs_per_block (P): 16-row output pairs per block (rows_per_warp = R: groups of R pairs, one warp each);
-    slices (S): warps splitting K per group, P * S <= 16 (R = 2: <= 8, blocks of 256 threads at ~200 registers).
-    R = 2 lets one x fragment feed two pairs' mma (an experiment against the latency at 32 rows).
+    pairs_per_block (P): 16-row output pairs per block; slices (S): warps splitting K per pair, P * S <= 16.
     ksplit: blocks splitting K (grid.y; their fp32 sums meet in a workspace, the last block adds them). Default
     ``split_plan`` from K = LONG_K (blocks of 8 row pairs x 2 slices, about one per SM), else 1.
     Defaults: ``plan`` for blocks of ``warps`` (16: about one block per SM, 8: two); chunk_kib: KiB of x per
@@ -32,7 +30,6 @@ from .mma_wq import KT, _validate
 MAX_M = 32                     # four B fragments of 8 tokens
 MAX_WARPS = 16
 LONG_K = 8192                  # from here the default plan splits K over blocks (split_plan)
-ROWS_PER_WARP = 1              # row pairs per warp by default (2: an experiment, BENCHMARKS.md tenth session)
 
 
 def plan(pairs: int, n_sm: int, warps: int = 16) -> tuple[int, int]:
@@ -57,9 +54,9 @@ def chunk_cols(nb: int, chunk_kib: int = 64) -> int:
     return chunk_kib * 1024 // (8 * nb * 2)
 
 
-def smem_bytes(nb: int, P: int, S: int, chunk_kib: int = 64, R: int = 1) -> int:
-    """Two x chunk buffers, which the slices' fp32 sums [P S warps][R pairs][nb * 4][32 lanes] reuse at the end."""
-    return max(2 * chunk_kib * 1024, P * S * R * nb * 4 * 32 * 4)
+def smem_bytes(nb: int, P: int, S: int, chunk_kib: int = 64) -> int:
+    """Two x chunk buffers, which the slices' fp32 sums [P S warps][nb * 4][32 lanes] reuse at the end."""
+    return max(2 * chunk_kib * 1024, P * S * nb * 4 * 32 * 4)
 
 
 # the largest smem_bytes of any launch (64 KiB chunks, or 16 warps' sums of 4 B fragments)
@@ -77,35 +74,28 @@ def kernel(device_id: int, name: str):
 
 
 def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_block=None, slices=None, warps: int = 16,
-            chunk_kib: int = 64, ksplit=None, gate: bool = False, rows_per_warp=None):
+            chunk_kib: int = 64, ksplit=None, gate: bool = False):
     import cupy as cp  # noqa: PLC0415
 
     M, K, Np, group = _validate(x, qp, scale, N, bits, group)
     check(1 <= M <= MAX_M, f"gemv_xs takes 1..{MAX_M} rows, got M = {M} (use mma_sk / mma_wq)")
     check(x.data.ptr % 16 == 0, f"x must be 16-byte aligned (address {x.data.ptr:#x}): it is staged in 16-byte copies")
     dev = cp.cuda.Device().id
-    R = ROWS_PER_WARP if rows_per_warp is None else rows_per_warp
-    check(R in (1, 2), f"rows_per_warp = {R}, expected 1 or 2")
-    cap = MAX_WARPS // R                                # the kernel's launch bounds: 512 / R threads
-    warps = min(warps, cap)
-    pairs = -(-(Np // 16) // R)                         # row-pair groups: one warp (per K slice) each
+    pairs = Np // 16
     check(warps in (8, 16), f"warps = {warps}, expected 8 or 16")
     check(chunk_kib in (16, 32, 64), f"chunk_kib = {chunk_kib}, expected 16, 32 or 64")
     ktiles = K // KT[bits]
     if ksplit is None and K >= LONG_K:
         P, S, ksplit = split_plan(pairs, ktiles, sms(dev), warps)
     elif ksplit is None or ksplit == 1:
-        (P, S), ksplit = plan(pairs, sms(dev), warps if R == 1 else MAX_WARPS), 1
-        if R > 1:                                       # R = 2: one 8-warp block per SM (registers), as 16 for R = 1
-            P = min(P, warps)
-            S = max(1, warps // P)
+        (P, S), ksplit = plan(pairs, sms(dev), warps), 1
     else:
         P, S = min(warps, pairs), max(1, warps // min(warps, pairs))
     check(1 <= ksplit <= ktiles, f"ksplit = {ksplit} must be in [1, {ktiles}] (the K tiles)")
     P = P if pairs_per_block is None else pairs_per_block
     S = S if slices is None else slices
-    check(P >= 1 and S >= 1 and P * S <= cap, f"pairs_per_block = {P} x slices = {S} must be 1..{cap} warps"
-          + (f" with rows_per_warp = {R}" if R > 1 else ""))
+    check(P >= 1 and S >= 1 and P * S <= MAX_WARPS, f"pairs_per_block = {P} x slices = {S} must be 1..{MAX_WARPS} "
+          "warps")
     nb = 2 if M <= 16 else 4
     C = chunk_cols(nb, chunk_kib)
     check(C % KT[bits] == 0, f"chunk of {C} columns is not whole {KT[bits]}-column K tiles")
@@ -113,11 +103,11 @@ def gemv_xs(x, qp, scale, N: int, bits: int, group: int, out=None, pairs_per_blo
     y = out if out is not None else cp.empty((M, Ny), dtype=BF16)
     check(y.shape == (M, Ny) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, Ny)}")
-    smem = smem_bytes(nb, P, S, chunk_kib, R)
-    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}, {'true' if gate else 'false'}, {R}>")
+    smem = smem_bytes(nb, P, S, chunk_kib)
+    fn = kernel(dev, f"gemv_xs<{bits}, {nb}, {steps_per_scale(bits, group)}, {'true' if gate else 'false'}>")
     per = -(-ktiles // ksplit)
     ksplit = -(-ktiles // per)                          # no empty split
-    bx = -(-pairs // P)                                 # blocks of P groups
+    bx = -(-pairs // P)
     ws, flags = (y, y) if ksplit == 1 else (cp.empty((ksplit, M, N), np.float32), counters())
     check(bx <= COUNTERS, f"{bx} row blocks exceed the {COUNTERS} split counters")
     launch(fn, (bx, ksplit), (32 * P * S,),

@@ -332,33 +332,6 @@ def test_gate_up_swiglu_rejects_an_unpaired_weight(cp):
         gemv_packed(cp.asarray(x[:1]), *args[1:], gate=True)
 
 
-@pytest.mark.parametrize("N,K,ksplit", [(1008, 4096, 1), (4096, 14336, 4), (1008, 14336, 5)])
-@pytest.mark.parametrize("M,bits,group", [(16, 4, 128), (32, 4, 128), (32, 8, -1), (9, 4, 32)])
-@pytest.mark.parametrize("gate", [False, True])
-def test_gemv_xs_two_pairs_per_warp(cp, N, K, ksplit, M, bits, group, gate):
-    """rows_per_warp = 2 (one x fragment, two pairs' mma): with the same K slices per pair, each output is the
-    one-pair kernel's to the bit (its sum's order does not change); near the twin; an odd number of pairs (N = 1008:
-    63) leaves the last warp half past N; K split; SwiGLU; output poisoned, twice (counters back at zero); then the
-    default plan."""
-    from fdlite import ops
-    from fdlite_kernels.gemv_xs import gemv_xs
-
-    x, qp, s, g, ref = _packed_case(N, K, M, bits, group, N + K + M * 17 + bits + (ksplit or 0) + gate)
-    args = (cp.asarray(x), cp.asarray(qp), cp.asarray(s), N, bits, g)
-    one = cp.asnumpy(gemv_xs(*args, pairs_per_block=8, slices=2, ksplit=ksplit, gate=gate))
-    twin = (ops.swiglu(ref.astype(BF16), np) if gate else ref).astype(np.float32)
-    for _ in range(2):
-        y = cp.full((M, N // 2 if gate else N), np.nan, dtype=BF16)
-        gemv_xs(*args, out=y, pairs_per_block=4, slices=2, ksplit=ksplit, gate=gate, rows_per_warp=2)
-        got = cp.asnumpy(y)
-        assert np.array_equal(got.view(np.uint16), one.view(np.uint16))
-        assert _rel(got.astype(np.float32), twin) < (1e-2 if gate else 4e-3)
-    y = cp.full((M, N // 2 if gate else N), np.nan, dtype=BF16)                 # the default plan for R = 2
-    gemv_xs(*args, out=y, gate=gate, rows_per_warp=2)
-    got = cp.asnumpy(y).astype(np.float32)
-    assert np.isfinite(got).all() and _rel(got, twin) < (1e-2 if gate else 4e-3)
-
-
 def test_gemv_xs_rejects_bad_input(cp):
     from fdlite_kernels.gemv_xs import gemv_xs
 
