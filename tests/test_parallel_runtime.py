@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from fdlite import Model, SamplingParams
 from fdlite.errors import InputError
 from fdlite.parallel.comm import CommError, HostComm
-from fdlite.parallel.sharding import take_cols
+from fdlite.parallel.sharding import take_cols, take_rows
 
 from conftest import FIXTURES, ROOT
 
@@ -185,15 +185,21 @@ def test_a_plan_the_model_cannot_take_is_refused_and_leaves_no_worker(monkeypatc
     assert {p.pid for p in mp.active_children()} == before
 
 
-def test_wint2_has_no_cut_rule_yet():
-    """wint2 (CCQ: 4 codes a byte, code scales / zero points, super scales) must be refused, not cut as a
-    per-channel int8 layout."""
-    from fdlite.parallel.sharding import layout
+def test_wint2_is_cut_by_its_own_layout():
+    """wint2 (CCQ: [K, N] arrays, 4 codes a byte, 128-row scale bytes, per-column code and super scales) is cut
+    along N on the last axis and along K in whole scale bytes, never as the per-channel int8 layout its array
+    names resemble; a shard dequantizes to the matching block of the whole."""
+    from fdlite.parallel.sharding import k_unit, layout
     from fdlite.quant import get as get_method
 
-    p = get_method("wint2")().quantize(np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32))
-    with pytest.raises(InputError, match=r"wint2 weight of shape \(64, 256\): no sharding rule for arrays"):
-        layout(p)
+    m = get_method("wint2")()
+    p = m.quantize(np.random.default_rng(0).standard_normal((64, 300)).astype(np.float32))
+    assert layout(p) == ("ccq", 128) and k_unit(p) == 128
+    w = m.dequantize(p)
+    np.testing.assert_array_equal(m.dequantize(take_cols(p, 128, 300)), w[:, 128:])
+    np.testing.assert_array_equal(m.dequantize(take_rows(p, [(8, 24), (40, 48)])), np.concatenate([w[8:24], w[40:48]]))
+    with pytest.raises(InputError, match=r"wint2 weight \(64, 300\): columns \[0, 64\) are not whole 128-column"):
+        take_cols(p, 0, 64)
 
 
 # ------------------------------------------------------------------------------ failures and shutdown

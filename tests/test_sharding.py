@@ -26,7 +26,7 @@ HF = FIXTURES / "hf"
 METHODS = [("dense", {}), ("wint8", {}), ("wint4", {"group_size": 16}), ("wint4", {"group_size": -1}),
            ("nf4", {"group_size": 8}), ("nf4", {"group_size": 8, "activation": "int8"}), ("w8a8", {}),
            ("w4a8", {"group_size": 16}), ("w4afp8", {}), ("wfp8afp8", {}),
-           ("block_wise_fp8", {"weight_block_size": [16, 32]}), ("wint8", {"group_size": 32})]
+           ("block_wise_fp8", {"weight_block_size": [16, 32]}), ("wint8", {"group_size": 32}), ("wint2", {})]
 
 
 def _quantized(data, idx=None):
@@ -228,6 +228,24 @@ def test_simulated_tp_forward_equals_single_process_logits(name, quant):
             out = simulate.logits(m, ids, tp)
             assert out.shape == ref.shape
             assert np.abs(out - ref).max() <= 1e-5, (tp, float(np.abs(out - ref).max()))
+
+
+def test_simulated_tp_wint2_equals_single_process_logits():
+    """wint2 (CCQ, N the last axis, 128-row scale bytes) under tensor parallelism: a model whose per-rank K ranges
+    are whole 128-row units (o_proj 2 heads x 128, down_proj 512 over 2 and 4 ranks) gives the one-process
+    logits; the tiny fixtures' 32-column K ranges are refused with the numbers."""
+    with Model.from_config("llama-3-8b", device="cpu", quantization="wint2", num_hidden_layers=2, hidden_size=256,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=128, intermediate_size=512,
+                           vocab_size=300, max_model_len=64) as m:
+        assert m.params["layers"][0]["w2"].packed.method == "wint2"
+        ids = np.random.default_rng(4).integers(0, 300, (2, 11))
+        ref = m.logits(ids)
+        for tp in (2, 4):                  # tp 4: 128 columns of o_proj and of down_proj per rank
+            assert np.abs(simulate.logits(m, ids, tp) - ref).max() <= 1e-5 * (np.abs(ref).max() + 1)
+    with Model.load(HF / "llama", device="cpu", quantization="wint2") as m:
+        with pytest.raises(InputError, match=r"wint2 weight \(64, 64\): columns \[0, 32\) are not whole "
+                                             r"128-column scale bytes"):
+            simulate.shard_model(m, 2)
 
 
 def test_simulated_tp_with_a_static_int8_kv_cache():

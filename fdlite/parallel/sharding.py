@@ -25,6 +25,12 @@ runs on it unchanged):
     block_wise_fp8: quant_weight uint8 (N, K), weight_scale_inv float32 (ceil(N/bn), ceil(K/bk))
         rows: whole bn-row blocks (a segment may end at N in a partial block only as the shard's last).
         columns: whole bk-column blocks (or up to K); the scale rows / columns follow.
+    ccq (wint2, FastDeploy's [K, N] orientation): quant_weight uint8 (Kp/4, N), weight_scale uint8 (Kp/128, N) (two
+    64-row local scales a byte), super_scales bf16 / code_scale / code_zp float32 (N,)
+        rows (N, the LAST axis of every array): any.
+        columns: whole 128-row scale bytes (start, stop multiples of 128, or stop = K: the last shard keeps the
+        padding to Kp); quant_weight rows [start / 4, stop / 4), weight_scale rows [start / 128, stop / 128); the
+        per-column arrays are copied whole.
     activation_scale (1,) (a static per-tensor activation abs-max): copied whole either way.
 
 Every shard records ``meta["tp"] = {"axis", "segments", "whole_shape", "whole_meta", "copied"}`` so
@@ -40,12 +46,15 @@ from ..quant import get as get_method
 from ..quant.base import Packed
 
 Segment = tuple[int, int]
+CCQ_ARRAYS = ("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp")   # wint2, N last
+CCQ_K = 128                     # K rows per wint2 weight_scale byte (two 64-row local scales)
 
 
 # ------------------------------------------------------------------------------------------------ layouts
 
 def layout(p: Packed) -> tuple[str, int]:
-    """-> (kind, unit): kind in dense | grouped | channel | block; unit = bits (grouped) or block rows."""
+    """-> (kind, unit): kind in dense | grouped | channel | block | ccq; unit = bits (grouped), block rows (block) or
+    the K rows of a scale byte (ccq: wint2)."""
     if p.meta.get("gpu"):
         raise InputError(f"{p.method} weight of shape {p.shape} is already repacked for a GPU kernel "
                          f"({p.meta['gpu']!r}); shard the host Packed before method.prepare")
@@ -54,6 +63,8 @@ def layout(p: Packed) -> tuple[str, int]:
         return "dense", 0
     if "weight_scale_inv" in a:
         return "block", int(p.meta.get("weight_block_size", [128, 128])[0])
+    if set(a) == set(CCQ_ARRAYS):
+        return "ccq", CCQ_K
     extra = sorted(set(a) - {"quant_weight", "weight_scale", "activation_scale"})
     if "quant_weight" in a and "weight_scale" in a and not extra:
         bits = getattr(get_method(p.method), "bits", None)
@@ -77,8 +88,8 @@ def k_unit(p: Packed) -> int:
     """Columns a row-parallel cut must be a multiple of: the group (G > 1), 2 for per-channel int4 (bytes),
     the block columns (block_wise_fp8), else 1. split_even(K, tp, k_unit(p)) gives valid K ranges."""
     kind, unit = layout(p)
-    if kind == "block":
-        return _block_k(p)
+    if kind in ("block", "ccq"):
+        return _block_k(p) if kind == "block" else CCQ_K
     if kind == "grouped" and p.arrays["weight_scale"].shape[1] > 1:
         return int(p.meta["group_size"])
     return 2 if kind == "grouped" and unit == 4 else 1
@@ -169,6 +180,8 @@ def take_rows(p: Packed, segments: list[Segment]) -> Packed:
     for key, a in p.arrays.items():
         if key == "activation_scale":
             out[key] = a                                 # per tensor: the same on every rank
+        elif kind == "ccq":                              # N is the last axis
+            out[key] = np.concatenate([a[..., s:e] for s, e in segments], axis=-1)
         elif key not in out:
             out[key] = np.concatenate([a[s:e] for s, e in segments])          # (n_r, ...) rows follow N
     rows = sum(e - s for s, e in segments)
@@ -188,6 +201,17 @@ def take_cols(p: Packed, start: int, stop: int) -> Packed:
     elif kind == "channel":
         out["quant_weight"], out["weight_scale"] = a["quant_weight"][:, start:stop], a["weight_scale"]
         copied.append("weight_scale")
+    elif kind == "ccq":
+        if start % CCQ_K or (stop % CCQ_K and stop != K):
+            raise InputError(f"wint2 weight {p.shape}: columns [{start}, {stop}) are not whole {CCQ_K}-column "
+                             f"scale bytes (K per rank {stop - start} = {(stop - start) / CCQ_K:g} x {CCQ_K}); a K "
+                             "shard must hold whole bytes of two 64-row local scales")
+        hi = a["quant_weight"].shape[0] * 4 if stop == K else stop                 # the last shard keeps Kp
+        out["quant_weight"] = a["quant_weight"][start // 4:hi // 4]
+        out["weight_scale"] = a["weight_scale"][start // CCQ_K:hi // CCQ_K]
+        for key in CCQ_ARRAYS[2:]:                       # per column (N): the same on every K shard
+            out[key] = a[key]
+            copied.append(key)
     elif kind == "block":
         bk = _block_k(p)
         if start % bk or (stop % bk and stop != K):
@@ -255,7 +279,17 @@ def reassemble(shards: list[Packed]) -> Packed:
         shards = sorted(shards, key=lambda s: s.meta["tp"]["segments"][0])
         for key in first.arrays:
             parts = [s.arrays[key] for s in shards]
-            out[key] = parts[0] if key in info["copied"] else np.concatenate(parts, axis=1)
+            out[key] = parts[0] if key in info["copied"] else np.concatenate(parts, axis=0 if kind == "ccq" else 1)
+    elif kind == "ccq":                                 # N is the last axis of every array
+        for key in first.arrays:
+            a0 = first.arrays[key]
+            whole = np.empty(a0.shape[:-1] + (N,), a0.dtype)
+            for s in shards:
+                at = 0
+                for b, e in s.meta["tp"]["segments"]:
+                    whole[..., b:e] = s.arrays[key][..., at:at + e - b]
+                    at += e - b
+            out[key] = whole
     else:
         for key in first.arrays:
             if key == "activation_scale":
