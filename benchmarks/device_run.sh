@@ -209,6 +209,13 @@ for stage in "$@"; do
         echo "-- M=$1 $2"; grep -E "gemv|mma_sk|Duration|Throughput|Pipe|Issue Slots|Issued Ipc|Warp Cycles|Stall|Achieved Occ|Registers|Shared Memory Configuration Size|Block Size|Grid Size|Bank|L1/TEX Hit|L2 Hit|Eligible|No Eligible|Active Warps" \
           $OUT/ncu_xs_$1_$2.txt | grep -v "^    ---" | head -45
       done ;;
+    tp)             # issue 9 on a multi-GPU kind (NCCL_NVLS_ENABLE=0 is set by fdlite): N-GPU tests, then the benchmarks
+      T 240 $PT tests/test_parallel_runtime.py 2>&1 | tail -3
+      T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --tp 1 2>&1 | grep "^| llama"
+      T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --tp 2 2>&1 | grep "^| llama" ;;
+    tp300)          # ERNIE-4.5-300B-A47B shape at WINT4 on 4 GPUs (each rank draws and quantizes its part on its host)
+      T 580 python3 benchmarks/e2e.py --model ernie-4.5-300b-a47b --quant wint4 --kv bf16 --batch 1,32 --gen 64 \
+        --tp ${TP:-4} 2>&1 | grep -E "^\| ernie|FAILED" ;;
     xsstall)        # gemv_xs at 16 / 32 rows: stall reasons per issued instruction, L2 and shared-memory traffic
       R=smsp__average_warps_issue_stalled; P=_per_issue_active.ratio
       MET="gpu__time_duration.sum,dram__bytes_read.sum,lts__t_bytes.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"

@@ -1,7 +1,10 @@
 """End-to-end decode on the GPU: Llama-3-8B shape (random weights drawn on the device, Model.from_config),
 128-token prompts, greedy generation through the engine (continuous batching, CUDA-graph decode, GPU sampling).
 
-    python benchmarks/e2e.py [--quant dense,wint8] [--kv bf16,int8] [--batch 1,32] [--gen 256] [--layers N]
+    python benchmarks/e2e.py [--quant dense,wint8] [--kv bf16,int8] [--batch 1,32] [--gen 256] [--layers N] [--tp N]
+
+--tp N: N GPU processes (Model.from_config(tensor_parallel_size=N); each rank draws its weights on its host, CUDA
+graphs are off); the rows add each rank's GPU memory (CuPy pool) and weight bytes.
 
 One model load per (weights, KV) pair serves every batch size. Prints one table row per case and writes JSON lines to $OUT/e2e.jsonl when $OUT is set. Reported: time from
 Model.from_config to the first generated token, decode tok/s over the whole batch and ms per step (from the
@@ -17,16 +20,25 @@ import numpy as np
 from fdlite import Model, SamplingParams
 
 
-def load(name, quant, kv, prompt, gen, max_batch, over):
+def load(name, quant, kv, prompt, gen, max_batch, over, tp=1):
     """-> (model, seconds from Model.from_config to the first generated token of one prompt)."""
     t0 = time.perf_counter()
     m = Model.from_config(name, device="cuda", seed=0, quantization=None if quant == "dense" else quant,
-                          kv_cache=kv, max_model_len=prompt + gen + 8, max_num_seqs=max_batch, **over)
+                          kv_cache=kv, max_model_len=prompt + gen + 8, max_num_seqs=max_batch,
+                          tensor_parallel_size=tp, **over)
     ids = np.random.default_rng(1).integers(0, m.config.vocab_size, prompt).tolist()
     first = m.generate([ids], SamplingParams(temperature=0, max_tokens=1, ignore_eos=True), use_tqdm=False)
     m.backend.synchronize()
     assert len(first[0].outputs.token_ids) == 1
     return m, time.perf_counter() - t0
+
+
+def _rank_memory(model) -> tuple[float, float]:
+    """(GPU GiB in CuPy's pool, weight GiB) of one rank; runs in each tensor-parallel worker (Group.call)."""
+    import cupy as cp
+
+    return (round(cp.get_default_memory_pool().total_bytes() / 2**30, 2),
+            round(model.memory_report()["weights_bytes"] / 2**30, 2))
 
 
 def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
@@ -57,8 +69,12 @@ def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
            "weights_gib": round(m.memory_report()["weights_bytes"] / 2**30, 2),
            "graphs": runner.enabled, "graph_reason": runner.reason, "replays": runner.num_replays - r0,
            "eager_steps": runner.num_eager - e0, "overlap": m.engine.overlap, **({"overrides": over} if over else {})}
+    workers = getattr(m, "_workers", None)
+    if workers is not None:                          # tensor parallel: every rank's memory, rank 0 first
+        ranks = [(row["gpu_mem_gib"], row["weights_gib"])] + workers.call(_rank_memory)
+        row.update(tp=len(ranks), rank_gpu_mem_gib=[r[0] for r in ranks], rank_weights_gib=[r[1] for r in ranks])
     print(f"| {name} | {quant} | {kv} | {batch} | {row['decode_tok_s']} | {row['ms_per_step']} | "
-          f"{row['load_to_first_token_s']} | {row['gpu_mem_gib']} | graphs={row['graphs']} "
+          f"{row['load_to_first_token_s']} | {row.get('rank_gpu_mem_gib', row['gpu_mem_gib'])} | graphs={row['graphs']} "
           f"({row['replays']} replays, {row['eager_steps']} eager) |", flush=True)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "e2e.jsonl"), "a") as f:
@@ -75,6 +91,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (0: the model's)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor_parallel_size: GPU processes (ranks) on this host")
     ap.add_argument("--overlap", type=int, default=None, help="the engine's overlapped decode (1; the default, see "
                     "fdlite/engine/engine.py) or plain steps (0)")
     a = ap.parse_args()
@@ -85,7 +102,7 @@ def main():
     for q in a.quant.split(","):
         for kv in a.kv.split(","):
             try:
-                m, ttft = load(a.model, q, kv, a.prompt, a.gen, max(batches), over)
+                m, ttft = load(a.model, q, kv, a.prompt, a.gen, max(batches), over, a.tp)
             except Exception as e:  # noqa: BLE001 - report and go on to the next case
                 print(f"| {a.model} | {q} | {kv} | - | load FAILED {type(e).__name__}: {str(e)[:200]} |", flush=True)
                 continue

@@ -127,24 +127,39 @@ class Model:
                     max_num_batched_tokens: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                     kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
                     enable_prefix_caching: bool = True, batch_invariant: bool = True, cuda_graphs: bool = True,
-                    **overrides) -> "Model":
+                    tensor_parallel_size: int = 1, _shard=None, **overrides) -> "Model":
         """A model with random weights (normal, std = initializer_range; norms at 1), drawn on the device, for a
         preset of fdlite.model_configs ("llama-3-8b", "ernie-4.5-0.3b", ...) or an HF config.json dict;
-        ``overrides`` replace config keys (e.g. num_hidden_layers=4). No tokenizer: prompts are token ids."""
+        ``overrides`` replace config keys (e.g. num_hidden_layers=4). No tokenizer: prompts are token ids.
+        tensor_parallel_size=N > 1: N processes as Model.load's (fdlite/parallel/runtime.py). Each rank draws the
+        weights on its host, from the same seed, and keeps its own cut. A rank never draws another rank's routed
+        experts. So on the CPU the N ranks compute the one-process model's logits; on a GPU the one-process model
+        draws on the device, from another generator, so its weights differ."""
         from . import model_configs, random_weights  # noqa: PLC0415
 
+        if type(tensor_parallel_size) is not int or tensor_parallel_size != 1:
+            from .parallel import runtime  # noqa: PLC0415
+
+            kwargs = {k: v for k, v in locals().items() if k not in ("cls", "name_or_config", "tensor_parallel_size",
+                                                                     "_shard", "overrides", "model_configs",
+                                                                     "random_weights", "runtime")}
+            return runtime.load(cls, name_or_config, tensor_parallel_size, {**kwargs, **overrides},
+                                builder="from_config")
         backend = get_backend(device)
         quant = _parse_quantization(quantization)
         kv_format = kv_formats.get(quant_config.kv_choice(kv_cache, quant))    # as load: a scheme's C part
         raw, source = model_configs.resolve(name_or_config, overrides)
         cfg = ModelConfig.from_hf(raw, where=source)
-        tensors = random_weights.RandomWeights(cfg, backend, seed)
+        # a rank cuts host Packed weights (fdlite/parallel/load.py): it draws them on the host
+        tensors = random_weights.RandomWeights(cfg, backend if _shard is None else get_backend("cpu"), seed)
         model = cls._build(cfg, tensors, None, f"{source} (random weights, seed {seed})", backend, quant,
                            kv_format, max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
-                           kv_cache_bytes, gpu_memory_utilization, cuda_graphs=cuda_graphs)
+                           kv_cache_bytes, gpu_memory_utilization, cuda_graphs=cuda_graphs, shard=_shard)
         model.engine.blocks.enable_prefix_caching = bool(enable_prefix_caching)
         if not batch_invariant:
             invariant.disable(model)
+        if _shard is not None:      # a static KV format needs scales given to every rank (RankPlan refuses it)
+            return model
         return kv_scale_io.ensure_calibrated(model, "self")     # a static KV format: scales from self-text
 
     @classmethod

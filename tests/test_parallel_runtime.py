@@ -155,6 +155,32 @@ def test_tp_logits_and_greedy_generate_equal_one_process(name, quant, tp):
         assert len(per_rank) == tp and all(0 < b < whole_bytes for b in per_rank), (per_rank, whole_bytes)
 
 
+TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, vocab_size=256, max_model_len=64)
+
+
+@pytest.mark.parametrize("name,quant,extra", [("llama-3-8b", "wint8", {}),
+                                              ("ernie-4.5-21b-a3b", WINT4, {"moe_num_experts": 8,
+                                                                            "moe_intermediate_size": 32})])
+def test_from_config_tp_equals_one_process_and_draws_only_its_experts(name, quant, extra, monkeypatch):
+    """Model.from_config(tensor_parallel_size=2): every rank draws the seed's weights on its host and keeps its cut,
+    so the logits are the one-process model's; rank 0 (this process) never draws another rank's routed expert."""
+    from fdlite import random_weights
+
+    ids = np.random.default_rng(3).integers(0, 256, (2, 9))
+    with Model.from_config(name, device="cpu", quantization=quant, seed=5, **TINY, **extra) as one:
+        ref = one.logits(ids)
+    drawn = []
+    get = random_weights.RandomWeights.get
+    monkeypatch.setattr(random_weights.RandomWeights, "get", lambda self, n: drawn.append(n) or get(self, n))
+    with Model.from_config(name, device="cpu", quantization=quant, seed=5, tensor_parallel_size=2, **TINY,
+                           **extra) as m:
+        assert len(m._workers.pids) == 1 and m.config.num_attention_heads == 2
+        assert np.abs(m.logits(ids) - ref).max() <= 1e-5
+    experts = {int(re.search(r"experts\.(\d+)\.", n).group(1)) for n in drawn if ".experts." in n}
+    assert experts == (set(range(4)) if extra else set()), sorted(experts)     # rank 0 owns experts 0..3 of 8
+
+
 def _weight_bytes(model):
     """Runs in a worker (Group.call)."""
     return model.memory_report()["weights_bytes"]
@@ -308,3 +334,45 @@ def test_gpu_tp_1_unchanged_and_too_many_ranks_refused(cp):
     n = cp.cuda.runtime.getDeviceCount()
     with pytest.raises(InputError, match=rf"tensor_parallel_size = {n + 1} needs {n + 1} GPUs .* but {n} GPU"):
         Model.load(HF / "llama", device="cuda", tensor_parallel_size=n + 1)
+
+
+# ------------------------------------------------------------------------------ GPU (several GPUs, issue 9)
+
+def _need_gpus(cp, n: int):
+    if cp.cuda.runtime.getDeviceCount() < n:
+        pytest.skip(f"needs {n} GPUs; {cp.cuda.runtime.getDeviceCount()} visible")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,quant,tp", [("llama", None, 2), ("llama", WINT4, 2), ("ernie4_5_moe", WINT4, 2),
+                                           ("ernie4_5_moe", None, 4)])
+def test_gpu_tp_logits_and_greedy_equal_one_gpu(cp, name, quant, tp):
+    """N GPUs (NCCL between processes, bf16) against one: logits within bf16 tolerance (the all-reduces sum the
+    partials in another order and round each to bf16), the same greedy tokens on these fixtures."""
+    _need_gpus(cp, tp)
+    prompts = [[1, 2, 3, 4, 5], [9, 8, 7], list(range(20, 50))]
+    sp = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    ids = np.random.default_rng(1).integers(0, 200, (2, 13))
+    with Model.load(HF / name, device="cuda", quantization=quant) as one:
+        ref = one.logits(ids)
+        ref_gen = [o.outputs.token_ids for o in one.generate(prompts, sp, use_tqdm=False)]
+    with Model.load(HF / name, device="cuda", quantization=quant, tensor_parallel_size=tp) as m:
+        assert len(m._workers.pids) == tp - 1
+        out = m.logits(ids)
+        assert np.abs(out - ref).max() <= 3e-2 * (np.abs(ref).max() + 1), float(np.abs(out - ref).max())
+        assert [o.outputs.token_ids for o in m.generate(prompts, sp, use_tqdm=False)] == ref_gen
+
+
+@pytest.mark.gpu
+def test_gpu_tp_from_config_runs_on_every_rank(cp):
+    """Random weights drawn per rank on its host (Model.from_config, tensor_parallel_size=2), quantized, cut and
+    placed on its own GPU; decode runs and each rank holds about half the weights."""
+    _need_gpus(cp, 2)
+    kw = dict(device="cuda", quantization="wint4", num_hidden_layers=2, max_model_len=160, max_num_seqs=4)
+    with Model.from_config("llama-3-8b", tensor_parallel_size=2, **kw) as m:
+        out = m.generate([[1, 2, 3]] * 4, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+                         use_tqdm=False)
+        assert all(len(o.outputs.token_ids) == 8 for o in out)
+        mine = m.memory_report()["weights_bytes"]
+        theirs = m._workers.call(_weight_bytes)[0]
+        assert 0.8 < mine / theirs < 1.25

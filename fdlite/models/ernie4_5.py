@@ -189,7 +189,12 @@ def _experts(r: _Reader, p: str, s: MoeSettings, H: int, make_linear):
             raise CheckpointError(f"{r.f.tensors.source(missing[0])}: expert tensor {missing[0]!r} is missing "
                                   f"({len(missing)} of the {len(need)} expert tensors of this layer are)")
     gate_up, down = [], []
+    wants = getattr(make_linear, "wants", None)     # a tensor-parallel rank builds only its own experts
     for j in range(E):   # one expert at a time: only its float copy is alive while it is quantized
+        if wants is not None and not wants("moe_gate_up", f"{p}experts.{j}.up_gate_proj"):
+            gate_up.append(None)                    # another rank's: not read from the checkpoint (or drawn)
+            down.append(None)
+            continue
         gu, d = (gu_all[j], down_all[j]) if stacked else r.mlp(f"{p}experts.{j}.", I, H, False)[::2]
         gate_up.append(make_linear("moe_gate_up", f"{p}experts.{j}.up_gate_proj", gu, None))
         down.append(make_linear("moe_down", f"{p}experts.{j}.down_proj", d, None))

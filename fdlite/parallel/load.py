@@ -79,13 +79,18 @@ class RankPlan:
         E = cfg.raw.get("moe_num_experts")
         owned = expert_ranges(int(E), self.tp)[self.rank] if E else None
 
-        def make(role, name, w, bias):
+        def wants(role, name) -> bool:
+            """False for another rank's routed expert: the family skips it before reading its tensors."""
             hit = _EXPERT.search(name) if owned and role in ("moe_gate_up", "moe_down") else None
-            if hit and not owned[0] <= int(hit.group(1)) < owned[1]:
+            return not hit or owned[0] <= int(hit.group(1)) < owned[1]
+
+        def make(role, name, w, bias):
+            if not wants(role, name):
                 return None                              # another rank's expert: never quantized here
             m = method.for_layer(role, name) or dense
             if not m.accepts(tuple(w.shape)):
                 m = dense
             return Linear(m, m.quantize(np.asarray(w)), bias, np)
 
+        make.wants = wants
         return make

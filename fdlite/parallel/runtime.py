@@ -44,13 +44,15 @@ READY_TIMEOUT_S = 1800.0      # a worker's checkpoint load (a 300B one quantized
 JOIN_TIMEOUT_S = 10.0         # how long close() waits for a worker before terminating it
 
 
-def load(cls, path, tp, kwargs: dict):
-    """Model.load with tensor_parallel_size=tp > 1 (kwargs: Model.load's other keyword arguments)."""
+def load(cls, path, tp, kwargs: dict, builder: str = "load"):
+    """Model.load (or Model.from_config: builder) with tensor_parallel_size=tp > 1; kwargs: its other keyword
+    arguments. Every rank calls the same builder with them and its RankPlan."""
     if type(tp) is not int or tp < 1:
         raise InputError(f"tensor_parallel_size = {tp!r} must be a positive integer (1 = one process)")
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"tensor_parallel_size = {tp} loads from a path or preset name that every rank reads, "
-                         f"got a {type(path).__name__}")
+    kinds = (str, os.PathLike) if builder == "load" else (str, dict)
+    if not isinstance(path, kinds):
+        what = "loads from a path or preset name" if builder == "load" else "builds from a preset name or config dict"
+        raise InputError(f"tensor_parallel_size = {tp} {what} that every rank reads, got a {type(path).__name__}")
     backend = get_backend(kwargs["device"])
     ctx = mp.get_context("spawn")
     kwargs = dict(kwargs)
@@ -73,12 +75,12 @@ def load(cls, path, tp, kwargs: dict):
         specs, devices = [("host", comm0.spec, None)] * tp, ["cpu"] * tp
     group = Group(ctx, tp, comm0)
     try:
-        group.start(path, kwargs, specs, devices)
+        group.start(path, kwargs, specs, devices, builder)
         if comm0 is None:
             from .nccl import NcclComm  # noqa: PLC0415
 
             group.comm = NcclComm(0, tp, uid, first)       # returns once every worker joined
-        model = cls.load(path, **{**kwargs, "device": devices[0]}, _shard=RankPlan(tp, 0, group.comm))
+        model = getattr(cls, builder)(path, **{**kwargs, "device": devices[0]}, _shard=RankPlan(tp, 0, group.comm))
         group.wait_ready()
     except BaseException:
         group.close()
@@ -129,14 +131,14 @@ class Group:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    def start(self, path, kwargs, specs, devices) -> None:
+    def start(self, path, kwargs, specs, devices, builder: str = "load") -> None:
         from .worker import main  # noqa: PLC0415
 
         for r in range(1, self.tp):
             mine, theirs = self.ctx.Pipe()
             p = self.ctx.Process(target=main, name=f"fdlite-tp-rank{r}", daemon=True,
                                  args=(r, self.tp, str(path) if isinstance(path, os.PathLike) else path,
-                                       {**kwargs, "device": devices[r]}, specs[r], theirs))
+                                       {**kwargs, "device": devices[r]}, specs[r], theirs, builder))
             p.start()
             theirs.close()                   # only the worker holds its end: its death is our EOF
             self.procs.append(p)

@@ -58,7 +58,7 @@ def _report(conn, e: BaseException) -> None:
         pass
 
 
-def main(rank: int, tp: int, path, kwargs: dict, spec, conn) -> None:
+def main(rank: int, tp: int, path, kwargs: dict, spec, conn, builder: str = "load") -> None:
     _watch_parent()
     comm = model = None
     try:
@@ -66,7 +66,7 @@ def main(rank: int, tp: int, path, kwargs: dict, spec, conn) -> None:
         from ..model import Model  # noqa: PLC0415
         from .load import RankPlan  # noqa: PLC0415
 
-        model = Model.load(path, **kwargs, _shard=RankPlan(tp, rank, comm))
+        model = getattr(Model, builder)(path, **kwargs, _shard=RankPlan(tp, rank, comm))   # load / from_config
         conn.send(("ready", rank))
         code = _serve(model, comm, conn)
     except BaseException as e:  # noqa: BLE001 - every failure goes to rank 0
