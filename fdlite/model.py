@@ -131,10 +131,10 @@ class Model:
         """A model with random weights (normal, std = initializer_range; norms at 1), drawn on the device, for a
         preset of fdlite.model_configs ("llama-3-8b", "ernie-4.5-0.3b", ...) or an HF config.json dict;
         ``overrides`` replace config keys (e.g. num_hidden_layers=4). No tokenizer: prompts are token ids.
-        tensor_parallel_size=N > 1: N processes as Model.load's (fdlite/parallel/runtime.py). Each rank draws the
-        weights on its host, from the same seed, and keeps its own cut. A rank never draws another rank's routed
-        experts. So on the CPU the N ranks compute the one-process model's logits; on a GPU the one-process model
-        draws on the device, from another generator, so its weights differ."""
+        tensor_parallel_size=N > 1: N processes as Model.load's (fdlite/parallel/runtime.py). Each rank draws every
+        weight it needs on its device, as one process does (each tensor from its own (seed, name) stream), and
+        keeps its cut. It never draws another rank's routed experts, and quantizes the experts it keeps (never cut)
+        where they were drawn. So the N ranks hold the one-process model's weights."""
         from . import model_configs, random_weights  # noqa: PLC0415
 
         if type(tensor_parallel_size) is not int or tensor_parallel_size != 1:
@@ -150,8 +150,7 @@ class Model:
         kv_format = kv_formats.get(quant_config.kv_choice(kv_cache, quant))    # as load: a scheme's C part
         raw, source = model_configs.resolve(name_or_config, overrides)
         cfg = ModelConfig.from_hf(raw, where=source)
-        # a rank cuts host Packed weights (fdlite/parallel/load.py): it draws them on the host
-        tensors = random_weights.RandomWeights(cfg, backend if _shard is None else get_backend("cpu"), seed)
+        tensors = random_weights.RandomWeights(cfg, backend, seed)
         model = cls._build(cfg, tensors, None, f"{source} (random weights, seed {seed})", backend, quant,
                            kv_format, max_model_len, max_num_seqs, max_num_batched_tokens, block_size,
                            kv_cache_bytes, gpu_memory_utilization, cuda_graphs=cuda_graphs, shard=_shard)

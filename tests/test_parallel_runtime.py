@@ -181,6 +181,27 @@ def test_from_config_tp_equals_one_process_and_draws_only_its_experts(name, quan
     assert experts == (set(range(4)) if extra else set()), sorted(experts)     # rank 0 owns experts 0..3 of 8
 
 
+def test_rank_build_world_1_is_the_one_process_model():
+    """The per-rank build (RankPlan) with a world-1 communicator, in this process: the same random weights, the
+    same logits up to float32 reassociation (the rank's MoE combines its experts in another order). The GPU twin of
+    this test runs the device paths: test_gpu_rank_build_world_1_matches_one_process."""
+    import multiprocessing as mp
+
+    from fdlite.parallel.load import RankPlan
+
+    kw = dict(device="cpu", quantization=WINT4, seed=2, **TINY, moe_num_experts=8, moe_intermediate_size=32)
+    ids = np.random.default_rng(5).integers(0, 256, (2, 9))
+    with Model.from_config("ernie-4.5-21b-a3b", **kw) as one:
+        ref = one.logits(ids)
+    comm = HostComm.create(1, mp.get_context("spawn"))
+    try:
+        with Model.from_config("ernie-4.5-21b-a3b", _shard=RankPlan(1, 0, comm), **kw) as m:
+            assert m._workers is None
+            assert np.abs(m.logits(ids) - ref).max() <= 1e-5
+    finally:
+        comm.close()
+
+
 def _weight_bytes(model):
     """Runs in a worker (Group.call)."""
     return model.memory_report()["weights_bytes"]
@@ -376,3 +397,27 @@ def test_gpu_tp_from_config_runs_on_every_rank(cp):
         mine = m.memory_report()["weights_bytes"]
         theirs = m._workers.call(_weight_bytes)[0]
         assert 0.8 < mine / theirs < 1.25
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,extra", [("llama-3-8b", {}), ("ernie-4.5-21b-a3b", {"moe_num_experts": 8,
+                                                                                 "moe_intermediate_size": 128})])
+def test_gpu_rank_build_world_1_matches_one_process(cp, name, extra):
+    """One GPU is enough to run a rank's build (RankPlan: host quantize and cut, the kept experts quantized on the
+    device, pieces placed and repacked on the GPU) with a world-1 NCCL communicator: its logits match the
+    one-process model's, which draws the same weights on the device."""
+    from fdlite.parallel import nccl
+    from fdlite.parallel.load import RankPlan
+
+    kw = dict(device="cuda", quantization=WINT4, seed=2, cuda_graphs=False, **{**TINY, "hidden_size": 128,
+                                                                              "intermediate_size": 256}, **extra)
+    ids = np.random.default_rng(5).integers(0, 256, (2, 9))
+    with Model.from_config(name, **kw) as one:
+        ref = one.logits(ids)
+    comm = nccl.NcclComm(0, 1, nccl.unique_id(), 0)
+    try:
+        with Model.from_config(name, _shard=RankPlan(1, 0, comm), **kw) as m:
+            out = m.logits(ids)
+    finally:
+        comm.close()
+    assert np.abs(out - ref).max() <= 3e-2 * (np.abs(ref).max() + 1), float(np.abs(out - ref).max())

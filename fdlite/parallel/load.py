@@ -4,7 +4,9 @@
 
 1. ``family.load_params`` on the *host* backend with a make_linear that quantizes each weight on the host and
    does not prepare it (a Packed repacked for a GPU kernel cannot be cut; docs/parallel.md section 3). Routed
-   experts another rank owns are skipped before they are quantized (the name carries the expert index).
+   experts another rank owns are skipped before they are read (``make_linear.wants``; the name carries the expert
+   index). The experts a GPU rank keeps are never cut: they are quantized on its device (random weights are drawn
+   there already, ``Model.from_config``).
 2. ``rank.rank_params`` cuts the rank's pieces (with the communicator: RowParallel, VocabEmbedding,
    VocabHead, all-reducing RankMoE) and ``Placement`` moves each finished piece to the rank's device
    (``method.prepare``: the repack for the GPU kernels happens on the shard). The whole host tree is dropped.
@@ -90,7 +92,11 @@ class RankPlan:
             m = method.for_layer(role, name) or dense
             if not m.accepts(tuple(w.shape)):
                 m = dense
-            return Linear(m, m.quantize(np.asarray(w)), bias, np)
+            if backend.is_gpu and m.quantizes_on_device and _EXPERT.search(name) and role.startswith("moe_"):
+                # a routed expert this rank keeps whole (never cut): quantized on the device, as one process
+                # does; Placement.linear repacks it there. Bit-identical to the host formula (model.py).
+                return Linear(m, m.quantize(backend.asarray(w)), bias, backend.xp)
+            return Linear(m, m.quantize(w.get() if hasattr(w, "get") else np.asarray(w)), bias, np)   # to cut
 
         make.wants = wants
         return make
