@@ -209,6 +209,8 @@ for stage in "$@"; do
         echo "-- M=$1 $2"; grep -E "gemv|mma_sk|Duration|Throughput|Pipe|Issue Slots|Issued Ipc|Warp Cycles|Stall|Achieved Occ|Registers|Shared Memory Configuration Size|Block Size|Grid Size|Bank|L1/TEX Hit|L2 Hit|Eligible|No Eligible|Active Warps" \
           $OUT/ncu_xs_$1_$2.txt | grep -v "^    ---" | head -45
       done ;;
+    tp1)            # issue 9 on one GPU: a rank's build (RankPlan, world-1 NCCL) against one process, the NCCL world-1 tests
+      T 200 $PT tests/test_parallel_runtime.py 2>&1 | tail -3 ;;
     tp)             # issue 9 on a multi-GPU kind (NCCL_NVLS_ENABLE=0 is set by fdlite): N-GPU tests, then the benchmarks
       T 240 $PT tests/test_parallel_runtime.py 2>&1 | tail -3
       T 200 python3 benchmarks/e2e.py --quant wint4 --kv bf16 --batch 1,32 --tp 1 2>&1 | grep "^| llama"
