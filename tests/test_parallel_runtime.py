@@ -181,6 +181,25 @@ def test_from_config_tp_equals_one_process_and_draws_only_its_experts(name, quan
     assert experts == (set(range(4)) if extra else set()), sorted(experts)     # rank 0 owns experts 0..3 of 8
 
 
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_tp_gptq_calibrated_and_prequantized_checkpoints_equal_one_process(tmp_path, monkeypatch, prequantized):
+    """wint4 with GPTQ (calibration="self") under tensor_parallel_size=2: online (every rank calibrates the same way)
+    and from an offline-quantized checkpoint (each rank cuts the stored codes) give the one-process logits."""
+    from fdlite.offline import quantize_checkpoint
+
+    monkeypatch.setenv("FDLITE_CACHE", str(tmp_path / "cache"))      # the self-calibration text, shared by ranks
+    q = {"quantization": "wint4", "group_size": 16}
+    src, kw = HF / "llama", {"quantization": q, "calibration": "self"}
+    if prequantized:
+        src, kw = tmp_path / "q", {}
+        quantize_checkpoint(HF / "llama", src, q, calibration="self")
+    ids = np.random.default_rng(0).integers(0, 256, (2, 11))
+    with Model.load(src, device="cpu", **kw) as one:
+        ref = one.logits(ids)
+    with Model.load(src, device="cpu", tensor_parallel_size=2, **kw) as m:
+        assert np.abs(m.logits(ids) - ref).max() <= 1e-5
+
+
 def test_rank_build_world_1_is_the_one_process_model():
     """The per-rank build (RankPlan) with a world-1 communicator, in this process: the same random weights, the
     same logits up to float32 reassociation (the rank's MoE combines its experts in another order). The GPU twin of
