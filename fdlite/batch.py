@@ -214,7 +214,8 @@ def cmd_batch(args) -> int:
     if inp.resolve() == out.resolve():
         raise InputError("IN and OUT are the same file")
     kw = {k: getattr(args, k, None) for k in ("device", "quantization", "kv_cache", "kv_scales", "calibration",
-                                              "max_model_len", "max_num_seqs", "max_num_batched_tokens")}
+                                              "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                                              "tensor_parallel_size")}
     kw = {k: v for k, v in kw.items() if v is not None}
     with Model.load(args.model, **kw) as model:
         summary = Job(model, inp, out, _params(args), args.seed).run(progress=not args.no_progress)

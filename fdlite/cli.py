@@ -17,6 +17,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache", default=None, help="KV-cache format (default bf16)")
     p.add_argument("--kv-scales", default=None, help="static KV scales file from `fdlite calibrate`")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="processes (GPUs with --device cuda) the model is split over, on this host (default 1)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +36,7 @@ def _load(args):
     from .model import Model  # noqa: PLC0415 - keep `fdlite --help` fast
 
     kw = {"device": args.device, "quantization": args.quantization, "kv_cache": args.kv_cache,
-          "max_model_len": args.max_model_len}
+          "max_model_len": args.max_model_len, "tensor_parallel_size": args.tensor_parallel_size}
     for extra in ("calibration", "kv_scales"):   # options some subcommands add
         if getattr(args, extra, None) is not None:
             kw[extra] = getattr(args, extra)

@@ -80,6 +80,13 @@ def test_cli_generate_and_ppl(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Once upon a time, there was a little girl")
+    r2 = subprocess.run(run + ["generate", "Once upon a time", "--model", str(STORIES), "--max-tokens", "8",
+                               "--tensor-parallel-size", "2"], capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == r.stdout                                  # 2 ranks (8 q / 4 kv heads), the same text
+    r3 = subprocess.run(run + ["generate", "x", "--model", str(STORIES), "--tensor-parallel-size", "3"],
+                        capture_output=True, text=True, timeout=120)
+    assert r3.returncode == 2 and "not a multiple of tensor_parallel_size = 3" in r3.stderr
     f = tmp_path / "t.txt"
     f.write_text("Once upon a time, there was a little girl named Lily. She loved to play outside in the park.")
     r = subprocess.run(run + ["ppl", str(f), "--model", str(STORIES), "--window", "16"], capture_output=True,
