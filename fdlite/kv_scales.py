@@ -290,6 +290,10 @@ def cmd_calibrate(args) -> int:
     from .cli import _load  # noqa: PLC0415
 
     args.kv_cache, args.kv_scales = None, None
+    if args.tensor_parallel_size != 1:     # rank 0 sees only its own KV heads: the file would miss the others
+        raise InputError(f"fdlite calibrate runs on one process (--tensor-parallel-size "
+                         f"{args.tensor_parallel_size}): its scales cover every KV head, and the ranks of a "
+                         "tensor-parallel load each cut their heads from that file (--kv-scales)")
     formats = tuple(args.formats.split(",")) if args.formats else STATIC
     bad = [f for f in formats if f not in STATIC]
     if bad:

@@ -135,3 +135,14 @@ def test_fp8_scale_search_never_loses_to_abs_max(seed):
         s = A[:, None] / 448
         return ((e4m3_decode(e4m3_encode(x / s, np), np) * s - x) ** 2).sum(axis=(0, 2))
     assert (mse_fp8(h) <= mse_fp8(hb) * (1 + 1e-6)).all()
+
+
+def test_calibrate_refuses_tensor_parallel(tmp_path, capsys):
+    """`fdlite calibrate` writes every KV head's scales: it runs on one process (rank 0 of a tensor-parallel load
+    holds only its own heads), and says so before loading anything."""
+    from fdlite import cli
+
+    rc = cli.main(["calibrate", "--out", str(tmp_path / "s.safetensors"), "--model", str(tmp_path / "none"),
+                   "--device", "cpu", "--tensor-parallel-size", "2"])
+    assert rc == 2 and "fdlite calibrate runs on one process (--tensor-parallel-size 2)" in capsys.readouterr().err
+    assert not (tmp_path / "s.safetensors").exists()
