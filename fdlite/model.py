@@ -135,16 +135,15 @@ class Model:
         weight it needs on its device, as one process does (each tensor from its own (seed, name) stream), and
         keeps its cut. It never draws another rank's routed experts, and quantizes the experts it keeps (never cut)
         where they were drawn. So the N ranks hold the one-process model's weights."""
-        from . import model_configs, random_weights  # noqa: PLC0415
-
         if type(tensor_parallel_size) is not int or tensor_parallel_size != 1:
             from .parallel import runtime  # noqa: PLC0415
 
             kwargs = {k: v for k, v in locals().items() if k not in ("cls", "name_or_config", "tensor_parallel_size",
-                                                                     "_shard", "overrides", "model_configs",
-                                                                     "random_weights", "runtime")}
+                                                                     "_shard", "overrides", "runtime")}
             return runtime.load(cls, name_or_config, tensor_parallel_size, {**kwargs, **overrides},
                                 builder="from_config")
+        from . import model_configs, random_weights  # noqa: PLC0415
+
         backend = get_backend(device)
         quant = _parse_quantization(quantization)
         kv_format = kv_formats.get(quant_config.kv_choice(kv_cache, quant))    # as load: a scheme's C part

@@ -1,5 +1,8 @@
 """Host-side parts of fdlite_kernels (no GPU): source loading with #line markers and the weight repacks that
 define what each lane of a kernel reads."""
+import sys
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,6 +11,26 @@ from hypothesis import strategies as st
 import fdlite_kernels
 from fdlite_kernels.gemv_wint4 import pack_int4
 from fdlite_kernels.mma_wq import KT, padded, repack
+
+
+class _Arr:
+    """A stand-in device array for the launchers' host-side checks: shape, dtype, a 256-byte aligned pointer."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self.data, self.device, self.size = types.SimpleNamespace(ptr=256), 0, int(np.prod(shape))
+        self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
+
+    def __getitem__(self, sl):
+        return self
+
+
+def _stand_in_cupy(monkeypatch):
+    """cupy replaced by a module whose empty() makes _Arr and whose device is an sm_90 with id 0: a launcher runs
+    its checks and plans, and the test's patched ``launch`` records what it would launch."""
+    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: _Arr(shape, dtype),
+                                                                   cuda=cuda))
 
 
 def test_source_inlines_includes_with_line_markers():
@@ -262,41 +285,27 @@ def test_paged_attention_grid_covers_every_row_split(monkeypatch):
     context up to max_len, row_chunk's splits fit the S the partials are sized for, and paged_attn_tc's CTAs
     (grid x, each looping over splits x, x + grid x, ...) reach them all; the CUDA-core kernel gets one CTA per
     split. Batch 32 with max_len 264 no longer launches 9 CTAs a row for at most 2 busy ones."""
-    import sys
-    import types
-
     import ml_dtypes
 
     from fdlite_kernels import kv_cache
 
-    class Arr:
-        def __init__(self, shape, dtype):
-            self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
-            self.data, self.device, self.size = types.SimpleNamespace(ptr=256), 0, int(np.prod(shape))
-            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
-
-        def __getitem__(self, sl):
-            return self
-
-    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0))
-    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype),
-                                                                   cuda=cuda))
+    _stand_in_cupy(monkeypatch)
     calls = []
     monkeypatch.setattr(kv_cache, "load", lambda *a, **k: types.SimpleNamespace(get_function=lambda name: name))
     monkeypatch.setattr(kv_cache, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
         (fn, grid, block, args, shared_mem)))
     monkeypatch.setattr(kv_cache, "sms", lambda dev: 132)
-    monkeypatch.setattr(kv_cache, "counters", lambda: Arr((1 << 16,), np.int32))
-    monkeypatch.setattr(kv_cache, "ptr", lambda a: Arr((1,), np.float32) if a is None else a)
+    monkeypatch.setattr(kv_cache, "counters", lambda: _Arr((1 << 16,), np.int32))
+    monkeypatch.setattr(kv_cache, "ptr", lambda a: _Arr((1,), np.float32) if a is None else a)
     bf16 = np.dtype(ml_dtypes.bfloat16)
     for N, nh, nkv, D, max_len, window in [(1, 32, 8, 128, 264, None), (32, 32, 8, 128, 264, None),
                                            (32, 32, 8, 128, 4096, None), (8, 32, 8, 128, 8192, None),
                                            (5, 64, 4, 128, 700, None), (3, 8, 2, 256, 3000, 40),
                                            (2, 16, 16, 64, 130000, None)]:
-        cache = {"fmt": 0, "k": Arr((10, nkv, 16, D), bf16), "v": Arr((10, nkv, 16, D), bf16)}
+        cache = {"fmt": 0, "k": _Arr((10, nkv, 16, D), bf16), "v": _Arr((10, nkv, 16, D), bf16)}
         for tc in ((False, True) if D in kv_cache.TC_HEAD_DIMS else (False,)):
-            kv_cache.paged_attention(Arr((N, nh, D), bf16), cache, Arr((N, 4), np.int32), Arr((N,), np.int32),
-                                     Arr((N,), np.int32), window=window, scale=0.1, max_len=max_len,
+            kv_cache.paged_attention(_Arr((N, nh, D), bf16), cache, _Arr((N, 4), np.int32), _Arr((N,), np.int32),
+                                     _Arr((N,), np.int32), window=window, scale=0.1, max_len=max_len,
                                      tensor_cores=tc)
             name, grid, block, args, smem = calls[-1]
             assert name.startswith("paged_attn_tc<" if tc else "paged_attn<") and grid[1:] == (nkv, N)
@@ -320,29 +329,17 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
     """gemv_xs's launcher (plan, chunk size, shared memory, argument tuple) against a stand-in cupy that records
     the launch: the arguments follow the kernel's signature, the grid covers every row pair, the block is the
     plan's P x S warps and the shared memory holds two x chunks and the slices' sums."""
-    import sys
-    import types
-
     import ml_dtypes
 
     from fdlite_kernels import gemv_xs
 
-    class Arr:
-        def __init__(self, shape, dtype):
-            self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
-            self.data, self.device = types.SimpleNamespace(ptr=256), 0
-            self.size = int(np.prod(shape))
-            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
-
-    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"))
-    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype),
-                                                                   cuda=cuda))
+    _stand_in_cupy(monkeypatch)
     calls = []
     monkeypatch.setattr(gemv_xs, "kernel", lambda dev, name: name)
     monkeypatch.setattr(gemv_xs, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
         (fn, grid, block, args, shared_mem, pdl)))
     monkeypatch.setattr(gemv_xs, "sms", lambda dev: 132)
-    monkeypatch.setattr(gemv_xs, "counters", lambda: Arr((1 << 16,), np.int32))
+    monkeypatch.setattr(gemv_xs, "counters", lambda: _Arr((1 << 16,), np.int32))
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("gemv_xs", "gemv_xs")
     for M, N, K, bits, warps, kib, gate in [(16, 6144, 4096, 4, 16, 32, False), (32, 28672, 4096, 8, 8, 64, False),
@@ -350,8 +347,8 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
                                             (32, 4096, 14336, 8, 16, 64, False), (16, 28672, 4096, 4, 16, 64, True),
                                             (20, 2048, 14336, 8, 16, 64, True)]:
         Np = -(-N // 16) * 16
-        scale = Arr((Np, 1 if bits == 8 else K // 128), np.float32)
-        y = gemv_xs.gemv_xs(Arr((M, K), bf16), Arr((Np * K * bits // 8,), np.uint8), scale, N, bits,
+        scale = _Arr((Np, 1 if bits == 8 else K // 128), np.float32)
+        y = gemv_xs.gemv_xs(_Arr((M, K), bf16), _Arr((Np * K * bits // 8,), np.uint8), scale, N, bits,
                             K if bits == 8 else 128, warps=warps, chunk_kib=kib, gate=gate)
         assert y.shape == (M, N // 2 if gate else N)     # the fused SwiGLU writes silu(gate) * up: I columns
         name, grid, block, args, shared_mem, pdl = calls[-1]
@@ -371,7 +368,7 @@ def test_gemv_xs_launch_passes_what_the_kernel_takes(monkeypatch):
         assert args[-4] == gemv_xs.chunk_cols(nb, kib) and args[-4] % (64 if bits == 8 else 128) == 0
         assert len(args) == len(params)
         for a, p in zip(args, params):
-            assert isinstance(a, np.int32) if p == "int" else isinstance(a, Arr), (p, a)
+            assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     assert gemv_xs.split_plan(256, 112, 132) == (8, 2, 4) and gemv_xs.split_plan(256, 224, 132) == (8, 2, 4)
     assert gemv_xs.plan(384, 132) == (3, 5) and gemv_xs.plan(1792, 132) == (14, 1) and gemv_xs.plan(256, 132) == (2, 8)
 
@@ -380,23 +377,11 @@ def test_gate_up_swiglu_routes_to_the_decode_gemvs(monkeypatch):
     """mma_wq.gemm_packed_swiglu: gemv_packed (gate) to GEMV_MAX_M rows, gemv_xs (gate) to XS_MAX_M, None past
     them or for an I that is not whole n8 tiles; gemv_packed's gated launch names the GATE instantiation, covers
     I / 8 output tiles and writes an [M, I] result (a stand-in cupy records it)."""
-    import sys
-    import types
-
     import ml_dtypes
 
     from fdlite_kernels import gemv_packed, gemv_xs, mma_wq
 
-    class Arr:
-        def __init__(self, shape, dtype):
-            self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
-            self.data, self.device = types.SimpleNamespace(ptr=256), 0
-            self.size = int(np.prod(shape))
-            self.flags, self.strides = types.SimpleNamespace(c_contiguous=True), ()
-
-    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"))
-    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: Arr(shape, dtype),
-                                                                   cuda=cuda))
+    _stand_in_cupy(monkeypatch)
     calls = []
     monkeypatch.setattr(gemv_packed, "kernel", lambda dev, name, smem: name)
     monkeypatch.setattr(gemv_packed, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
@@ -404,20 +389,20 @@ def test_gate_up_swiglu_routes_to_the_decode_gemvs(monkeypatch):
     monkeypatch.setattr(gemv_xs, "gemv_xs", lambda *a, **k: calls.append(("xs", k)) or "xs")
     bf16 = np.dtype(ml_dtypes.bfloat16)
     N, K = 28672, 4096
-    qp, scale = Arr((N * K // 2,), np.uint8), Arr((N, K // 128), np.float32)
+    qp, scale = _Arr((N * K // 2,), np.uint8), _Arr((N, K // 128), np.float32)
     params = _kernel_params("gemv_packed", "gemv_packed")
     for M in (1, 5, 8):
-        y = mma_wq.gemm_packed_swiglu(Arr((M, K), bf16), qp, scale, N, 4, 128)
+        y = mma_wq.gemm_packed_swiglu(_Arr((M, K), bf16), qp, scale, N, 4, 128)
         _, name, grid, args = calls[-1]
         assert y.shape == (M, N // 2) and args[3] is y and len(args) == len(params)
         assert name.endswith(", true>") and grid == (N // 16,)          # I / 8 gate-up tile pairs, one a block
-    assert mma_wq.gemm_packed_swiglu(Arr((9, K), bf16), qp, scale, N, 4, 128) == "xs" and calls[-1][1]["gate"]
-    assert mma_wq.gemm_packed_swiglu(Arr((32, K), bf16), qp, scale, N, 4, 128) == "xs"
+    assert mma_wq.gemm_packed_swiglu(_Arr((9, K), bf16), qp, scale, N, 4, 128) == "xs" and calls[-1][1]["gate"]
+    assert mma_wq.gemm_packed_swiglu(_Arr((32, K), bf16), qp, scale, N, 4, 128) == "xs"
     n = len(calls)
-    assert mma_wq.gemm_packed_swiglu(Arr((33, K), bf16), qp, scale, N, 4, 128) is None
-    assert mma_wq.gemm_packed_swiglu(Arr((1, 128), bf16), Arr((48 * 64,), np.uint8), Arr((48, 1), np.float32),
+    assert mma_wq.gemm_packed_swiglu(_Arr((33, K), bf16), qp, scale, N, 4, 128) is None
+    assert mma_wq.gemm_packed_swiglu(_Arr((1, 128), bf16), _Arr((48 * 64,), np.uint8), _Arr((48, 1), np.float32),
                                      40, 4, 128) is None               # I = 20
     assert len(calls) == n
     with pytest.raises(ValueError, match="I a multiple of 8, got N = 40"):
-        gemv_packed.gemv_packed(Arr((1, 128), bf16), Arr((48 * 64,), np.uint8), Arr((48, 1), np.float32), 40, 4, 128,
+        gemv_packed.gemv_packed(_Arr((1, 128), bf16), _Arr((48 * 64,), np.uint8), _Arr((48, 1), np.float32), 40, 4, 128,
                                 gate=True)

@@ -222,3 +222,23 @@ def test_linear_swiglu_takes_the_fused_kernel_only_where_the_method_has_one():
     bias = np.ones(16, np.float32)
     np.testing.assert_allclose(ops.linear_swiglu(Linear(f, p, bias, np), x, np),
                                ops.swiglu(m.matmul(x, p, np) + bias, np))
+
+
+def test_gpu_gate_up_swiglu_pads_x_once_and_falls_back_to_two_kernels(monkeypatch):
+    """The GPU grouped path (fdlite.quant._gpu.matmul_grouped_swiglu, kernels stood in by recorders): where no
+    decode GEMV fuses the SwiGLU it runs the routed GEMM then fused_ops.silu_mul itself, on the padded x it already
+    made, rather than returning None and padding x again in Linear.__call__."""
+    from fdlite.quant import _gpu
+    from fdlite.quant.base import Packed
+    from fdlite_kernels import fused_ops, mma_wq
+
+    seen = []
+    monkeypatch.setattr(mma_wq, "gemm_packed_swiglu", lambda x, *w: seen.append(("fused", x, w)) or None)
+    monkeypatch.setattr(mma_wq, "gemm_packed", lambda x, *w: seen.append(("gemm", x, w)) or "gu")
+    monkeypatch.setattr(fused_ops, "silu_mul", lambda gu: seen.append(("silu", gu)) or "y")
+    p = Packed("wint4", (32, 100), {"qp": "qp", "scale": "s"}, {"K_pad": 128, "bits": 4, "group": 32})
+    x = np.ones((40, 100), np.float32)
+    assert _gpu.matmul_grouped_swiglu(x, p, np) == "y"
+    (f, xf, wf), (g, xg, wg), (s, gu) = seen
+    assert (f, g, s, gu) == ("fused", "gemm", "silu", "gu") and wf == wg == ("qp", "s", 32, 4, 32)
+    assert xg is xf and xf.shape == (40, 128) and xf.dtype == ml_dtypes.bfloat16

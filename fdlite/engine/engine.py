@@ -194,9 +194,13 @@ class Engine:
     def _can_overlap(self, batch: list[tuple[Sequence, int]]) -> bool:
         """Every running sequence decodes one token, nobody waits to be admitted, none wants logprobs (those rows
         are sampled on the host), and the runner can launch a step from ids on the device."""
-        return (self.overlap and not self.waiting and len(batch) == len(self.running)
+        return (self._keeps_overlapping(batch)
                 and hasattr(self.runner, "launch_decode") and getattr(self.runner, "replayed", False)
                 and all(n == 1 and seq.pending == 1 and seq.logprobs is None for seq, n in batch))
+
+    def _keeps_overlapping(self, rows: list) -> bool:
+        """The overlap is on, nobody waits to be admitted and rows (one per sequence) are every running one."""
+        return self.overlap and not self.waiting and len(rows) == len(self.running)
 
     def _launch_sampling(self, logits, rows: list[tuple[int, Sequence]]):
         """Queue the sampling of rows (row, seq) of the device logits; their tokens come back as a Pending."""
@@ -219,8 +223,7 @@ class Engine:
         seqs, pending, _ = self._inflight
         self._inflight = None
         logits = None
-        if (self.overlap and not self.waiting and len(seqs) == len(self.running)
-                and all(s.status == RUNNING for s in seqs)
+        if (self._keeps_overlapping(seqs) and all(s.status == RUNNING for s in seqs)
                 and all(self.blocks.allocate(s.block_table, s.num_computed + 1) for s in seqs)):
             meta = StepMeta.build([(s.num_computed, 1, s.block_table) for s in seqs], self.blocks.block_size)
             logits = self.runner.launch_decode(pending, meta)
@@ -247,7 +250,7 @@ class Engine:
         if not live:            # every sequence stopped: nothing will read this step, so wait for it here (it
             self.sync()         # writes K/V into blocks just freed, and reads weights a close() may free next)
             return touched
-        if self.overlap and not self.waiting and len(live) == len(self.running):
+        if self._keeps_overlapping(live):
             self._inflight = ([s for _, s in live], self._launch_sampling(logits, live), logits)
             return touched
         picked = self._choose_on_device(logits, live)         # the batch changes: sample this step now

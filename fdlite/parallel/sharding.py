@@ -88,8 +88,10 @@ def k_unit(p: Packed) -> int:
     """Columns a row-parallel cut must be a multiple of: the group (G > 1), 2 for per-channel int4 (bytes),
     the block columns (block_wise_fp8), else 1. split_even(K, tp, k_unit(p)) gives valid K ranges."""
     kind, unit = layout(p)
-    if kind in ("block", "ccq"):
-        return _block_k(p) if kind == "block" else CCQ_K
+    if kind == "block":
+        return _block_k(p)
+    if kind == "ccq":
+        return unit
     if kind == "grouped" and p.arrays["weight_scale"].shape[1] > 1:
         return int(p.meta["group_size"])
     return 2 if kind == "grouped" and unit == 4 else 1

@@ -59,11 +59,15 @@ def matmul_grouped(x, p: Packed, xp):
 
 
 def matmul_grouped_swiglu(x, p: Packed, xp):
-    """The decode GEMVs with SwiGLU in their epilogue (mma_wq.gemm_packed_swiglu); None past their rows."""
-    from fdlite_kernels.mma_wq import gemm_packed_swiglu  # noqa: PLC0415
+    """silu(gate) * up of a gate_up weight: in the decode GEMVs' epilogue (mma_wq.gemm_packed_swiglu), else (more
+    rows, I % 8 != 0) the routed GEMM then fused_ops.silu_mul, both from one padded copy of x."""
+    from fdlite_kernels.fused_ops import silu_mul  # noqa: PLC0415
+    from fdlite_kernels.mma_wq import gemm_packed, gemm_packed_swiglu  # noqa: PLC0415
 
-    return gemm_packed_swiglu(_bf16_padded(x, p.meta["K_pad"], xp), p.arrays["qp"], p.arrays["scale"], p.shape[0],
-                              p.meta["bits"], p.meta["group"])
+    xb = _bf16_padded(x, p.meta["K_pad"], xp)
+    w = (p.arrays["qp"], p.arrays["scale"], p.shape[0], p.meta["bits"], p.meta["group"])
+    y = gemm_packed_swiglu(xb, *w)
+    return y if y is not None else silu_mul(gemm_packed(xb, *w))
 
 
 def matmul_block_fp8(method, x, p: Packed, xp):
