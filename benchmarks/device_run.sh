@@ -209,6 +209,16 @@ for stage in "$@"; do
         echo "-- M=$1 $2"; grep -E "gemv|mma_sk|Duration|Throughput|Pipe|Issue Slots|Issued Ipc|Warp Cycles|Stall|Achieved Occ|Registers|Shared Memory Configuration Size|Block Size|Grid Size|Bank|L1/TEX Hit|L2 Hit|Eligible|No Eligible|Active Warps" \
           $OUT/ncu_xs_$1_$2.txt | grep -v "^    ---" | head -45
       done ;;
+    rows)           # gemv_rows (decode GEMV over row-major bf16 / block fp8 weights): twins, the fp8 kernels it sits beside,
+                    # its block shapes against mma_bf16 / gemv_bf16 / mma_sk_fp8 / cuBLAS, then the model tests it routes
+      T 240 $PT tests/test_gpu_kernels.py -k "gemv_rows or act_quant or mma_sk_fp8 or block_fp8 or mma_bf16" 2>&1 | tail -3
+      T 240 env ROWS_ONLY=1 LM_HEAD=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -B2 -A200 "^shape" $OUT/gemv.log | grep -E "rows|mma|gemv|sk|cuBLAS|sum|M=" | head -150
+      T 200 $PT tests/test_gpu_model.py tests/test_quant_device_path.py 2>&1 | tail -3 ;;
+    rowse2e)        # the 8B end to end at batch 1 (and 8) for bf16 / block_wise_fp8 with gemv_rows, A/B against the old routes
+      T 150 python3 benchmarks/e2e.py --quant bf16,block_wise_fp8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama"
+      T 150 python3 benchmarks/route_ab.py fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0 -- \
+        --quant bf16,block_wise_fp8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama" ;;
     tp1)            # issue 9 on one GPU: a rank's build (RankPlan, world-1 NCCL) against one process, the NCCL world-1 tests
       T 200 $PT tests/test_parallel_runtime.py 2>&1 | tail -3 ;;
     tp)             # issue 9 on a multi-GPU kind (NCCL_NVLS_ENABLE=0 is set by fdlite): N-GPU tests, then the benchmarks

@@ -6,7 +6,9 @@ layer's four projections (the issue's measure).
     GEMV_CFGS=1 times every compiled mma_wq block shape for M > 16; GEMV_SK=1 every mma_sk plan (warps, mt,
     splits) for wint4; GEMV_XS=1 gemv_xs's warps per block and x chunk sizes for M <= 32; GEMV_XSK=1 its K splits over blocks; GEMV_TC=1 every gemv_packed block shape (row pairs, warps) for M <= 16, at the ring depths
     of GEMV_TC_DEPTHS (default 0: registers), GEMV_TC_SHAPES="r.w.minb;..." to name the shapes; PACKED_ONLY=1
-    times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk).
+    times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk). ROWS_ONLY=1 times the row-major decode
+    GEMV gemv_rows (bf16 and block_wise_fp8, every block shape) against mma_bf16 / gemv_bf16 / mma_sk_fp8 / cuBLAS;
+    LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes.
 """
 import json
 import os
@@ -22,6 +24,7 @@ from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
 from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
 from fdlite_kernels.gemv_packed import gemv_packed
+from fdlite_kernels import gemv_rows
 from fdlite_kernels.gemv_xs import gemv_xs
 from fdlite_kernels.mma_sk import mma_sk, mma_sk_bf16, mma_sk_fp8
 from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
@@ -29,6 +32,8 @@ from fdlite_kernels.mma_wq import gemm_packed, mma_bf16, mma_wq, repack
 BF16 = np.dtype(ml_dtypes.bfloat16)
 W2 = __import__("fdlite.quant", fromlist=["get"]).get("wint2")()
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+if os.environ.get("LM_HEAD") == "1":
+    SHAPES["lm_head"] = (128256, 4096)
 ROT = 4   # rotate weight buffers so L2 (50-60 MB) cannot hold them
 # gemv_packed block shapes timed by GEMV_TC=1: (row pairs, warps, resident blocks asked per SM)
 TC_SHAPES = ((1, 8, 1), (1, 8, 3), (1, 8, 4), (1, 4, 1), (1, 4, 6), (1, 4, 8), (1, 16, 1), (1, 16, 2), (2, 8, 1),
@@ -111,21 +116,47 @@ def main():
         s8 = cp.asarray(rng.random(N, dtype=np.float32))
         q4 = None if not rowmajor else [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
         s4 = cp.asarray(rng.random((N, K // 128), dtype=np.float32))
-        p8 = [repack(cp.random.randint(-127, 128, (N, K), dtype=np.int16), 8) for _ in range(ROT)]   # on the device
-        p4 = [repack(cp.random.randint(-8, 8, (N, K), dtype=np.int16), 4) for _ in range(ROT)]
+        rows_only = os.environ.get("ROWS_ONLY") == "1"
+        p8 = None if rows_only else [repack(cp.random.randint(-127, 128, (N, K), dtype=np.int16), 8)
+                                     for _ in range(ROT)]   # on the device
+        p4 = None if rows_only else [repack(cp.random.randint(-8, 8, (N, K), dtype=np.int16), 4) for _ in range(ROT)]
         s8c = cp.asarray(rng.random((N, 1), dtype=np.float32))
         packed = os.environ.get("PACKED_ONLY") == "1"           # just the packed int8 / int4 kernels (and cuBLAS)
-        f8 = None if packed else [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
+        f8 = None if packed or rows_only else [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
                          .view(np.uint8)) for _ in range(ROT)]
+        if rows_only:                             # drawn on the device (the vocabulary shape is slow on the host)
+            f8 = [(cp.random.randint(0, 0x7F, (N, K), dtype=np.uint8) | (cp.random.randint(0, 2, (N, K), dtype=np.uint8)
+                                                                        << 7)).astype(np.uint8) for _ in range(ROT)]
         w2 = [{k: cp.asarray(v) for k, v in W2.quantize(rng.standard_normal((N, K), dtype=np.float32)).arrays.items()}
               for _ in range(2)] * 2 if WINT2 else None
         wsf = cp.asarray(rng.random((-(-N // 128), -(-K // 128)), dtype=np.float32))
-        wb = None if packed else [cp.asarray((rng.standard_normal((N, K)) * 0.02).astype(BF16)) for _ in range(ROT)]
+        if rows_only:
+            wb = [(cp.random.standard_normal((N, K), dtype=np.float32) * 0.02).astype(BF16) for _ in range(ROT)]
+        else:
+            wb = None if packed else [cp.asarray((rng.standard_normal((N, K)) * 0.02).astype(BF16)) for _ in range(ROT)]
         for M in [int(v) for v in os.environ.get("GEMV_MS", "1,4,16,256").split(",")]:
             x = cp.asarray(rng.standard_normal((M, K)).astype(BF16))
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)
             gemv = M <= 16
+            if os.environ.get("ROWS_ONLY") == "1":              # gemv_rows against the kernels it replaces
+                cands = [("bf16 mma", lambda i: mma_bf16(x, wb[i], out=y), 2),
+                         ("block fp8 sk", lambda i: mma_sk_fp8(x, f8[i], wsf, out=y), 1)]
+                if M == 1:
+                    cands.append(("bf16 gemv", lambda i: gemv_bf16(x, wb[i], out=y), 2))
+                for r, wp in gemv_rows.SHAPES if M <= gemv_rows.MAX_M else ():
+                    tag = "" if (r, wp) != gemv_rows.plan(N, K, False) else " *"
+                    cands.append((f"bf16 rows{r},{wp}{tag}",
+                                  lambda i, r=r, wp=wp: gemv_rows.gemv_rows_bf16(x, wb[i], out=y, rows=r, warps=wp), 2))
+                    tag = "" if (r, wp) != gemv_rows.plan(N, K, True) else " *"
+                    cands.append((f"fp8 rows{r},{wp}{tag}",
+                                  lambda i, r=r, wp=wp: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y, rows=r, warps=wp),
+                                  1))
+                for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:
+                    t = t_bf16 if fn is None else bench(fn)
+                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
+                                 "GB_s": round(N * K * bpw / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+                continue
             only8 = os.environ.get("FP8_ONLY") == "1"            # just block_wise_fp8's kernels (and cuBLAS)
             B = (lambda f: nan) if only8 or packed else bench
             P = (lambda f: nan) if only8 else bench
@@ -234,9 +265,10 @@ def main():
     print("sum over the four projections of one layer (us):")
     sums = {}
     for r in rows:
-        sums.setdefault((r["M"], r["method"]), []).append(r["us"])
+        if r["shape"] != "lm_head":
+            sums.setdefault((r["M"], r["method"]), []).append(r["us"])
     for (M, method), ts in sorted(sums.items()):
-        if len(ts) == len(SHAPES):
+        if len(ts) == 4:
             print(f"  M={M:<4} {method:12} {sum(ts):8.1f}")
 
 

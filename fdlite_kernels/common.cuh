@@ -113,6 +113,21 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// c += A (16 x 32, e4m3, row) @ B (32 x 8, e4m3, col), fp32 accumulation (mma_sk_fp8, gemv_rows): a0 / a2 hold row g's
+// k = 4t..4t+3 / 16+4t.., a1 / a3 row g + 8's, b0 / b1 token g's at those k. sm_89+; the sm_80 build of CI's
+// compile check traps, the launchers never pick it there.
+__device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
 // cp.async (sm_80+): global -> shared copies that hold no registers while in flight.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   unsigned a;
@@ -175,6 +190,19 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
     if (code > 0x7eu) code = 0x7eu;
   }
   return sign | code;
+}
+
+// Two floats -> two e4m3fn codes (lo in bits 0..7, hi in 8..15), the same bits as f32_to_e4m3 (round to nearest
+// even, saturating at +-448, -0 kept): one cvt.rn.satfinite on sm_89+ (its first operand goes to the upper byte),
+// where f32_to_e4m3's frexpf path costs ~60 instructions a value. act_quant_fp8's bit-exact test covers both paths.
+__device__ __forceinline__ unsigned f32x2_to_e4m3x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  unsigned short d;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+  return d;
+#else
+  return f32_to_e4m3(lo) | (f32_to_e4m3(hi) << 8);
+#endif
 }
 
 // SwiGLU of a gate_up GEMV's two fp32 sums, rounded as the unfused path rounds them: each projection's output to

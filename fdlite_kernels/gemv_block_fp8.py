@@ -26,7 +26,7 @@ def act_quant_fp8(x):
     Kb = -(-K // 128)
     xq = cp.empty((M, Kb * 128), dtype=np.uint8)
     xs = cp.empty((M, Kb), dtype=np.float32)
-    load("act_quant_fp8").get_function("act_quant_fp8")((Kb, M), (128,), (x, xq, xs, np.int32(M), np.int32(K)))
+    load("act_quant_fp8").get_function("act_quant_fp8")((Kb, M), (64,), (x, xq, xs, np.int32(M), np.int32(K)))
     return xq, xs
 
 

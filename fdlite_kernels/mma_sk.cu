@@ -25,19 +25,6 @@
 #define SK_FP8 28                          // BITS code of block_wise_fp8 (e4m3 weights and activations)
 #define SK_STAGES 4
 
-// e4m3 x e4m3 -> f32 (sm_89+; the sm_80 build of CI's compile check traps, the launcher never picks it there)
-__device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  __trap();
-#endif
-}
-
 __device__ __forceinline__ unsigned sk_pack_bf16x2(float lo, float hi) {
   return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
 }

@@ -608,3 +608,86 @@ def test_pdl_chain_in_a_graph_equals_plain_launches(cp, monkeypatch, M):
         bad = [f"step {i} {n}: {int((got[i][j] != want[i][j]).sum())} of {want[i][j].size} differ"
                for i in range(3) for j, n in enumerate(names) if not np.array_equal(got[i][j], want[i][j])]
         assert not bad, f"PDL={pdl} graph={graph}: " + "; ".join(bad)
+
+
+ROWS_SHAPES = [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 1024), (136, 256), (40, 128)]
+
+
+@pytest.mark.parametrize("N,K", ROWS_SHAPES + [(96, 192)])
+@pytest.mark.parametrize("M", [1, 2, 5, 8])
+def test_gemv_rows_bf16_vs_twin(cp, N, K, M):
+    """Dense bf16 decode GEMV over the row-major weight (gemv_rows.cu) against the float32 product: ragged N
+    (rows past N read row N - 1 and are not stored), output poisoned, every compiled block shape on one shape."""
+    from fdlite_kernels.gemv_rows import SHAPES, gemv_rows_bf16
+
+    rng = np.random.default_rng(N + 3 * K + M)
+    x = _x(rng, M, K)
+    w = (rng.standard_normal((N, K)) * 0.02).astype(BF16)
+    ref = x.astype(np.float32) @ w.astype(np.float32).T
+    xd, wd = cp.asarray(x), cp.asarray(w)
+    for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+        y = cp.full((M, N), np.nan, dtype=BF16)
+        gemv_rows_bf16(xd, wd, out=y, rows=rows, warps=warps)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 1e-2, (rows, warps)
+
+
+@pytest.mark.parametrize("N,K", ROWS_SHAPES + [(28672, 4096)])
+@pytest.mark.parametrize("M", [1, 3, 8])
+def test_gemv_rows_fp8_vs_twin(cp, N, K, M):
+    """block_wise_fp8 decode GEMV (e4m3 mma over the stored weight, x quantized in the kernel's prologue) against
+    the method's NumPy matmul, and against mma_sk_fp8 (act_quant_fp8's codes, the same products: only the fp32
+    summation order differs). The persistent grid (fewer blocks than row pairs) runs on 28672 rows."""
+    from fdlite_kernels.gemv_rows import SHAPES, gemv_rows_fp8
+    from fdlite_kernels.mma_sk import mma_sk_fp8
+
+    if N == 28672 and M != 1:
+        pytest.skip("one row count for the large N")
+    _, p, x, ref = _fp8_case(N + 7 * K + M, N, K, M)
+    xd = cp.asarray(x)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"])
+    sk = cp.asnumpy(mma_sk_fp8(xd, q, ws)).astype(np.float32)
+    for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+        y = cp.full((M, N), np.nan, dtype=BF16)
+        gemv_rows_fp8(xd, q, ws, out=y, rows=rows, warps=warps)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 1e-2, (rows, warps)
+        assert _rel(got, sk) < 2e-3, (rows, warps)
+
+
+def test_gemv_rows_graph_replay_equals_eager(cp):
+    """Captured (PDL launch) and replayed on new x: bit-identical to an eager launch, fp8 and bf16."""
+    from fdlite_kernels.gemv_rows import gemv_rows_bf16, gemv_rows_fp8
+
+    _, p, x, _ = _fp8_case(5, 6144, 4096, 3)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"])
+    wb = cp.asarray((np.random.default_rng(1).standard_normal((6144, 4096)) * 0.02).astype(BF16))
+    xd = cp.asarray(x)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        gemv_rows_fp8(xd, q, ws), gemv_rows_bf16(xd, wb)
+        stream.begin_capture()
+        yf, yb = gemv_rows_fp8(xd, q, ws), gemv_rows_bf16(xd, wb)
+        graph = stream.end_capture()
+        rng = np.random.default_rng(2)
+        for _ in range(3):
+            xd[...] = cp.asarray(_x(rng, 3, 4096))
+            graph.launch(stream)
+            stream.synchronize()
+            for got, eager in ((yf, gemv_rows_fp8(xd, q, ws)), (yb, gemv_rows_bf16(xd, wb))):
+                assert np.array_equal(cp.asnumpy(got).view(np.uint16), cp.asnumpy(eager).view(np.uint16))
+
+
+def test_gemv_rows_errors(cp):
+    from fdlite_kernels.gemv_rows import gemv_rows_bf16, gemv_rows_fp8
+
+    with pytest.raises(ValueError, match="K = 96 must be a positive multiple of 64"):
+        gemv_rows_bf16(cp.zeros((1, 96), dtype=BF16), cp.zeros((8, 96), dtype=BF16))
+    with pytest.raises(ValueError, match="1..8 rows, got M = 9"):
+        gemv_rows_bf16(cp.zeros((9, 64), dtype=BF16), cp.zeros((8, 64), dtype=BF16))
+    with pytest.raises(ValueError, match="K = 192 must be a positive multiple of 128"):
+        gemv_rows_fp8(cp.zeros((1, 192), dtype=BF16), cp.zeros((8, 192), np.uint8), cp.ones((1, 1), np.float32))
+    with pytest.raises(ValueError, match=r"ws shape \(1, 1\), expected \(2, 2\) for N = 200, K = 256"):
+        gemv_rows_fp8(cp.zeros((1, 256), dtype=BF16), cp.zeros((200, 256), np.uint8), cp.ones((1, 1), np.float32))
+    with pytest.raises(ValueError, match=r"rows = 2, warps = 16"):
+        gemv_rows_bf16(cp.zeros((1, 64), dtype=BF16), cp.zeros((8, 64), dtype=BF16), rows=2, warps=16)

@@ -28,7 +28,8 @@ class _Arr:
 def _stand_in_cupy(monkeypatch):
     """cupy replaced by a module whose empty() makes _Arr and whose device is an sm_90 with id 0: a launcher runs
     its checks and plans, and the test's patched ``launch`` records what it would launch."""
-    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0, compute_capability="90"))
+    cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(
+        id=0, compute_capability="90", attributes={"MaxSharedMemoryPerBlockOptin": 232448}))
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(empty=lambda shape, dtype=None: _Arr(shape, dtype),
                                                                    cuda=cuda))
 
@@ -406,3 +407,80 @@ def test_gate_up_swiglu_routes_to_the_decode_gemvs(monkeypatch):
     with pytest.raises(ValueError, match="I a multiple of 8, got N = 40"):
         gemv_packed.gemv_packed(_Arr((1, 128), bf16), _Arr((48 * 64,), np.uint8), _Arr((48, 1), np.float32), 40, 4, 128,
                                 gate=True)
+
+
+def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
+    """gemv_rows' launchers against a stand-in cupy that records the launch: the arguments follow the kernel's
+    signature, bf16 launches a block per row pairs, fp8 at most the resident blocks (each quantizes x once, then
+    loops over pairs) with x's codes and scales in dynamic shared memory, both with PDL."""
+    import ml_dtypes
+
+    from fdlite_kernels import gemv_rows
+
+    _stand_in_cupy(monkeypatch)
+    calls = []
+    monkeypatch.setattr(gemv_rows, "kernel", lambda dev, name, smem: types.SimpleNamespace(name=name, num_regs=128))
+    monkeypatch.setattr(gemv_rows, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
+        (fn.name, grid, block, args, shared_mem, pdl)))
+    monkeypatch.setattr(gemv_rows, "sms", lambda dev: 132)
+    monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: _Arr((1,), np.float32) if a is None else a)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    params = _kernel_params("gemv_rows", "gemv_rows")
+    for M, N, K in [(1, 28672, 4096), (8, 4096, 14336), (3, 1000, 1024), (1, 40, 128)]:
+        y = gemv_rows.gemv_rows_bf16(_Arr((M, K), bf16), _Arr((N, K), bf16))
+        name, grid, block, args, smem, pdl = calls[-1]
+        rows, warps = gemv_rows.plan(N, K, False)
+        assert name == f"gemv_rows<false, {rows}, {warps}>" and grid == (-(-N // 16),) and smem == 0 and pdl
+        assert block == (32 * warps,) and args[3] is y and y.shape == (M, N)
+        y = gemv_rows.gemv_rows_fp8(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((-(-N // 128), K // 128),
+                                                                                       np.float32))
+        name, grid, block, args, smem, pdl = calls[-1]
+        rows, warps = gemv_rows.plan(N, K, True)
+        assert name == f"gemv_rows<true, {rows}, {warps}>" and smem == M * (K + 64) + 4 * M * K // 128 and pdl
+        resident = gemv_rows.resident_blocks(128, warps, smem + warps * rows * 512)
+        assert grid == (min(-(-N // 16), 132 * resident),) and args[3] is y
+        assert len(args) == len(params)
+        for a, p in zip(args, params):
+            assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
+    assert calls[0][1] == (1792,) and calls[1][1] == (528,)         # gate_up: 1792 pairs, fp8 4 blocks x 132 SMs
+    assert gemv_rows.resident_blocks(128, 4, 2048) == 4 and gemv_rows.resident_blocks(96, 8, 0) == 2
+    assert gemv_rows.resident_blocks(64, 4, 120 * 1024) == 1
+    with pytest.raises(ValueError, match="need 2433536 bytes of shared memory"):
+        gemv_rows.gemv_rows_fp8(_Arr((8, 294912), bf16), _Arr((16, 294912), np.uint8), _Arr((1, 2304), np.float32))
+
+
+def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
+    """fdlite.quant._gpu sends 1..8 rows of a dense bf16 linear (K % 64 == 0, N below a vocabulary) and of
+    block_wise_fp8 (K % 128 == 0, sm_89+) to gemv_rows; more rows, a vocabulary N or an unaligned view do not."""
+    import ml_dtypes
+
+    from fdlite.quant import _gpu, get
+    from fdlite_kernels import gemv_rows
+
+    _stand_in_cupy(monkeypatch)
+    seen = []
+    monkeypatch.setattr(gemv_rows, "gemv_rows_bf16", lambda x, w: seen.append(("bf16", x.shape)) or "rows")
+    monkeypatch.setattr(gemv_rows, "gemv_rows_fp8", lambda x, q, ws: seen.append(("fp8", x.shape)) or "rows")
+    monkeypatch.setattr("fdlite_kernels.mma_wq.mma_bf16", lambda x, w: "mma")
+    monkeypatch.setattr("fdlite_kernels.gemv_bf16.gemv_bf16", lambda x, w: "gemv")
+    monkeypatch.setattr("fdlite_kernels.mma_sk.mma_sk_fp8", lambda x, q, ws: "sk")
+    stream = types.SimpleNamespace(is_capturing=lambda: False)
+    xp = types.SimpleNamespace(ascontiguousarray=lambda a: a, cuda=types.SimpleNamespace(
+        get_current_stream=lambda: stream, Device=lambda *a: types.SimpleNamespace(compute_capability="90")))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    for M in (1, 8):
+        assert _gpu.matmul_dense(_Arr((M, 4096), bf16), _Arr((6144, 4096), bf16), xp) == "rows"
+    assert _gpu.matmul_dense(_Arr((1, 4096), bf16), _Arr((128256, 4096), bf16), xp) == "gemv"
+    assert _gpu.matmul_dense(_Arr((1, 96), bf16), _Arr((64, 96), bf16), xp) == "mma"      # K % 64 != 0
+    assert _gpu.matmul_dense(_Arr((9, 4096), bf16), _Arr((6144, 4096), bf16), xp) is None  # cuBLAS
+    odd = _Arr((1, 4096), bf16)
+    odd.data = types.SimpleNamespace(ptr=264)
+    assert _gpu.matmul_dense(odd, _Arr((6144, 4096), bf16), xp) == "mma"
+    assert seen == [("bf16", (1, 4096)), ("bf16", (8, 4096))]
+    method = get("block_wise_fp8")()
+    monkeypatch.setattr(_gpu, "_bf16_padded", lambda x, K, xp: x)
+    p = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),
+                                      "weight_scale_inv": _Arr((48, 32), np.float32)})
+    assert _gpu.matmul_block_fp8(method, _Arr((8, 4096), bf16), p, xp) == "rows"
+    assert _gpu.matmul_block_fp8(method, _Arr((9, 4096), bf16), p, xp) == "sk"
+    assert seen[-1] == ("fp8", (8, 4096))

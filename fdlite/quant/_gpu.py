@@ -7,8 +7,8 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (4 rows a launch, M <= 16, any M in graphs) | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
-| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | mma_sk_fp8 (e4m3 mma; K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
-| dense (bf16) | as stored | M = 1: mma_bf16, gemv_bf16 for N >= 65536 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
+| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
+| dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0), gemv_bf16 for one row of N >= 65536, else mma_bf16 at one row | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ def matmul_block_fp8(method, x, p: Packed, xp):
         return None     # the caller runs the reference formula on the device
     xb = _bf16_padded(x, K, xp)
     sk = K % 128 == 0 and int(xp.cuda.Device().compute_capability) >= 89
+    if sk and M <= FP8_ROWS_MAX_M and _aligned16(xb, p.arrays["quant_weight"]):
+        from fdlite_kernels.gemv_rows import gemv_rows_fp8  # noqa: PLC0415
+
+        return gemv_rows_fp8(xb, p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
     if sk and (M <= FP8_SK_MAX_M or xp.cuda.get_current_stream().is_capturing()):
         from fdlite_kernels.mma_sk import mma_sk_fp8  # noqa: PLC0415
 
@@ -87,6 +91,8 @@ def matmul_block_fp8(method, x, p: Packed, xp):
     return _block_fp8_as_bf16(xb, p, xp)
 
 
+# gemv_rows (e4m3 tensor cores, the weights streamed into registers as stored, x quantized in its prologue) to here
+FP8_ROWS_MAX_M = 8
 # mma_sk_fp8 (e4m3 tensor cores) up to here, and for any captured row count; the H100 sums over the four 8B
 # projections (BENCHMARKS.md): M = 1 131 us vs gemv_block_fp8's 173, M = 16 145 vs 1037, M = 256 889 vs the
 # stop-gap's 2223 (mma_bf16); eager prefill above keeps the stop-gap, whose cuBLAS GEMM is faster there (M = 4096:
@@ -131,6 +137,11 @@ def matmul_wint2(x, p: Packed, xp):
 WINT2_GEMV_MAX_M = 16
 
 
+def _aligned16(*arrays) -> bool:
+    """gemv_rows reads 16-byte chunks: views that start off a 16-byte boundary take the other kernels."""
+    return all(a.data.ptr % 16 == 0 for a in arrays)
+
+
 def _bf16_padded(x, K_pad: int, xp):
     import ml_dtypes  # noqa: PLC0415
 
@@ -155,6 +166,10 @@ def matmul_dense(x, w, xp):
         return None
     capturing = xp.cuda.get_current_stream().is_capturing()
     x = xp.ascontiguousarray(x)
+    if M <= DENSE_ROWS_MAX_M and K % 64 == 0 and w.shape[0] < GEMV_MIN_N and _aligned16(x, w):
+        from fdlite_kernels.gemv_rows import gemv_rows_bf16  # noqa: PLC0415
+
+        return gemv_rows_bf16(x, w)
     if M == 1 and (w.shape[0] >= GEMV_MIN_N or K % 32):
         return gemv_bf16(x, w)
     if (capturing or M <= DENSE_MMA_MAX_M) and K % 32 == 0:
@@ -167,4 +182,5 @@ def matmul_dense(x, w, xp):
 # Eager steps above one row take cuBLAS (faster at every M measured on the H100, BENCHMARKS.md); mma_bf16 is the
 # graph's kernel. Raise this if a measurement shows mma_bf16 ahead at small M.
 DENSE_MMA_MAX_M = 1
+DENSE_ROWS_MAX_M = 8    # gemv_rows (the weights streamed into registers as stored) to here, eager or captured
 GEMV_MIN_N = 65536      # one row of a vocabulary projection: gemv_bf16 measured faster (H100, BENCHMARKS.md)

@@ -1,0 +1,198 @@
+// Decode GEMV (M <= 8 rows) on the tensor cores over weights stored ROW-MAJOR, as checkpoints hold them: dense bf16
+// w [N, K], and block_wise_fp8's e4m3 bits q [N, K] with inverse scales ws [ceil(N / 128), K / 128]. No repack and no
+// second copy: mma_sk_fp8, mma_bf16 and cuBLAS read the same bytes for more rows.
+//   FP8 = false: y[m, n] = sum_k x[m, k] w[n, k]                                   (mma m16n8k16 bf16; K % 64 == 0)
+//   FP8 = true:  y[m, n] = sum_b xs[m, b] ws[n / 128, b] sum_{k in b} e4m3(xq[m, k]) e4m3(q[n, k])
+//                (mma m16n8k32 e4m3, sm_89+; K % 128 == 0), xq / xs the per-token, per-128-column dynamic
+//                quantization of x (act_quant_fp8.cu's formula, bit for bit), which each block does in its prologue
+//                into shared memory: no second launch per linear, no xq round trip through global memory.
+// Layout of the work: a row's weights are cut into 128-byte K tiles (64 bf16 or 128 e4m3 columns). Lane l = 4g + t of a
+// warp loads the 16-byte chunks at bytes 16t and 64 + 16t of rows g and g + 8 of its row pair (each warp load reads
+// 64 contiguous bytes of 8 rows: whole 32-byte sectors) and the same columns of x. An mma sums over k, so any
+// permutation of k applied to both operands leaves it unchanged: step j of a tile (4 steps: k16 bf16 or k32 e4m3)
+// takes words 2(j & 1) and 2(j & 1) + 1 of chunk j >> 1 as {a0, a2} (row g), {a1, a3} (row g + 8) and {b0, b1}
+// (token g), and the mma's logical k 2t.. (4t.. for e4m3) stands for those physical columns in both.
+// Why the weights are the A operand: as in gemv_packed, one mma consumes 16 rows x a step of weights and x fills B
+// (8 token columns; tokens past M repeat row M - 1, their outputs are never stored). Per 2 KiB of weights a warp
+// spends 4 loads, 4 mma and (fp8) 6 fp32 ops of scaling: no dequantization, so it is bound by memory alone.
+// Block: R row pairs x W warps that split the K tiles (interleaved) and meet in shared memory; each lane keeps its
+// next two K tiles of weights in flight in registers while it computes one (gemv_packed's register ring). A block
+// loops over row pairs (pb += gridDim.x): the fp8 launch sizes the grid to the resident blocks, so each quantizes x
+// once for many pairs (per pair it cost ~5x the K loop's instructions); bf16 launches a block per R pairs.
+#include "common.cuh"
+
+template <bool FP8, int R, int W>
+__global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w,
+                                                   const float* __restrict__ ws, bf16_t* __restrict__ y,
+                                                   int M, int N, int K) {
+  constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int rowq = FP8 ? K / 16 : K / 8;               // 16-byte chunks per weight row
+  const int ktiles = rowq / 8;                         // 128-byte K tiles per row
+  const int Kb = K / 128;                              // fp8: scale groups per row (one per tile)
+  const int pairs = (N + 15) / 16;
+  const int blocks = (pairs + R - 1) / R;              // blocks of R row pairs; this block takes every gridDim.x-th
+
+  uint4 wb[RB][R][2][2];
+  float sb[RB][R];
+  uint4 xb[RB][2];
+  // the loop-invariant addresses of R pairs from p0: rows past N read row N - 1 (outputs never stored)
+  const uint4* wrow[R][2];                             // lane's chunk 0 of rows g, g + 8 of pair r, K tile 0
+  const float* srow[R];                                // fp8: the pair's 128-row block of inverse scales
+  auto rows_of = [&](int p0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int pr = min(p0 + r, pairs - 1);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wrow[r][h] = w + (size_t)min(16 * pr + g + 8 * h, N - 1) * rowq + t;
+      srow[r] = FP8 ? ws + (size_t)((16 * pr) >> 7) * Kb : ws;   // a pair never straddles a 128-row block
+    }
+  };
+  auto load_w = [&](int kt, uint4 (&wv)[R][2][2], float (&sv)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) wv[r][h][c] = __ldg(wrow[r][h] + kt * 8 + 4 * c);
+      sv[r] = FP8 ? __ldg(srow[r] + kt) : 0.f;
+    }
+  };
+  auto prefetch = [&]() {                              // this warp's first RB - 1 tiles of the current pairs
+#pragma unroll
+    for (int u = 0; u < RB - 1; ++u)
+      if (warp + u * W < ktiles) load_w(warp + u * W, wb[u], sb[u]);
+  };
+  // Launched with PDL: the weights depend on no kernel, so the first two tiles are in flight while the kernel that
+  // writes x finishes; x only after it has (pdl_wait).
+  rows_of(blockIdx.x * R);
+  prefetch();
+  x += pdl_wait();
+
+  // FP8: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
+  // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]. A warp per (token, 128-column group):
+  // xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as act_quant_fp8 (the twin: fdlite.quant._common.act_fp8).
+  // Done once per block, which then loops over row pairs (the launcher sizes the grid to what is resident).
+  extern __shared__ uint4 xsm[];
+  const int sx = K + 64;                               // bytes per token row of xq
+  const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
+  if (FP8) {
+    u8* xq = reinterpret_cast<u8*>(xsm);
+    float* xs = reinterpret_cast<float*>(xq + (size_t)M * sx);
+    for (int i = warp; i < M * Kb; i += W) {
+      const int m = i / Kb, b = i - m * Kb;
+      const uint2 v = __ldca(reinterpret_cast<const uint2*>(x + (size_t)m * K + 128 * b) + lane);
+      const float f[4] = {__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                          __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u)};
+      float a = fmaxf(fmaxf(fabsf(f[0]), fabsf(f[1])), fmaxf(fabsf(f[2]), fabsf(f[3])));
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+      const float s = fmaxf(a, 1e-10f) / 448.f;
+      const unsigned codes = f32x2_to_e4m3x2(f[0] / s, f[1] / s) | (f32x2_to_e4m3x2(f[2] / s, f[3] / s) << 16);
+      reinterpret_cast<unsigned*>(xq + (size_t)m * sx + 128 * b)[lane] = codes;
+      if (lane == 0) xs[m * Kb + b] = s;
+    }
+    __syncthreads();
+  }
+  // B chunks of tile kt: token g's bytes 16t and 64 + 16t of the tile (bf16 from L2, coherent: written by the kernel
+  // before; e4m3 from shared memory), one tile ahead of the mma
+  const uint4* xrow = FP8 ? reinterpret_cast<const uint4*>(reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx) + t
+                          : reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + t;
+  auto load_x = [&](int kt, uint4 (&xv)[2]) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) xv[c] = FP8 ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
+  };
+  // fp8: this lane's C columns are tokens 2t and 2t + 1 (their scales per tile)
+  const float* xs0 = xsc + min(2 * t, M - 1) * Kb;
+  const float* xs1 = xsc + min(2 * t + 1, M - 1) * Kb;
+
+  float acc[R][4];
+  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R], const uint4 (&xv)[2]) {
+    float part[R][4];                                  // fp8: this tile's (one scale group's) unscaled sums
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) part[r][c] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = j >> 1, i = 2 * (j & 1);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const unsigned a[4] = {word_of(wv[r][0][c], i), word_of(wv[r][1][c], i), word_of(wv[r][0][c], i + 1),
+                               word_of(wv[r][1][c], i + 1)};
+        if (FP8) mma_16832_e4m3(part[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+        else mma_16816(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+      }
+    }
+    if (FP8) {
+      const float x0 = xs0[kt], x1 = xs1[kt];          // c0, c2: token 2t; c1, c3: token 2t + 1
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        acc[r][0] = fmaf(part[r][0], sv[r] * x0, acc[r][0]);
+        acc[r][1] = fmaf(part[r][1], sv[r] * x1, acc[r][1]);
+        acc[r][2] = fmaf(part[r][2], sv[r] * x0, acc[r][2]);
+        acc[r][3] = fmaf(part[r][3], sv[r] * x1, acc[r][3]);
+      }
+    }
+  };
+  // tile i of this warp (kt = warp + i W) in slot u = i % RB; the loop is unrolled by RB so the ring rotates by
+  // renaming (gemv_packed): loads of x one tile on and of the weights RB - 1 tiles on, then this tile's mma
+  auto tile = [&](int kt, int u) {
+    if (kt + W < ktiles) load_x(kt + W, xb[(u + 1) % RB]);
+    if (kt + (RB - 1) * W < ktiles) load_w(kt + (RB - 1) * W, wb[(u + RB - 1) % RB], sb[(u + RB - 1) % RB]);
+    compute(kt, wb[u], sb[u], xb[u]);
+  };
+
+  constexpr int V = R * 4;
+  __shared__ float red[W][V][32];
+  for (int pb = blockIdx.x; pb < blocks; pb += gridDim.x) {
+    const int p0 = pb * R;
+    if (pb != (int)blockIdx.x) {                       // the next pairs (the first ones were prefetched above)
+      rows_of(p0);
+      prefetch();
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = 0.f;
+    if (warp < ktiles) load_x(warp, xb[0]);
+    int kt = warp;
+    for (; kt + (RB - 1) * W < ktiles; kt += RB * W) {
+#pragma unroll
+      for (int u = 0; u < RB; ++u) tile(kt + u * W, u);
+    }
+#pragma unroll
+    for (int u = 0; u < RB - 1; ++u)
+      if (kt + u * W < ktiles) tile(kt + u * W, u);
+
+    if (pb + (int)gridDim.x >= blocks) pdl_launch();   // the block's last pairs: the next kernel may start
+    // warps -> shared memory, lane-major (conflict-free); then one thread per (r, c, lane) sums the warps in order
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) red[warp][r * 4 + c][lane] = acc[r][c];
+    __syncthreads();
+    for (int i = threadIdx.x; i < V * 32; i += 32 * W) {
+      const int v = i / 32, l = i % 32;
+      const int r = v / 4, c = v % 4;
+      const int m = 2 * (l & 3) + (c & 1);                         // C columns 2t, 2t + 1 = tokens
+      const int row = 16 * (p0 + r) + (l >> 2) + 8 * (c >> 1);    // C rows g, g + 8
+      if (m >= M || row >= N) continue;
+      float sum = 0.f;
+#pragma unroll
+      for (int o = 0; o < W; ++o) sum += red[o][v][l];
+      y[(size_t)m * N + row] = f32_to_bf16(sum);
+    }
+    __syncthreads();                                   // red is rewritten by the next pairs
+  }
+}
+
+#ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
+#define GEMV_ROWS(FP8, R, W) \
+  template __global__ void gemv_rows<FP8, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
+#define GEMV_ROWS_W(FP8) GEMV_ROWS(FP8, 1, 4) GEMV_ROWS(FP8, 1, 8) GEMV_ROWS(FP8, 1, 16) GEMV_ROWS(FP8, 2, 4) \
+  GEMV_ROWS(FP8, 2, 8)
+GEMV_ROWS_W(false)      // gemv_rows.py: SHAPES
+GEMV_ROWS_W(true)
+#endif

@@ -1,0 +1,121 @@
+"""Launchers for gemv_rows.cu — decode GEMV (M <= 8) on the tensor cores over row-major weights, read as stored.
+
+gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
+    x: bf16 [M, K], M <= 8; w: bf16 [N, K] C-contiguous, K % 64 == 0 -> y bf16 [M, N] = x @ w.T (fp32 sums).
+    Twin: the float32 product (fdlite.quant.dense's reference matmul).
+gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
+    block_wise_fp8 (128 x 128 weight blocks, fp8 activations per token and 128 columns, quantized by the kernel):
+    x: bf16 [M, K], M <= 8; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [ceil(N / 128), K / 128]
+    (weight_scale_inv) -> y bf16 [M, N]. sm_89+ (e4m3 tensor cores). Twin: fdlite.quant.block_wise_fp8.Method.matmul.
+rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check, expect, launch, sms
+
+MAX_M = 8                      # one B fragment of 8 tokens
+SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a block may have (gemv_rows.cu instantiates them)
+SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
+
+
+def plan(N: int, K: int, fp8: bool) -> tuple[int, int]:
+    """-> (rows, warps): gemv_packed's rule (many row pairs over a short row favour 4 warps, a long row or few pairs
+    8), in bytes of a row (an e4m3 row is half a bf16 one of the same K)."""
+    row_bytes = K if fp8 else 2 * K
+    if row_bytes >= 16384:
+        return 1, 8
+    return (1, 4) if N >= 6144 else (1, 8)
+
+
+def smem_bytes(M: int, K: int, fp8: bool) -> int:
+    """fp8: x quantized into shared memory, [M][K + 64] codes then [M][K / 128] scales; bf16 reads x from L2."""
+    return M * (K + 64) + 4 * M * (K // 128) if fp8 else 0
+
+
+def resident_blocks(regs: int, warps: int, smem: int) -> int:
+    """Blocks of this shape one SM holds at once (sm_80 / sm_90 limits: 64 K registers allocated per warp in units
+    of 256, 64 warps, 32 blocks, 228 KiB of shared memory with 1 KiB reserved per block)."""
+    by_regs = 65536 // (-(-regs * 32 // 256) * 256 * warps)
+    return max(1, min(by_regs, 64 // warps, 32, 233472 // (smem + 1024)))
+
+
+def grid(N: int, rows: int, warps: int, fp8: bool, regs: int, smem: int, n_sms: int) -> int:
+    """Blocks to launch: one per `rows` row pairs for bf16; for fp8 at most what is resident at once (each block
+    quantizes x in its prologue, then loops over row pairs: per pair the prologue cost ~5x the K loop)."""
+    blocks = -(-(-(-N // 16)) // rows)                  # 16-row pairs, the last ragged when N % 16
+    if not fp8:
+        return blocks
+    static = warps * rows * 4 * 32 * 4                  # the kernel's reduction buffer
+    return min(blocks, n_sms * resident_blocks(regs, warps, smem + static))
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(device_id: int, name: str, smem: int = 0):
+    """The compiled instantiation, looked up once per device (an eager decode step launches it per linear)."""
+    fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem          # above the default 48 KiB cap
+    return fn
+
+
+def _run(x, w, ws, N: int, K: int, fp8: bool, out, rows, warps):
+    import cupy as cp  # noqa: PLC0415
+
+    M = x.shape[0]
+    check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
+    pr, pw = plan(N, K, fp8)
+    rows = pr if rows is None else rows
+    warps = pw if warps is None else warps
+    check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
+    check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
+          f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
+    smem = smem_bytes(M, K, fp8)
+    dev = cp.cuda.Device()
+    cap = min(dev.attributes["MaxSharedMemoryPerBlockOptin"], SMEM_MAX)
+    check(smem <= cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over the {cap} "
+          "a block may have here")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
+    name = f"gemv_rows<{'true' if fp8 else 'false'}, {rows}, {warps}>"
+    fn = kernel(dev.id, name, smem)
+    blocks = grid(N, rows, warps, fp8, getattr(fn, "num_regs", 255), smem, sms(dev.id))
+    launch(fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
+           pdl=True)
+    return y
+
+
+def gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
+    from ._launch import ptr  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(w, "w", BF16, 2)
+    M, K = x.shape
+    N = w.shape[0]
+    check(w.shape[1] == K, f"w has K = {w.shape[1]}, x has K = {K}")
+    check(K % 64 == 0 and K > 0, f"K = {K} must be a positive multiple of 64 (128-byte tiles of bf16)")
+    check(N > 0, f"w has N = {N} rows")
+    return _run(x, w, ptr(None), N, K, False, out, rows, warps)
+
+
+def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
+    import cupy as cp  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(q, "q", np.uint8, 2)
+    expect(ws, "ws", np.float32, 2)
+    M, K = x.shape
+    N = q.shape[0]
+    check(q.shape[1] == K, f"q has K = {q.shape[1]}, x has K = {K}")
+    check(K % 128 == 0 and K > 0, f"K = {K} must be a positive multiple of 128 (whole fp8 blocks)")
+    check(N > 0, f"q has N = {N} rows")
+    check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
+          f"N = {N}, K = {K}")
+    cc = int(cp.cuda.Device().compute_capability)
+    check(cc >= 89, f"e4m3 tensor cores need compute capability 8.9 or newer, this device has {cc}")
+    return _run(x, q, ws, N, K, True, out, rows, warps)
