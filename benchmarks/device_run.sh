@@ -215,10 +215,14 @@ for stage in "$@"; do
       T 240 env ROWS_ONLY=1 LM_HEAD=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -B2 -A200 "^shape" $OUT/gemv.log | grep -E "rows|mma|gemv|sk|cuBLAS|sum|M=" | head -150
       T 200 $PT tests/test_gpu_model.py tests/test_quant_device_path.py 2>&1 | tail -3 ;;
-    rowse2e)        # the 8B end to end at batch 1 (and 8) for bf16 / block_wise_fp8 with gemv_rows, A/B against the old routes
-      T 150 python3 benchmarks/e2e.py --quant bf16,block_wise_fp8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama"
-      T 150 python3 benchmarks/route_ab.py fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0 -- \
-        --quant bf16,block_wise_fp8 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama" ;;
+    rowse2e)        # the 8B end to end at batch 1 and 8 with gemv_rows (bf16; block_wise_fp8 on 8 of 32 layers, quantized on the
+                    # host), A/B against the old routes in the same call
+      for AB in "" "fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0"; do
+        echo "-- routes changed: ${AB:-none}"
+        T 150 python3 benchmarks/route_ab.py $AB -- --quant bf16 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama"
+        T 150 python3 benchmarks/route_ab.py $AB -- --quant block_wise_fp8 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
+          | grep "^| llama"
+      done ;;
     tp1)            # issue 9 on one GPU: a rank's build (RankPlan, world-1 NCCL) against one process, the NCCL world-1 tests
       T 200 $PT tests/test_parallel_runtime.py 2>&1 | tail -3 ;;
     tp)             # issue 9 on a multi-GPU kind (NCCL_NVLS_ENABLE=0 is set by fdlite): N-GPU tests, then the benchmarks
