@@ -71,27 +71,48 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   x += pdl_wait();
 
   // FP8: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
-  // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]. A warp per (token, 128-column group):
+  // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]. Per token and 128-column group:
   // xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as act_quant_fp8 (the twin: fdlite.quant._common.act_fp8).
   // Done once per block, which then loops over row pairs (the launcher sizes the grid to what is resident).
   extern __shared__ uint4 xsm[];
   const int sx = K + 64;                               // bytes per token row of xq
   const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
   if (FP8) {
+    // Every thread converts 8 consecutive values (one 16-byte load) per chunk, a half-warp holds one group's 16
+    // chunks (K % 128 == 0: a group never straddles tokens), and QU chunks per thread are loaded before any is
+    // converted, so the block waits for about one L2 latency instead of one per group (a warp looping over groups
+    // cost 1.6 us at K = 4096 and 5.6 at 14336, most of the fp8 GEMV's gap to the bf16 one: BENCHMARKS.md).
+    constexpr int QU = 4;
     u8* xq = reinterpret_cast<u8*>(xsm);
     float* xs = reinterpret_cast<float*>(xq + (size_t)M * sx);
-    for (int i = warp; i < M * Kb; i += W) {
-      const int m = i / Kb, b = i - m * Kb;
-      const uint2 v = __ldca(reinterpret_cast<const uint2*>(x + (size_t)m * K + 128 * b) + lane);
-      const float f[4] = {__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
-                          __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u)};
-      float a = fmaxf(fmaxf(fabsf(f[0]), fabsf(f[1])), fmaxf(fabsf(f[2]), fabsf(f[3])));
+    const int chunks = M * K / 8, rowc = K / 8;        // a multiple of 16: half-warps are wholly in or out
+    for (int base = 32 * warp; base < chunks; base += QU * 32 * W) {
+      uint4 v[QU];
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-      const float s = fmaxf(a, 1e-10f) / 448.f;
-      const unsigned codes = f32x2_to_e4m3x2(f[0] / s, f[1] / s) | (f32x2_to_e4m3x2(f[2] / s, f[3] / s) << 16);
-      reinterpret_cast<unsigned*>(xq + (size_t)m * sx + 128 * b)[lane] = codes;
-      if (lane == 0) xs[m * Kb + b] = s;
+      for (int u = 0; u < QU; ++u) {
+        const int i = base + u * 32 * W + lane;
+        v[u] = i < chunks ? __ldca(reinterpret_cast<const uint4*>(x) + i) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < QU; ++u) {
+        const int i = base + u * 32 * W + lane;
+        float f[8];
+        bf16x8_to_f32(v[u], f);
+        float a = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) a = fmaxf(a, fabsf(f[e]));
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));   // the half-warp's group
+        if (i < chunks) {
+          const float s = fmaxf(a, 1e-10f) / 448.f;
+          uint2 codes;
+          codes.x = f32x2_to_e4m3x2(f[0] / s, f[1] / s) | (f32x2_to_e4m3x2(f[2] / s, f[3] / s) << 16);
+          codes.y = f32x2_to_e4m3x2(f[4] / s, f[5] / s) | (f32x2_to_e4m3x2(f[6] / s, f[7] / s) << 16);
+          const int m = i / rowc, col = 8 * (i - m * rowc);
+          *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
+          if ((lane & 15) == 0) xs[m * Kb + col / 128] = s;
+        }
+      }
     }
     __syncthreads();
   }
@@ -146,12 +167,8 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 
   constexpr int V = R * 4;
   __shared__ float red[W][V][32];
-  for (int pb = blockIdx.x; pb < blocks; pb += gridDim.x) {
+  for (int pb = blockIdx.x; pb < blocks; pb += gridDim.x) {   // this block's pairs, their first tiles in flight
     const int p0 = pb * R;
-    if (pb != (int)blockIdx.x) {                       // the next pairs (the first ones were prefetched above)
-      rows_of(p0);
-      prefetch();
-    }
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -166,7 +183,12 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
     for (int u = 0; u < RB - 1; ++u)
       if (kt + u * W < ktiles) tile(kt + u * W, u);
 
-    if (pb + (int)gridDim.x >= blocks) pdl_launch();   // the block's last pairs: the next kernel may start
+    if (pb + (int)gridDim.x < blocks) {                // the next pairs' first tiles load during the reduction
+      rows_of(p0 + (int)gridDim.x * R);
+      prefetch();
+    } else {
+      pdl_launch();                                    // the block's last pairs: the next kernel may start
+    }
     // warps -> shared memory, lane-major (conflict-free); then one thread per (r, c, lane) sums the warps in order
 #pragma unroll
     for (int r = 0; r < R; ++r)

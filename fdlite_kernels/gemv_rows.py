@@ -24,10 +24,13 @@ SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 /
 
 
 def plan(N: int, K: int, fp8: bool) -> tuple[int, int]:
-    """-> (rows, warps): gemv_packed's rule (many row pairs over a short row favour 4 warps, a long row or few pairs
-    8), in bytes of a row (an e4m3 row is half a bf16 one of the same K)."""
-    row_bytes = K if fp8 else 2 * K
-    if row_bytes >= 16384:
+    """-> (rows, warps), from the H100 sweep of block shapes on the Llama-3-8B projections and lm_head at 1-8 rows
+    (BENCHMARKS.md, results_gemv_rows_h100_2026-11-25.jsonl). bf16: gemv_packed's rule (4 warps for many row pairs
+    over a short row, 8 for few pairs or a long row; the shapes were within 3% of each other). fp8: 8 warps, 16 for a
+    long row (down_proj 27.6 vs 31.0 us at one row: more warps share the block's quantization of x)."""
+    if fp8:
+        return (1, 16) if K >= 8192 else (1, 8)
+    if 2 * K >= 16384:
         return 1, 8
     return (1, 4) if N >= 6144 else (1, 8)
 

@@ -442,7 +442,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         assert len(args) == len(params)
         for a, p in zip(args, params):
             assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
-    assert calls[0][1] == (1792,) and calls[1][1] == (528,)         # gate_up: 1792 pairs, fp8 4 blocks x 132 SMs
+    assert calls[0][1] == (1792,) and calls[1][1] == (264,)         # gate_up: 1792 pairs, fp8 2 blocks x 132 SMs
     assert gemv_rows.resident_blocks(128, 4, 2048) == 4 and gemv_rows.resident_blocks(96, 8, 0) == 2
     assert gemv_rows.resident_blocks(64, 4, 120 * 1024) == 1
     with pytest.raises(ValueError, match="need 2433536 bytes of shared memory"):
@@ -450,8 +450,8 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
 
 
 def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
-    """fdlite.quant._gpu sends 1..8 rows of a dense bf16 linear (K % 64 == 0, N below a vocabulary) and of
-    block_wise_fp8 (K % 128 == 0, sm_89+) to gemv_rows; more rows, a vocabulary N or an unaligned view do not."""
+    """fdlite.quant._gpu sends 1..8 rows of a dense bf16 linear (K % 64 == 0, a vocabulary too) and of
+    block_wise_fp8 (K % 128 == 0, sm_89+) to gemv_rows; more rows, another K or an unaligned view do not."""
     import ml_dtypes
 
     from fdlite.quant import _gpu, get
@@ -470,13 +470,14 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     bf16 = np.dtype(ml_dtypes.bfloat16)
     for M in (1, 8):
         assert _gpu.matmul_dense(_Arr((M, 4096), bf16), _Arr((6144, 4096), bf16), xp) == "rows"
-    assert _gpu.matmul_dense(_Arr((1, 4096), bf16), _Arr((128256, 4096), bf16), xp) == "gemv"
+    assert _gpu.matmul_dense(_Arr((1, 4096), bf16), _Arr((128256, 4096), bf16), xp) == "rows"
+    assert _gpu.matmul_dense(_Arr((1, 4000), bf16), _Arr((128256, 4000), bf16), xp) == "gemv"  # K % 64 != 0
     assert _gpu.matmul_dense(_Arr((1, 96), bf16), _Arr((64, 96), bf16), xp) == "mma"      # K % 64 != 0
     assert _gpu.matmul_dense(_Arr((9, 4096), bf16), _Arr((6144, 4096), bf16), xp) is None  # cuBLAS
     odd = _Arr((1, 4096), bf16)
     odd.data = types.SimpleNamespace(ptr=264)
     assert _gpu.matmul_dense(odd, _Arr((6144, 4096), bf16), xp) == "mma"
-    assert seen == [("bf16", (1, 4096)), ("bf16", (8, 4096))]
+    assert seen == [("bf16", (1, 4096)), ("bf16", (8, 4096)), ("bf16", (1, 4096))]
     method = get("block_wise_fp8")()
     monkeypatch.setattr(_gpu, "_bf16_padded", lambda x, K, xp: x)
     p = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),

@@ -155,9 +155,10 @@ def _bf16_padded(x, K_pad: int, xp):
 def matmul_dense(x, w, xp):
     """x: (M, K) bf16, w: (N, K) bf16 on the GPU -> (M, N); None when cuBLAS (the caller's x @ w.T) should run.
 
-    One row: mma_bf16 (2.2-2.8 TB/s on the 8B layer shapes, ahead of gemv_bf16 there), gemv_bf16 for a
-    vocabulary-sized N (3.0 TB/s on the 128256 x 4096 lm_head). More rows: cuBLAS when eager; inside a graph
-    capture (where CuPy refuses cuBLAS) mma_bf16, the tensor-core kernel reading w as stored."""
+    1-8 rows, K % 64 == 0: gemv_rows (H100, one row: 2.5-2.9 TB/s on the 8B layer shapes, 155.6 us for the four
+    against cuBLAS' 165.5 and mma_bf16's 174.5; lm_head 340 us, 3.09 TB/s, against gemv_bf16's 353). Other one-row
+    shapes: gemv_bf16 for a vocabulary-sized N or K % 32 != 0, else mma_bf16. More rows: cuBLAS when eager; inside
+    a graph capture (where CuPy refuses cuBLAS) mma_bf16, the tensor-core kernel reading w as stored."""
     from fdlite_kernels.gemv_bf16 import gemv_bf16  # noqa: PLC0415
     from fdlite_kernels.mma_wq import mma_bf16  # noqa: PLC0415
 
@@ -166,7 +167,7 @@ def matmul_dense(x, w, xp):
         return None
     capturing = xp.cuda.get_current_stream().is_capturing()
     x = xp.ascontiguousarray(x)
-    if M <= DENSE_ROWS_MAX_M and K % 64 == 0 and w.shape[0] < GEMV_MIN_N and _aligned16(x, w):
+    if M <= DENSE_ROWS_MAX_M and K % 64 == 0 and _aligned16(x, w):
         from fdlite_kernels.gemv_rows import gemv_rows_bf16  # noqa: PLC0415
 
         return gemv_rows_bf16(x, w)
@@ -182,5 +183,6 @@ def matmul_dense(x, w, xp):
 # Eager steps above one row take cuBLAS (faster at every M measured on the H100, BENCHMARKS.md); mma_bf16 is the
 # graph's kernel. Raise this if a measurement shows mma_bf16 ahead at small M.
 DENSE_MMA_MAX_M = 1
-DENSE_ROWS_MAX_M = 8    # gemv_rows (the weights streamed into registers as stored) to here, eager or captured
-GEMV_MIN_N = 65536      # one row of a vocabulary projection: gemv_bf16 measured faster (H100, BENCHMARKS.md)
+DENSE_ROWS_MAX_M = 8    # gemv_rows (the weights streamed into registers as stored) to here, eager or captured,
+                        # any N (BENCHMARKS.md: 157-165 us at 4 and 8 rows against cuBLAS' 166-167)
+GEMV_MIN_N = 65536      # one row of a vocabulary projection that gemv_rows does not take (K % 64): gemv_bf16
