@@ -145,13 +145,16 @@ def main():
                 if M == 1:
                     cands.append(("bf16 gemv", lambda i: gemv_bf16(x, wb[i], out=y), 2))
                 for r, wp in gemv_rows.SHAPES if M <= gemv_rows.MAX_M else ():
-                    tag = "" if (r, wp) != gemv_rows.plan(N, K, False) else " *"
+                    tag = ""
                     cands.append((f"bf16 rows{r},{wp}{tag}",
                                   lambda i, r=r, wp=wp: gemv_rows.gemv_rows_bf16(x, wb[i], out=y, rows=r, warps=wp), 2))
-                    tag = "" if (r, wp) != gemv_rows.plan(N, K, True) else " *"
+                    tag = ""
                     cands.append((f"fp8 rows{r},{wp}{tag}",
                                   lambda i, r=r, wp=wp: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y, rows=r, warps=wp),
                                   1))
+                if M <= gemv_rows.MAX_M:                            # the plan's shape, under its own name
+                    cands += [("bf16 rows plan", lambda i: gemv_rows.gemv_rows_bf16(x, wb[i], out=y), 2),
+                              ("fp8 rows plan", lambda i: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y), 1)]
                 for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:
                     t = t_bf16 if fn is None else bench(fn)
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
