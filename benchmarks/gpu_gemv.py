@@ -145,11 +145,9 @@ def main():
                 if M == 1:
                     cands.append(("bf16 gemv", lambda i: gemv_bf16(x, wb[i], out=y), 2))
                 for r, wp in gemv_rows.SHAPES if M <= gemv_rows.MAX_M else ():
-                    tag = ""
-                    cands.append((f"bf16 rows{r},{wp}{tag}",
+                    cands.append((f"bf16 rows{r},{wp}",
                                   lambda i, r=r, wp=wp: gemv_rows.gemv_rows_bf16(x, wb[i], out=y, rows=r, warps=wp), 2))
-                    tag = ""
-                    cands.append((f"fp8 rows{r},{wp}{tag}",
+                    cands.append((f"fp8 rows{r},{wp}",
                                   lambda i, r=r, wp=wp: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y, rows=r, warps=wp),
                                   1))
                 if M <= gemv_rows.MAX_M:                            # the plan's shape, under its own name
