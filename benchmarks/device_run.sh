@@ -216,15 +216,15 @@ for stage in "$@"; do
       grep -B2 -A200 "^shape" $OUT/gemv.log | grep -E "rows|mma|gemv|sk|cuBLAS|sum|M=" | head -150
       T 200 $PT tests/test_gpu_model.py tests/test_quant_device_path.py 2>&1 | tail -3 ;;
     rows2)          # gemv_rows after its fp8 prologue rework: its twins, the act-quant bits, block shapes at 1 / 4 / 8 rows, models
-      T 150 $PT tests/test_gpu_kernels.py -k "gemv_rows or act_quant" 2>&1 | tail -3
-      T 200 env ROWS_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
-      grep -A40 "sum over" $OUT/gemv.log
+      T 150 $PT tests/test_gpu_kernels.py -k "gemv_rows or act_quant" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
+      [ "${ROWS_BENCH:-1}" = 1 ] && T 200 env ROWS_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py \
+        > $OUT/gemv.log 2>&1 && grep -A60 "sum over" $OUT/gemv.log
       T 150 $PT tests/test_gpu_model.py tests/test_quant_device_path.py 2>&1 | tail -3 ;;
     rowse2e)        # the 8B end to end at batch 1 and 8 with gemv_rows (bf16; block_wise_fp8 on 8 of 32 layers, quantized on the
                     # host), A/B against the old routes in the same call
       for AB in "" "fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0"; do
         echo "-- routes changed: ${AB:-none}"
-        T 150 python3 benchmarks/route_ab.py $AB -- --quant bf16 --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama"
+        T 150 python3 benchmarks/route_ab.py $AB -- --quant dense --kv bf16 --batch 1,8 --gen 128 2>&1 | grep "^| llama"
         T 150 python3 benchmarks/route_ab.py $AB -- --quant block_wise_fp8 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
           | grep "^| llama"
       done ;;

@@ -23,13 +23,14 @@ SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a bloc
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
-def plan(N: int, K: int, fp8: bool) -> tuple[int, int]:
-    """-> (rows, warps), from the H100 sweep of block shapes on the Llama-3-8B projections and lm_head at 1-8 rows
-    (BENCHMARKS.md, results_gemv_rows_h100_2026-11-25.jsonl). bf16: gemv_packed's rule (4 warps for many row pairs
-    over a short row, 8 for few pairs or a long row; the shapes were within 3% of each other). fp8: 8 warps, 16 for a
-    long row (down_proj 27.6 vs 31.0 us at one row: more warps share the block's quantization of x)."""
+def plan(N: int, K: int, fp8: bool, M: int = 1) -> tuple[int, int]:
+    """-> (rows, warps), from the H100 sweeps of block shapes on the Llama-3-8B projections and lm_head at 1, 4 and 8
+    rows (BENCHMARKS.md; results_gemv_rows*_h100_2026-11-25.jsonl). bf16: gemv_packed's rule (4 warps for many row
+    pairs over a short row, 8 for few pairs or a long row; the shapes were within 3% of each other). fp8: 16 warps
+    for a long row or more than one token (more warps share the block's quantization of x: 8 rows 115 vs 142 us
+    over the four projections), 8 for one token's short rows (qkv 12.4 vs 12.6, o 9.0 vs 9.6)."""
     if fp8:
-        return (1, 16) if K >= 8192 else (1, 8)
+        return (1, 16) if K >= 8192 or M > 1 else (1, 8)
     if 2 * K >= 16384:
         return 1, 8
     return (1, 4) if N >= 6144 else (1, 8)
@@ -58,12 +59,22 @@ def grid(N: int, rows: int, warps: int, fp8: bool, regs: int, smem: int, n_sms: 
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(device_id: int, name: str, smem: int = 0):
-    """The compiled instantiation, looked up once per device (an eager decode step launches it per linear)."""
+def kernel(device_id: int, name: str):
+    """The compiled instantiation, looked up once per device (an eager decode step launches it per linear), allowed
+    all the dynamic shared memory a block may have beside its static reduction buffer (fp8's x is sized by M and K;
+    the attribute belongs to the function, so it is set once, not per launch size)."""
+    import cupy as cp  # noqa: PLC0415
+
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
-    if smem > 48 * 1024:
-        fn.max_dynamic_shared_size_bytes = smem          # above the default 48 KiB cap
+    if name.startswith("gemv_rows<true"):
+        optin = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
+        fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
     return fn
+
+
+def dynamic_smem_cap(fn) -> int:
+    """Bytes of dynamic shared memory the compiled kernel may take (what kernel() allowed it)."""
+    return int(getattr(fn, "max_dynamic_shared_size_bytes", SMEM_MAX))
 
 
 def _run(x, w, ws, N: int, K: int, fp8: bool, out, rows, warps):
@@ -71,7 +82,7 @@ def _run(x, w, ws, N: int, K: int, fp8: bool, out, rows, warps):
 
     M = x.shape[0]
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
-    pr, pw = plan(N, K, fp8)
+    pr, pw = plan(N, K, fp8, M)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
@@ -79,14 +90,13 @@ def _run(x, w, ws, N: int, K: int, fp8: bool, out, rows, warps):
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
     smem = smem_bytes(M, K, fp8)
     dev = cp.cuda.Device()
-    cap = min(dev.attributes["MaxSharedMemoryPerBlockOptin"], SMEM_MAX)
+    fn = kernel(dev.id, f"gemv_rows<{'true' if fp8 else 'false'}, {rows}, {warps}>")
+    cap = dynamic_smem_cap(fn) if fp8 else 0
     check(smem <= cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over the {cap} "
           "a block may have here")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    name = f"gemv_rows<{'true' if fp8 else 'false'}, {rows}, {warps}>"
-    fn = kernel(dev.id, name, smem)
     blocks = grid(N, rows, warps, fp8, getattr(fn, "num_regs", 255), smem, sms(dev.id))
     launch(fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
            pdl=True)

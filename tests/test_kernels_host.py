@@ -419,7 +419,8 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
 
     _stand_in_cupy(monkeypatch)
     calls = []
-    monkeypatch.setattr(gemv_rows, "kernel", lambda dev, name, smem: types.SimpleNamespace(name=name, num_regs=128))
+    monkeypatch.setattr(gemv_rows, "kernel", lambda dev, name: types.SimpleNamespace(
+        name=name, num_regs=128, max_dynamic_shared_size_bytes=227 * 1024 - 8192))
     monkeypatch.setattr(gemv_rows, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
         (fn.name, grid, block, args, shared_mem, pdl)))
     monkeypatch.setattr(gemv_rows, "sms", lambda dev: 132)
@@ -435,7 +436,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         y = gemv_rows.gemv_rows_fp8(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((-(-N // 128), K // 128),
                                                                                        np.float32))
         name, grid, block, args, smem, pdl = calls[-1]
-        rows, warps = gemv_rows.plan(N, K, True)
+        rows, warps = gemv_rows.plan(N, K, True, M)
         assert name == f"gemv_rows<true, {rows}, {warps}>" and smem == M * (K + 64) + 4 * M * K // 128 and pdl
         resident = gemv_rows.resident_blocks(128, warps, smem + warps * rows * 512)
         assert grid == (min(-(-N // 16), 132 * resident),) and args[3] is y
@@ -443,6 +444,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         for a, p in zip(args, params):
             assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     assert calls[0][1] == (1792,) and calls[1][1] == (264,)         # gate_up: 1792 pairs, fp8 2 blocks x 132 SMs
+    assert gemv_rows.plan(4096, 4096, True, 1) == (1, 8) and gemv_rows.plan(4096, 4096, True, 2) == (1, 16)
     assert gemv_rows.resident_blocks(128, 4, 2048) == 4 and gemv_rows.resident_blocks(96, 8, 0) == 2
     assert gemv_rows.resident_blocks(64, 4, 120 * 1024) == 1
     with pytest.raises(ValueError, match="need 2433536 bytes of shared memory"):
