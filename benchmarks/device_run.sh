@@ -220,6 +220,16 @@ for stage in "$@"; do
       [ "${ROWS_BENCH:-1}" = 1 ] && T 200 env ROWS_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py \
         > $OUT/gemv.log 2>&1 && grep -A60 "sum over" $OUT/gemv.log
       T 150 $PT tests/test_gpu_model.py tests/test_quant_device_path.py 2>&1 | tail -3 ;;
+    rows3)          # gemv_rows' wfp8afp8 mode: all gemv_rows twins, then the 8B end to end for wfp8afp8 (8 of 32 layers) A/B
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_rows or act_quant" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
+      T 100 $PT tests/test_quant_device_path.py 2>&1 | tail -2
+      for AB in "" "fdlite.quant._gpu.FP8_ROWS_MAX_M=0"; do
+        echo "-- routes changed: ${AB:-none}"
+        T 200 python3 benchmarks/route_ab.py $AB -- --quant wfp8afp8 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
+          | grep "^| llama"
+      done ;;
+    e2e11)          # the issue's end-to-end table at its settings (prompt 128, 256 generated): dense / wint8 / wint4, batch 1 and 32
+      T 500 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,32 --gen 256 2>&1 | grep "^| llama" ;;
     rowse2e)        # the 8B end to end at batch 1 and 8 with gemv_rows (bf16; block_wise_fp8 on 8 of 32 layers, quantized on the
                     # host), A/B against the old routes in the same call
       for AB in "" "fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0"; do

@@ -1,11 +1,15 @@
 // Decode GEMV (M <= 8 rows) on the tensor cores over weights stored ROW-MAJOR, as checkpoints hold them: dense bf16
-// w [N, K], and block_wise_fp8's e4m3 bits q [N, K] with inverse scales ws [ceil(N / 128), K / 128]. No repack and no
-// second copy: mma_sk_fp8, mma_bf16 and cuBLAS read the same bytes for more rows.
-//   FP8 = false: y[m, n] = sum_k x[m, k] w[n, k]                                   (mma m16n8k16 bf16; K % 64 == 0)
-//   FP8 = true:  y[m, n] = sum_b xs[m, b] ws[n / 128, b] sum_{k in b} e4m3(xq[m, k]) e4m3(q[n, k])
-//                (mma m16n8k32 e4m3, sm_89+; K % 128 == 0), xq / xs the per-token, per-128-column dynamic
-//                quantization of x (act_quant_fp8.cu's formula, bit for bit), which each block does in its prologue
-//                into shared memory: no second launch per linear, no xq round trip through global memory.
+// w [N, K], block_wise_fp8's and wfp8afp8's e4m3 bits q [N, K]. No repack and no second copy: mma_sk_fp8, mma_bf16
+// and cuBLAS read the same bytes for more rows.
+//   MODE = ROWS_BF16:  y[m, n] = sum_k x[m, k] w[n, k]                            (mma m16n8k16 bf16; K % 64 == 0)
+//   MODE = ROWS_BLOCK: block_wise_fp8, ws [ceil(N / 128), K / 128] inverse scales of 128 x 128 weight blocks,
+//                      y[m, n] = sum_b xs[m, b] ws[n / 128, b] sum_{k in b} e4m3(xq[m, k]) e4m3(q[n, k])
+//                      (mma m16n8k32 e4m3, sm_89+; K % 128 == 0), xq / xs the per-token, per-128-column dynamic
+//                      quantization of x (act_quant_fp8.cu's formula, bit for bit)
+//   MODE = ROWS_CHANNEL: wfp8afp8, ws [N] per output channel, x quantized per token over all of K:
+//                      y[m, n] = xs[m] ws[n] sum_k e4m3(xq[m, k]) e4m3(q[n, k])         (e4m3 mma; K % 128 == 0)
+// The fp8 modes quantize x in each block's prologue into shared memory: no second launch per linear, no xq round trip
+// through global memory.
 // Layout of the work: a row's weights are cut into 128-byte K tiles (64 bf16 or 128 e4m3 columns). Lane l = 4g + t of a
 // warp loads the 16-byte chunks at bytes 16t and 64 + 16t of rows g and g + 8 of its row pair (each warp load reads
 // 64 contiguous bytes of 8 rows: whole 32-byte sectors) and the same columns of x. An mma sums over k, so any
@@ -21,11 +25,16 @@
 // once for many pairs (per pair it cost ~5x the K loop's instructions); bf16 launches a block per R pairs.
 #include "common.cuh"
 
-template <bool FP8, int R, int W>
+#define ROWS_BF16 0
+#define ROWS_BLOCK 1
+#define ROWS_CHANNEL 2
+
+template <int MODE, int R, int W>
 __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w,
                                                    const float* __restrict__ ws, bf16_t* __restrict__ y,
                                                    int M, int N, int K) {
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
+  constexpr bool FP8 = MODE != ROWS_BF16, BLOCK = MODE == ROWS_BLOCK;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int rowq = FP8 ? K / 16 : K / 8;               // 16-byte chunks per weight row
@@ -46,7 +55,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       const int pr = min(p0 + r, pairs - 1);
 #pragma unroll
       for (int h = 0; h < 2; ++h) wrow[r][h] = w + (size_t)min(16 * pr + g + 8 * h, N - 1) * rowq + t;
-      srow[r] = FP8 ? ws + (size_t)((16 * pr) >> 7) * Kb : ws;   // a pair never straddles a 128-row block
+      srow[r] = BLOCK ? ws + (size_t)((16 * pr) >> 7) * Kb : ws;   // a pair never straddles a 128-row block
     }
   };
   auto load_w = [&](int kt, uint4 (&wv)[R][2][2], float (&sv)[R]) {
@@ -56,7 +65,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int c = 0; c < 2; ++c) wv[r][h][c] = __ldg(wrow[r][h] + kt * 8 + 4 * c);
-      sv[r] = FP8 ? __ldg(srow[r] + kt) : 0.f;
+      sv[r] = BLOCK ? __ldg(srow[r] + kt) : 0.f;
     }
   };
   auto prefetch = [&]() {                              // this warp's first RB - 1 tiles of the current pairs
@@ -71,8 +80,9 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   x += pdl_wait();
 
   // FP8: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
-  // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]. Per token and 128-column group:
-  // xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as act_quant_fp8 (the twin: fdlite.quant._common.act_fp8).
+  // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]: per token and 128-column group (BLOCK), or
+  // per token over all of K in xs[m][0] (CHANNEL): xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as
+  // act_quant_fp8 and the twin (fdlite.quant._common.act_fp8).
   // Done once per block, which then loops over row pairs (the launcher sizes the grid to what is resident).
   extern __shared__ uint4 xsm[];
   const int sx = K + 64;                               // bytes per token row of xq
@@ -86,33 +96,50 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
     u8* xq = reinterpret_cast<u8*>(xsm);
     float* xs = reinterpret_cast<float*>(xq + (size_t)M * sx);
     const int chunks = M * K / 8, rowc = K / 8;        // a multiple of 16: half-warps are wholly in or out
-    for (int base = 32 * warp; base < chunks; base += QU * 32 * W) {
-      uint4 v[QU];
+    __shared__ unsigned tok_amax[8];                   // CHANNEL: |x| max per token (float bits: order-preserving)
+    // pass(quantize): the block's chunks, QU per thread at a time; f(i, values, half-warp amax) for each in range
+    auto pass = [&](auto&& f) {
+      for (int base = 32 * warp; base < chunks; base += QU * 32 * W) {
+        uint4 v[QU];
 #pragma unroll
-      for (int u = 0; u < QU; ++u) {
-        const int i = base + u * 32 * W + lane;
-        v[u] = i < chunks ? __ldca(reinterpret_cast<const uint4*>(x) + i) : make_uint4(0, 0, 0, 0);
-      }
+        for (int u = 0; u < QU; ++u) {
+          const int i = base + u * 32 * W + lane;
+          v[u] = i < chunks ? __ldca(reinterpret_cast<const uint4*>(x) + i) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-      for (int u = 0; u < QU; ++u) {
-        const int i = base + u * 32 * W + lane;
-        float f[8];
-        bf16x8_to_f32(v[u], f);
-        float a = 0.f;
+        for (int u = 0; u < QU; ++u) {
+          const int i = base + u * 32 * W + lane;
+          float fv[8];
+          bf16x8_to_f32(v[u], fv);
+          float a = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) a = fmaxf(a, fabsf(f[e]));
+          for (int e = 0; e < 8; ++e) a = fmaxf(a, fabsf(fv[e]));
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));   // the half-warp's group
-        if (i < chunks) {
-          const float s = fmaxf(a, 1e-10f) / 448.f;
-          uint2 codes;
-          codes.x = f32x2_to_e4m3x2(f[0] / s, f[1] / s) | (f32x2_to_e4m3x2(f[2] / s, f[3] / s) << 16);
-          codes.y = f32x2_to_e4m3x2(f[4] / s, f[5] / s) | (f32x2_to_e4m3x2(f[6] / s, f[7] / s) << 16);
-          const int m = i / rowc, col = 8 * (i - m * rowc);
-          *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
-          if ((lane & 15) == 0) xs[m * Kb + col / 128] = s;
+          for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));   // the half-warp's
+          if (i < chunks) f(i, fv, a);
         }
       }
+    };
+    auto store = [&](int i, const float (&fv)[8], float s) {
+      uint2 codes;
+      codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
+      codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
+      const int m = i / rowc, col = 8 * (i - m * rowc);
+      *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
+      if ((lane & 15) == 0 && (BLOCK || col == 0)) xs[m * Kb + (BLOCK ? col / 128 : 0)] = s;
+    };
+    if (BLOCK) {
+      pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / 448.f); });
+    } else {
+      if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;
+      __syncthreads();
+      pass([&](int i, const float (&fv)[8], float a) {
+        if ((lane & 15) == 0) atomicMax(&tok_amax[i / rowc], __float_as_uint(a));
+      });
+      __syncthreads();
+      pass([&](int i, const float (&fv)[8], float) {
+        store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc]), 1e-10f) / 448.f);
+      });
     }
     __syncthreads();
   }
@@ -130,7 +157,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 
   float acc[R][4];
   auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R], const uint4 (&xv)[2]) {
-    float part[R][4];                                  // fp8: this tile's (one scale group's) unscaled sums
+    float part[R][4];                                  // BLOCK: this tile's (one scale group's) unscaled sums
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -142,11 +169,12 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       for (int r = 0; r < R; ++r) {
         const unsigned a[4] = {word_of(wv[r][0][c], i), word_of(wv[r][1][c], i), word_of(wv[r][0][c], i + 1),
                                word_of(wv[r][1][c], i + 1)};
-        if (FP8) mma_16832_e4m3(part[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+        if (BLOCK) mma_16832_e4m3(part[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+        else if (FP8) mma_16832_e4m3(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
         else mma_16816(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
       }
     }
-    if (FP8) {
+    if (BLOCK) {
       const float x0 = xs0[kt], x1 = xs1[kt];          // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -204,6 +232,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       float sum = 0.f;
 #pragma unroll
       for (int o = 0; o < W; ++o) sum += red[o][v][l];
+      if (MODE == ROWS_CHANNEL) sum *= xsc[m * Kb] * __ldg(ws + row);
       y[(size_t)m * N + row] = f32_to_bf16(sum);
     }
     __syncthreads();                                   // red is rewritten by the next pairs
@@ -211,10 +240,11 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define GEMV_ROWS(FP8, R, W) \
-  template __global__ void gemv_rows<FP8, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
-#define GEMV_ROWS_W(FP8) GEMV_ROWS(FP8, 1, 4) GEMV_ROWS(FP8, 1, 8) GEMV_ROWS(FP8, 1, 16) GEMV_ROWS(FP8, 2, 4) \
-  GEMV_ROWS(FP8, 2, 8)
-GEMV_ROWS_W(false)      // gemv_rows.py: SHAPES
-GEMV_ROWS_W(true)
+#define GEMV_ROWS(MODE, R, W) \
+  template __global__ void gemv_rows<MODE, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
+#define GEMV_ROWS_W(MODE) GEMV_ROWS(MODE, 1, 4) GEMV_ROWS(MODE, 1, 8) GEMV_ROWS(MODE, 1, 16) GEMV_ROWS(MODE, 2, 4) \
+  GEMV_ROWS(MODE, 2, 8)
+GEMV_ROWS_W(ROWS_BF16)      // gemv_rows.py: SHAPES
+GEMV_ROWS_W(ROWS_BLOCK)
+GEMV_ROWS_W(ROWS_CHANNEL)
 #endif

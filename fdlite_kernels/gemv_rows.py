@@ -7,6 +7,10 @@ gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
     block_wise_fp8 (128 x 128 weight blocks, fp8 activations per token and 128 columns, quantized by the kernel):
     x: bf16 [M, K], M <= 8; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [ceil(N / 128), K / 128]
     (weight_scale_inv) -> y bf16 [M, N]. sm_89+ (e4m3 tensor cores). Twin: fdlite.quant.block_wise_fp8.Method.matmul.
+gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
+    wfp8afp8 (e4m3 weights per output channel, fp8 activations per token over all of K, quantized by the kernel):
+    x: bf16 [M, K], M <= 8; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [N, 1] or [N] (weight_scale)
+    -> y bf16 [M, N] = xs[m] ws[n] (xq[m] . q[n]). sm_89+. Twin: fdlite.quant.wfp8afp8.Method.matmul.
 rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
 """
 from __future__ import annotations
@@ -21,6 +25,9 @@ from ._launch import BF16, check, expect, launch, sms
 MAX_M = 8                      # one B fragment of 8 tokens
 SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a block may have (gemv_rows.cu instantiates them)
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
+
+
+MODE_BF16, MODE_BLOCK, MODE_CHANNEL = 0, 1, 2  # the kernel's MODE (gemv_rows.cu: ROWS_BF16, ROWS_BLOCK, ROWS_CHANNEL)
 
 
 def plan(N: int, K: int, fp8: bool, M: int = 1) -> tuple[int, int]:
@@ -66,7 +73,7 @@ def kernel(device_id: int, name: str):
     import cupy as cp  # noqa: PLC0415
 
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
-    if name.startswith("gemv_rows<true"):
+    if not name.startswith(f"gemv_rows<{MODE_BF16},"):
         optin = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
         fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
     return fn
@@ -77,9 +84,10 @@ def dynamic_smem_cap(fn) -> int:
     return int(getattr(fn, "max_dynamic_shared_size_bytes", SMEM_MAX))
 
 
-def _run(x, w, ws, N: int, K: int, fp8: bool, out, rows, warps):
+def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
     import cupy as cp  # noqa: PLC0415
 
+    fp8 = mode != MODE_BF16
     M = x.shape[0]
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
     pr, pw = plan(N, K, fp8, M)
@@ -90,7 +98,7 @@ def _run(x, w, ws, N: int, K: int, fp8: bool, out, rows, warps):
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
     smem = smem_bytes(M, K, fp8)
     dev = cp.cuda.Device()
-    fn = kernel(dev.id, f"gemv_rows<{'true' if fp8 else 'false'}, {rows}, {warps}>")
+    fn = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
     cap = dynamic_smem_cap(fn) if fp8 else 0
     check(smem <= cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over the {cap} "
           "a block may have here")
@@ -113,12 +121,10 @@ def gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
     check(w.shape[1] == K, f"w has K = {w.shape[1]}, x has K = {K}")
     check(K % 64 == 0 and K > 0, f"K = {K} must be a positive multiple of 64 (128-byte tiles of bf16)")
     check(N > 0, f"w has N = {N} rows")
-    return _run(x, w, ptr(None), N, K, False, out, rows, warps)
+    return _run(x, w, ptr(None), N, K, MODE_BF16, out, rows, warps)
 
 
 def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
-    import cupy as cp  # noqa: PLC0415
-
     expect(x, "x", BF16, 2)
     expect(q, "q", np.uint8, 2)
     expect(ws, "ws", np.float32, 2)
@@ -129,6 +135,27 @@ def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
     check(N > 0, f"q has N = {N} rows")
     check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
           f"N = {N}, K = {K}")
+    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, rows, warps)
+
+
+def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
+    expect(x, "x", BF16, 2)
+    expect(q, "q", np.uint8, 2)
+    check(hasattr(ws, "dtype") and ws.dtype == np.float32 and ws.flags.c_contiguous,
+          f"ws: expected C-contiguous float32, got {getattr(ws, 'dtype', type(ws).__name__)}")
+    M, K = x.shape
+    N = q.shape[0]
+    check(q.shape[1] == K, f"q has K = {q.shape[1]}, x has K = {K}")
+    check(K % 128 == 0 and K > 0, f"K = {K} must be a positive multiple of 128 (128-column tiles)")
+    check(N > 0, f"q has N = {N} rows")
+    check(ws.size == N and ws.shape in ((N,), (N, 1)), f"ws shape {ws.shape}, expected ({N}, 1) or ({N},): one "
+          "scale per output channel")
+    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps)
+
+
+def _e4m3(mode: int) -> int:
+    import cupy as cp  # noqa: PLC0415
+
     cc = int(cp.cuda.Device().compute_capability)
     check(cc >= 89, f"e4m3 tensor cores need compute capability 8.9 or newer, this device has {cc}")
-    return _run(x, q, ws, N, K, True, out, rows, warps)
+    return mode

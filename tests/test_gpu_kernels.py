@@ -655,6 +655,32 @@ def test_gemv_rows_fp8_vs_twin(cp, N, K, M):
         assert _rel(got, sk) < 2e-3, (rows, warps)
 
 
+@pytest.mark.parametrize("N,K", ROWS_SHAPES)
+@pytest.mark.parametrize("M", [1, 3, 8])
+def test_gemv_rows_fp8_channel_vs_twin(cp, N, K, M):
+    """wfp8afp8 decode (e4m3 mma over the stored weight, x quantized per token over all of K in the prologue)
+    against the method's NumPy matmul, output poisoned; the routed matmul (fdlite.quant._gpu) takes the kernel."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_rows import SHAPES, gemv_rows_fp8_channel
+
+    rng = np.random.default_rng(N + 11 * K + M)
+    method = get("wfp8afp8")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)   # a scale per token
+    ref = method.matmul(x.astype(np.float32), p, np)
+    xd = cp.asarray(x)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
+    for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+        y = cp.full((M, N), np.nan, dtype=BF16)
+        gemv_rows_fp8_channel(xd, q, ws, out=y, rows=rows, warps=warps)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 1e-2, (rows, warps)
+    planned = cp.asnumpy(gemv_rows_fp8_channel(xd, q, ws))
+    routed = cp.asnumpy(method.matmul(xd, type(p)(p.method, p.shape, {"quant_weight": q, "weight_scale": ws}, p.meta),
+                                      cp))
+    assert np.array_equal(routed.view(np.uint16), planned.view(np.uint16))
+
+
 def test_gemv_rows_graph_replay_equals_eager(cp):
     """Captured (PDL launch) and replayed on new x: bit-identical to an eager launch, fp8 and bf16."""
     from fdlite_kernels.gemv_rows import gemv_rows_bf16, gemv_rows_fp8

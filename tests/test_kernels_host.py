@@ -431,19 +431,24 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         y = gemv_rows.gemv_rows_bf16(_Arr((M, K), bf16), _Arr((N, K), bf16))
         name, grid, block, args, smem, pdl = calls[-1]
         rows, warps = gemv_rows.plan(N, K, False)
-        assert name == f"gemv_rows<false, {rows}, {warps}>" and grid == (-(-N // 16),) and smem == 0 and pdl
+        assert name == f"gemv_rows<0, {rows}, {warps}>" and grid == (-(-N // 16),) and smem == 0 and pdl
         assert block == (32 * warps,) and args[3] is y and y.shape == (M, N)
         y = gemv_rows.gemv_rows_fp8(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((-(-N // 128), K // 128),
                                                                                        np.float32))
         name, grid, block, args, smem, pdl = calls[-1]
         rows, warps = gemv_rows.plan(N, K, True, M)
-        assert name == f"gemv_rows<true, {rows}, {warps}>" and smem == M * (K + 64) + 4 * M * K // 128 and pdl
+        assert name == f"gemv_rows<1, {rows}, {warps}>" and smem == M * (K + 64) + 4 * M * K // 128 and pdl
         resident = gemv_rows.resident_blocks(128, warps, smem + warps * rows * 512)
         assert grid == (min(-(-N // 16), 132 * resident),) and args[3] is y
-        assert len(args) == len(params)
-        for a, p in zip(args, params):
-            assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
+        y = gemv_rows.gemv_rows_fp8_channel(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((N, 1), np.float32))
+        assert calls[-1][0] == f"gemv_rows<2, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
+        for _, _, _, args, _, _ in calls[-3:]:
+            assert len(args) == len(params)
+            for a, p in zip(args, params):
+                assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     assert calls[0][1] == (1792,) and calls[1][1] == (264,)         # gate_up: 1792 pairs, fp8 2 blocks x 132 SMs
+    with pytest.raises(ValueError, match=r"ws shape \(8, 2\), expected \(1000, 1\) or \(1000,\)"):
+        gemv_rows.gemv_rows_fp8_channel(_Arr((1, 1024), bf16), _Arr((1000, 1024), np.uint8), _Arr((8, 2), np.float32))
     assert gemv_rows.plan(4096, 4096, True, 1) == (1, 8) and gemv_rows.plan(4096, 4096, True, 2) == (1, 16)
     assert gemv_rows.resident_blocks(128, 4, 2048) == 4 and gemv_rows.resident_blocks(96, 8, 0) == 2
     assert gemv_rows.resident_blocks(64, 4, 120 * 1024) == 1
@@ -452,8 +457,9 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
 
 
 def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
-    """fdlite.quant._gpu sends 1..8 rows of a dense bf16 linear (K % 64 == 0, a vocabulary too) and of
-    block_wise_fp8 (K % 128 == 0, sm_89+) to gemv_rows; more rows, another K or an unaligned view do not."""
+    """fdlite.quant._gpu sends 1..8 rows of a dense bf16 linear (K % 64 == 0, a vocabulary too), of
+    block_wise_fp8 and of wfp8afp8 (K % 128 == 0, sm_89+) to gemv_rows; more rows, another K or an unaligned view
+    do not."""
     import ml_dtypes
 
     from fdlite.quant import _gpu, get
@@ -487,3 +493,9 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     assert _gpu.matmul_block_fp8(method, _Arr((8, 4096), bf16), p, xp) == "rows"
     assert _gpu.matmul_block_fp8(method, _Arr((9, 4096), bf16), p, xp) == "sk"
     assert seen[-1] == ("fp8", (8, 4096))
+    monkeypatch.setattr(gemv_rows, "gemv_rows_fp8_channel", lambda x, q, ws: seen.append(("channel", x.shape)) or "rows")
+    p = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),
+                                      "weight_scale": _Arr((6144, 1), np.float32)})
+    assert _gpu.matmul_fp8_channel(_Arr((8, 4096), bf16), p, xp) == "rows" and seen[-1] == ("channel", (8, 4096))
+    assert _gpu.matmul_fp8_channel(_Arr((9, 4096), bf16), p, xp) is None            # the reference formula
+    assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from . import _gpu
 from ._common import FP8_MAX, act_fp8, check_weight, fp8_decode, fp8_encode
 from .base import Packed, QuantMethod
 
@@ -37,6 +38,10 @@ class Method(QuantMethod):
         return fp8_decode(p.arrays["quant_weight"], xp) * p.arrays["weight_scale"]
 
     def matmul(self, x, p: Packed, xp):
+        if xp is not np:
+            y = _gpu.matmul_fp8_channel(x, p, xp)                 # decode kernel where it applies
+            if y is not None:
+                return y
         return (act_fp8(x, None, xp) @ self.dequantize(p, xp).T).astype(x.dtype, copy=False)
 
     def error_bound(self, w) -> float:
