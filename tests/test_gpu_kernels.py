@@ -681,6 +681,26 @@ def test_gemv_rows_fp8_channel_vs_twin(cp, N, K, M):
     assert np.array_equal(routed.view(np.uint16), planned.view(np.uint16))
 
 
+@pytest.mark.parametrize("M", [9, 20, 64])
+def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
+    """wfp8afp8 at 9-64 rows (batched decode): gemv_rows per 8 rows against the twin, and each chunk equal to a
+    launch on those rows alone (per-token quantization: the chunks are exact)."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_rows import gemv_rows_fp8_channel
+
+    rng = np.random.default_rng(M)
+    method = get("wfp8afp8")()
+    p = method.quantize(rng.standard_normal((1000, 1024)).astype(np.float32) * 0.05)
+    x = _x(rng, M, 1024)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    dev = type(p)(p.method, p.shape, {k: cp.asarray(v) for k, v in p.arrays.items()}, p.meta)
+    got = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp))
+    assert _rel(got.astype(np.float32), ref) < 1e-2
+    last = cp.asnumpy(gemv_rows_fp8_channel(cp.asarray(x[(M - 1) // 8 * 8:]), dev.arrays["quant_weight"],
+                                            dev.arrays["weight_scale"]))
+    assert np.array_equal(got[(M - 1) // 8 * 8:].view(np.uint16), last.view(np.uint16))
+
+
 def test_gemv_rows_graph_replay_equals_eager(cp):
     """Captured (PDL launch) and replayed on new x: bit-identical to an eager launch, fp8 and bf16."""
     from fdlite_kernels.gemv_rows import gemv_rows_bf16, gemv_rows_fp8

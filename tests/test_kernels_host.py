@@ -493,9 +493,13 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     assert _gpu.matmul_block_fp8(method, _Arr((8, 4096), bf16), p, xp) == "rows"
     assert _gpu.matmul_block_fp8(method, _Arr((9, 4096), bf16), p, xp) == "sk"
     assert seen[-1] == ("fp8", (8, 4096))
-    monkeypatch.setattr(gemv_rows, "gemv_rows_fp8_channel", lambda x, q, ws: seen.append(("channel", x.shape)) or "rows")
+    monkeypatch.setattr(gemv_rows, "gemv_rows_fp8_channel",
+                        lambda x, q, ws, out=None: seen.append(("channel", x.shape)) or "rows")
     p = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),
                                       "weight_scale": _Arr((6144, 1), np.float32)})
     assert _gpu.matmul_fp8_channel(_Arr((8, 4096), bf16), p, xp) == "rows" and seen[-1] == ("channel", (8, 4096))
-    assert _gpu.matmul_fp8_channel(_Arr((9, 4096), bf16), p, xp) is None            # the reference formula
+    xp.empty = lambda shape, dtype=None: _Arr(shape, dtype)
+    y = _gpu.matmul_fp8_channel(_Arr((20, 4096), bf16), p, xp)                    # 8 + 8 + 4 rows, three launches
+    assert y.shape == (20, 6144) and seen[-3:] == [("channel", (20, 4096))] * 3   # (_Arr slices are itself)
+    assert _gpu.matmul_fp8_channel(_Arr((65, 4096), bf16), p, xp) is None           # the reference formula
     assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None
