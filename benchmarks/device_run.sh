@@ -230,6 +230,17 @@ for stage in "$@"; do
       done ;;
     e2e11)          # the issue's end-to-end table at its settings (prompt 128, 256 generated): dense / wint8 / wint4, batch 1 and 32
       T 500 python3 benchmarks/e2e.py --quant dense,wint8,wint4 --kv bf16 --batch 1,32 --gen 256 2>&1 | grep "^| llama" ;;
+    w2tc)           # the tensor-core WINT2 GEMV: twins (one-hot rows read the weights back bit for bit), the routed path and
+                    # replays, wfp8afp8's chunked rows; its timings against cuBLAS and gemv_wint2; the 8B end to end A/B (8 layers)
+      T 240 $PT tests/test_gpu_kernels.py -k "wint2 or fp8_channel or wfp8afp8" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
+      T 150 $PT tests/test_gpu_kernels.py -k "(mma_wq or mma_sk) and (576-576 or 96-160)" 2>&1 | tail -2   # pack_bf16x2 shared
+      T 150 env WINT2_ONLY=1 WINT2=0 GEMV_MS=${W2_MS:-1,4,16} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A30 "sum over" $OUT/gemv.log
+      for AB in "" "fdlite.quant._gpu.WINT2_TC=0"; do
+        echo "-- routes changed: ${AB:-none}"
+        T 200 python3 benchmarks/route_ab.py $AB -- --quant wint2 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
+          | grep "^| llama"
+      done ;;
     rowse2e)        # the 8B end to end at batch 1 and 8 with gemv_rows (bf16; block_wise_fp8 on 8 of 32 layers, quantized on the
                     # host), A/B against the old routes in the same call
       for AB in "" "fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0"; do

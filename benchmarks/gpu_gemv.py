@@ -8,7 +8,8 @@ layer's four projections (the issue's measure).
     of GEMV_TC_DEPTHS (default 0: registers), GEMV_TC_SHAPES="r.w.minb;..." to name the shapes; PACKED_ONLY=1
     times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk). ROWS_ONLY=1 times the row-major decode
     GEMV gemv_rows (bf16 and block_wise_fp8, every block shape) against mma_bf16 / gemv_bf16 / mma_sk_fp8 / cuBLAS;
-    LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes.
+    LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes. WINT2_ONLY=1 times the WINT2 GEMVs
+    (gemv_wint2_tc, and gemv_wint2 to 4 rows) on random CCQ tensors drawn on the device, against cuBLAS.
 """
 import json
 import os
@@ -19,7 +20,7 @@ import numpy as np
 
 from fdlite_kernels.gemv_wint4 import gemv_wint4, pack_int4
 from fdlite_kernels.gemv_block_fp8 import gemv_block_fp8
-from fdlite_kernels.gemv_wint2 import gemv_wint2
+from fdlite_kernels.gemv_wint2 import gemv_wint2, gemv_wint2_tc
 from fdlite_kernels.gemv_wint8 import gemv_wint8
 from fdlite_kernels.gemv_bf16 import gemv_bf16
 from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
@@ -116,7 +117,7 @@ def main():
         s8 = cp.asarray(rng.random(N, dtype=np.float32))
         q4 = None if not rowmajor else [cp.asarray(pack_int4(rng.integers(-8, 8, (N, K)))) for _ in range(ROT)]
         s4 = cp.asarray(rng.random((N, K // 128), dtype=np.float32))
-        rows_only = os.environ.get("ROWS_ONLY") == "1"
+        rows_only = os.environ.get("ROWS_ONLY") == "1" or os.environ.get("WINT2_ONLY") == "1"
         p8 = None if rows_only else [repack(cp.random.randint(-127, 128, (N, K), dtype=np.int16), 8)
                                      for _ in range(ROT)]   # on the device
         p4 = None if rows_only else [repack(cp.random.randint(-8, 8, (N, K), dtype=np.int16), 4) for _ in range(ROT)]
@@ -124,13 +125,17 @@ def main():
         packed = os.environ.get("PACKED_ONLY") == "1"           # just the packed int8 / int4 kernels (and cuBLAS)
         f8 = None if packed or rows_only else [cp.asarray((rng.standard_normal((N, K)) * 50).clip(-448, 448).astype(ml_dtypes.float8_e4m3fn)
                          .view(np.uint8)) for _ in range(ROT)]
-        if rows_only:                             # drawn on the device (the vocabulary shape is slow on the host)
+        if os.environ.get("WINT2_ONLY") == "1":
+            f8 = None
+        elif rows_only:                           # drawn on the device (the vocabulary shape is slow on the host)
             f8 = [(cp.random.randint(0, 0x7F, (N, K), dtype=np.uint8) | (cp.random.randint(0, 2, (N, K), dtype=np.uint8)
                                                                         << 7)).astype(np.uint8) for _ in range(ROT)]
         w2 = [{k: cp.asarray(v) for k, v in W2.quantize(rng.standard_normal((N, K), dtype=np.float32)).arrays.items()}
               for _ in range(2)] * 2 if WINT2 else None
         wsf = cp.asarray(rng.random((-(-N // 128), -(-K // 128)), dtype=np.float32))
-        if rows_only:
+        if os.environ.get("WINT2_ONLY") == "1":
+            wb = None
+        elif rows_only:
             wb = [(cp.random.standard_normal((N, K), dtype=np.float32) * 0.02).astype(BF16) for _ in range(ROT)]
         else:
             wb = None if packed else [cp.asarray((rng.standard_normal((N, K)) * 0.02).astype(BF16)) for _ in range(ROT)]
@@ -139,6 +144,24 @@ def main():
             y = cp.empty((M, N), dtype=BF16)
             t_bf16 = bench_torch_bf16(M, N, K)
             gemv = M <= 16
+            if os.environ.get("WINT2_ONLY") == "1":             # the WINT2 GEMVs on random CCQ tensors
+                Kp = -(-K // 128) * 128
+                w2r = [(cp.random.randint(0, 256, (Kp // 4, N), dtype=np.uint8),
+                        cp.random.randint(0, 256, (Kp // 128, N), dtype=np.uint8),
+                        (cp.random.random(N, dtype=np.float32) * 1e-3).astype(BF16),
+                        cp.full(N, 120.0, np.float32), cp.full(N, 1084.0, np.float32)) for _ in range(ROT)]
+                nb = N * Kp // 4 + N * Kp // 128 + 10 * N
+                cands = [("wint2 tc", lambda i: gemv_wint2_tc(x, *w2r[i], out=y))]
+                cands += [("wint2 tc w8", lambda i: gemv_wint2_tc(x, *w2r[i], out=y, warps=8))] if M <= 8 else []
+                cands += [("wint2 cuda", lambda i: gemv_wint2(x, *w2r[i], out=y))] if M <= 4 else []
+                rows.append({"shape": name, "N": N, "K": K, "M": M, "method": "bf16 cuBLAS*", "us": round(t_bf16, 2),
+                             "GB_s": round(2 * N * K / t_bf16 / 1e3, 1), "speedup_vs_bf16": 1.0})
+                for method, fn in cands:
+                    t = bench(fn)
+                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
+                                 "GB_s": round(nb / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+                del w2r
+                continue
             if os.environ.get("ROWS_ONLY") == "1":              # gemv_rows against the kernels it replaces
                 cands = [("bf16 mma", lambda i: mma_bf16(x, wb[i], out=y), 2),
                          ("block fp8 sk", lambda i: mma_sk_fp8(x, f8[i], wsf, out=y), 1)]

@@ -192,6 +192,14 @@ __device__ __forceinline__ unsigned f32_to_e4m3(float v) {
   return sign | code;
 }
 
+// Two floats -> bf16x2 (lo in bits 0..15), each rounded to nearest even as f32_to_bf16 (finite inputs): one cvt
+// (mma_wq / mma_sk fold int4 group scales into the weights with it, gemv_wint2_tc forms each WINT2 weight).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+  unsigned d;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  return d;
+}
+
 // Two floats -> two e4m3fn codes (lo in bits 0..7, hi in 8..15), the same bits as f32_to_e4m3 (round to nearest
 // even, saturating at +-448, -0 kept): one cvt.rn.satfinite on sm_89+ (its first operand goes to the upper byte),
 // where f32_to_e4m3's frexpf path costs ~60 instructions a value. act_quant_fp8's bit-exact test covers both paths.

@@ -1,17 +1,21 @@
-"""Launcher for gemv_wint2.cu — decode GEMV over FastDeploy's WINT2 (CCQ) checkpoint layout, M <= 4.
+"""Launchers for gemv_wint2.cu — decode GEMVs over FastDeploy's WINT2 (CCQ) checkpoint layout, read as stored.
 
 x: bf16 [M, K]
 quant_weight: uint8 [Kp/4, N]; weight_scale: uint8 [Kp/128, N]; super_scales: bf16 [N];
 code_scale, code_zp: float32 [N]   (Kp = K rounded up to 128; see fdlite/quant/wint2.py)
 returns y: bf16 [M, N] = x @ W with W decoded exactly as fdlite.quant.wint2.Method.dequantize (its twin).
-Split-K: partial sums are added in fp32 (atomicAdd) and rounded to bf16 once at the end.
+gemv_wint2 (CUDA cores, M <= 4): split-K partial sums added in fp32 (atomicAdd), rounded to bf16 once at the end.
+gemv_wint2_tc (tensor cores, M <= 16; N % 64 == 0, K % 4 == 0, every codeword b * code_scale + code_zp + 0.5 in
+[0, 2^23), which fdlite.quant.wint2.Method.prepare checks): the same weights to the bit, fp32 sums over 64-column
+blocks x K splits, the splits added in a fixed order (bit-identical replays). warps: 4 or 8 per block; splits:
+default about two blocks per SM.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect
+from ._launch import BF16, check, counters, expect, launch, sms
 
 KCHUNK = 256
 _NAMES = ("gemv_wint2<1>", "gemv_wint2<4>")
@@ -41,4 +45,55 @@ def gemv_wint2(x, quant_weight, weight_scale, super_scales, code_scale, code_zp,
         np.int32(K), np.int32(Kp)))
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     mod.get_function("f32_to_bf16_kernel")((-(-(M * N) // 256),), (256,), (y32, y, np.int32(M * N)))
+    return y
+
+
+TC_MAX_M = 16                  # one A fragment of 16 token rows
+TC_WARPS = (4, 8)
+
+
+def tc_splits(N: int, K: int, n_sms: int, warps: int = 4) -> tuple[int, int]:
+    """-> (splits, 64-row groups per split): enough (column block, split) blocks for about two per SM, each split
+    at least one group per warp."""
+    blocks, G = N // 64, -(-K // 64)
+    want = max(1, min(-(-2 * n_sms // blocks), G // warps if G >= warps else 1))
+    gpb = -(-G // want)
+    return -(-G // gpb), gpb
+
+
+def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None, warps=4, splits=None):
+    import cupy as cp  # noqa: PLC0415
+
+    expect(x, "x", BF16, 2)
+    expect(quant_weight, "quant_weight", np.uint8, 2)
+    expect(weight_scale, "weight_scale", np.uint8, 2)
+    expect(super_scales, "super_scales", BF16, 1)
+    expect(code_scale, "code_scale", np.float32, 1)
+    expect(code_zp, "code_zp", np.float32, 1)
+    M, K = x.shape
+    Kp, N = quant_weight.shape[0] * 4, quant_weight.shape[1]
+    check(1 <= M <= TC_MAX_M, f"gemv_wint2_tc takes 1..{TC_MAX_M} rows, got M = {M}")
+    check(Kp % 128 == 0 and K <= Kp, f"quant_weight covers Kp = {Kp} rows (a multiple of 128 >= K = {K})")
+    check(N % 64 == 0 and K % 4 == 0, f"gemv_wint2_tc needs N % 64 == 0 and K % 4 == 0, got N = {N}, K = {K}")
+    check(weight_scale.shape == (Kp // 128, N), f"weight_scale shape {weight_scale.shape}, expected {(Kp // 128, N)}")
+    for name, a in (("super_scales", super_scales), ("code_scale", code_scale), ("code_zp", code_zp)):
+        check(a.shape == (N,), f"{name} shape {a.shape}, expected ({N},)")
+    check(warps in TC_WARPS, f"warps = {warps}, expected one of {TC_WARPS}")
+    check(x.data.ptr % 8 == 0 and quant_weight.data.ptr % 8 == 0 and weight_scale.data.ptr % 8 == 0,
+          "x, quant_weight and weight_scale must be 8-byte aligned (the kernel reads 8-byte chunks)")
+    dev = cp.cuda.Device()
+    S, gpb = tc_splits(N, K, sms(dev.id), warps)
+    if splits is not None:
+        G = -(-K // 64)
+        check(1 <= splits <= G, f"splits = {splits}, expected 1..{G} (64-row groups of K = {K})")
+        gpb = -(-G // splits)
+        S = -(-G // gpb)
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
+    ws, flags = (y, y) if S == 1 else (cp.empty((S, M, N), np.float32), counters())
+    name = f"gemv_wint2_tc<{warps}, {'true' if M > 8 else 'false'}>"
+    fn = load("gemv_wint2", name_expressions=(name,)).get_function(name)
+    launch(fn, (N // 64, S), (32 * warps,), (x, quant_weight, weight_scale, super_scales, code_scale, code_zp, y, ws,
+                                             flags, np.int32(M), np.int32(N), np.int32(K), np.int32(gpb)), pdl=True)
     return y

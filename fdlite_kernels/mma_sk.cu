@@ -25,10 +25,6 @@
 #define SK_FP8 28                          // BITS code of block_wise_fp8 (e4m3 weights and activations)
 #define SK_STAGES 4
 
-__device__ __forceinline__ unsigned sk_pack_bf16x2(float lo, float hi) {
-  return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
-}
-
 // int4 group scales ride in each stage too (SG per row: 1 when groups cover whole K tiles, else KT / group <= 8):
 // loaded with the weights they scale instead of from global memory at the tile's end, where a DRAM-latency wait
 // per stage serialised the pipeline (first version: 2 us per stage at one block per SM).
@@ -197,8 +193,8 @@ __global__ void __launch_bounds__(32 * SK_WARPS) mma_sk(const bf16_t* __restrict
           codes_of_step<BITS>(w[h], j, b[h]);
           if (BITS == 4 && !POST) {                // group scale folded into the bf16 weight
             const float sc = ss[(8 * (warp * SK_NTW + h) + g) * SG + fastdiv(16 * j, gdiv)];
-            b[h][0] = sk_pack_bf16x2(__uint_as_float(b[h][0] << 16) * sc, __uint_as_float(b[h][0] & 0xffff0000u) * sc);
-            b[h][1] = sk_pack_bf16x2(__uint_as_float(b[h][1] << 16) * sc, __uint_as_float(b[h][1] & 0xffff0000u) * sc);
+            b[h][0] = pack_bf16x2(__uint_as_float(b[h][0] << 16) * sc, __uint_as_float(b[h][0] & 0xffff0000u) * sc);
+            b[h][1] = pack_bf16x2(__uint_as_float(b[h][1] << 16) * sc, __uint_as_float(b[h][1] & 0xffff0000u) * sc);
           }
         }
       }

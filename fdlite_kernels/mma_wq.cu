@@ -15,10 +15,6 @@
 // (POST), else their group scale is folded into the bf16 weight before the mma (as Marlin does).
 #include "common.cuh"
 
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
-  return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
-}
-
 // two floats that are exact in bf16 (small integers) -> bf16x2 by keeping their upper halves (one prmt)
 __device__ __forceinline__ unsigned pack_exact(float lo, float hi) {
   return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);

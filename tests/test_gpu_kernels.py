@@ -737,3 +737,82 @@ def test_gemv_rows_errors(cp):
         gemv_rows_fp8(cp.zeros((1, 256), dtype=BF16), cp.zeros((200, 256), np.uint8), cp.ones((1, 1), np.float32))
     with pytest.raises(ValueError, match=r"rows = 2, warps = 16"):
         gemv_rows_bf16(cp.zeros((1, 64), dtype=BF16), cp.zeros((8, 64), dtype=BF16), rows=2, warps=16)
+
+
+def _wint2_random(rng, N, K, per_column=False):
+    """Random CCQ tensors (any bytes are valid codewords): the twin decodes them, so no encoder is needed."""
+    import ml_dtypes as md
+
+    from fdlite.quant import get
+    from fdlite.quant.base import Packed
+
+    Kp = -(-K // 128) * 128
+    cs = rng.uniform(100, 130, N) if per_column else np.full(N, 120.0)
+    cz = rng.uniform(900, 1200, N) if per_column else np.full(N, 1084.0)
+    arrays = {"quant_weight": rng.integers(0, 256, (Kp // 4, N), dtype=np.uint8),
+              "weight_scale": rng.integers(0, 256, (Kp // 128, N), dtype=np.uint8),
+              "super_scales": (rng.random(N) * 1e-3 + 1e-4).astype(md.bfloat16),
+              "code_scale": cs.astype(np.float32), "code_zp": cz.astype(np.float32)}
+    return get("wint2")(), Packed("wint2", (N, K), arrays, {"group_size": 64})
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (1536, 576), (64, 164)])
+@pytest.mark.parametrize("M", [1, 3, 9, 16])
+def test_gemv_wint2_tc_vs_twin(cp, N, K, M):
+    """The tensor-core WINT2 GEMV against the twin's float32 product (the same bf16 weights: only the fp32 sums'
+    order differs), per-column codeword maps on one shape, every split count on another; and one-hot rows of x,
+    which read single decoded weights back: equal to the twin's W bit for bit, the last (ragged) group included."""
+    from fdlite_kernels.gemv_wint2 import gemv_wint2_tc
+
+    rng = np.random.default_rng(N + 3 * K + M)
+    method, p = _wint2_random(rng, N, K, per_column=(N, K) == (1536, 576))
+    a = {k: cp.asarray(v) for k, v in p.arrays.items()}
+    w = (a["quant_weight"], a["weight_scale"], a["super_scales"], a["code_scale"], a["code_zp"])
+    x = _x(rng, M, K)
+    ref = x.astype(np.float32) @ method.dequantize(p).T
+    for splits in ([None, 1, 2, 7] if (N, K) == (4096, 4096) else [None]):
+        y = cp.full((M, N), np.nan, dtype=BF16)
+        gemv_wint2_tc(cp.asarray(x), *w, out=y, splits=splits)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, splits
+    ks = rng.choice(K, size=M, replace=False)
+    ks[-1] = K - 1
+    onehot = np.zeros((M, K), BF16)
+    onehot[np.arange(M), ks] = 1
+    got = cp.asnumpy(gemv_wint2_tc(cp.asarray(onehot), *w)).astype(np.float32)
+    W = method.dequantize(p)                                                   # (N, K) bf16 values
+    assert np.array_equal(got, W[:, ks].T)
+
+
+def test_gemv_wint2_tc_graph_replay_and_route(cp):
+    """Captured and replayed: bit-identical to eager (the K splits are added in a fixed order); the routed wint2
+    matmul takes it at 16 rows and per 16 rows above (against the twin), and the old kernel where N % 64 != 0."""
+    from fdlite.quant import _gpu
+    from fdlite.backend import get_backend
+    from fdlite_kernels.gemv_wint2 import gemv_wint2_tc
+
+    rng = np.random.default_rng(7)
+    method, p = _wint2_random(rng, 4096, 4096)
+    gp = method.prepare(p, get_backend("cuda"))
+    assert gp.meta["codewords_in_range"]
+    w = tuple(gp.arrays[k] for k in ("quant_weight", "weight_scale", "super_scales", "code_scale", "code_zp"))
+    xd = cp.asarray(_x(rng, 2, 4096))
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        gemv_wint2_tc(xd, *w)
+        stream.begin_capture()
+        yg = gemv_wint2_tc(xd, *w)
+        graph = stream.end_capture()
+        for _ in range(3):
+            xd[...] = cp.asarray(_x(rng, 2, 4096))
+            graph.launch(stream)
+            stream.synchronize()
+            assert np.array_equal(cp.asnumpy(yg).view(np.uint16), cp.asnumpy(gemv_wint2_tc(xd, *w)).view(np.uint16))
+    x = _x(rng, 40, 4096)
+    got = cp.asnumpy(_gpu.matmul_wint2(cp.asarray(x), gp, cp)).astype(np.float32)
+    assert _rel(got, x.astype(np.float32) @ method.dequantize(p).T) < 5e-3
+    method2, p2 = _wint2_random(rng, 96, 256)                                  # N % 64 != 0: gemv_wint2
+    gp2 = method2.prepare(p2, get_backend("cuda"))
+    x2 = _x(rng, 3, 256)
+    got2 = cp.asnumpy(_gpu.matmul_wint2(cp.asarray(x2), gp2, cp)).astype(np.float32)
+    assert _rel(got2, x2.astype(np.float32) @ method2.dequantize(p2).T) < 1e-2

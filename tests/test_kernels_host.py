@@ -503,3 +503,75 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     assert y.shape == (20, 6144) and seen[-3:] == [("channel", (20, 4096))] * 3   # (_Arr slices are itself)
     assert _gpu.matmul_fp8_channel(_Arr((65, 4096), bf16), p, xp) is None           # the reference formula
     assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None
+
+
+@given(st.integers(1, 40), st.integers(1, 400), st.sampled_from([4, 8]), st.integers(8, 160))
+@settings(max_examples=200, deadline=None)
+def test_gemv_wint2_tc_splits_cover_k_exactly(nb, k4, warps, n_sms):
+    """tc_splits: the splits' group ranges [z gpb, min(G, (z + 1) gpb)) cover the 64-row groups once, none empty."""
+    from fdlite_kernels.gemv_wint2 import tc_splits
+
+    N, K = 64 * nb, 4 * k4
+    S, gpb = tc_splits(N, K, n_sms, warps)
+    G = -(-K // 64)
+    assert S >= 1 and gpb >= 1 and (S - 1) * gpb < G <= S * gpb
+
+
+def test_gemv_wint2_tc_launch_and_route(monkeypatch):
+    """gemv_wint2_tc's launch against the kernel's signature (a stand-in cupy records it): grid (N / 64, splits),
+    the workspace and counters only when K is split; matmul_wint2 takes it for N % 64 == 0 and K % 4 == 0 when
+    prepare found the codewords in range, 16 rows a launch, else gemv_wint2 by 4 rows; prepare's range check."""
+    import ml_dtypes
+
+    from fdlite.quant import _gpu, get
+    from fdlite.quant.base import Packed
+    from fdlite_kernels import gemv_wint2
+
+    _stand_in_cupy(monkeypatch)
+    calls = []
+    monkeypatch.setattr(gemv_wint2, "load", lambda name, name_expressions: types.SimpleNamespace(
+        get_function=lambda n: n))
+    monkeypatch.setattr(gemv_wint2, "launch", lambda fn, grid, block, args, pdl: calls.append((fn, grid, block, args)))
+    monkeypatch.setattr(gemv_wint2, "sms", lambda dev: 132)
+    monkeypatch.setattr(gemv_wint2, "counters", lambda: _Arr((1 << 16,), np.int32))
+    sys.modules["cupy"].empty = lambda shape, dtype=None: _Arr(shape, dtype)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    params = _kernel_params("gemv_wint2", "gemv_wint2_tc")
+    for M, N, K in [(1, 4096, 4096), (16, 28672, 4096), (9, 4096, 14336)]:
+        Kp = -(-K // 128) * 128
+        w = (_Arr((Kp // 4, N), np.uint8), _Arr((Kp // 128, N), np.uint8), _Arr((N,), bf16),
+             _Arr((N,), np.float32), _Arr((N,), np.float32))
+        y = gemv_wint2.gemv_wint2_tc(_Arr((M, K), bf16), *w)
+        fn, grid, block, args = calls[-1]
+        S, gpb = gemv_wint2.tc_splits(N, K, 132)
+        assert fn == f"gemv_wint2_tc<4, {'true' if M > 8 else 'false'}>" and grid == (N // 64, S) and block == (128,)
+        assert args[6] is y and args[-1] == gpb and len(args) == len(params) == 13
+        for a, p in zip(args, params):
+            assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
+        assert (args[7] is y) == (S == 1) and (args[7].shape == (S, M, N) if S > 1 else True)
+    with pytest.raises(ValueError, match="N % 64 == 0 and K % 4 == 0, got N = 96"):
+        gemv_wint2.gemv_wint2_tc(_Arr((1, 256), bf16), _Arr((64, 96), np.uint8), _Arr((2, 96), np.uint8),
+                                 _Arr((96,), bf16), _Arr((96,), np.float32), _Arr((96,), np.float32))
+    seen = []
+    monkeypatch.setattr(gemv_wint2, "gemv_wint2_tc", lambda x, *w, out=None: seen.append(("tc", x.shape)) or "tc")
+    monkeypatch.setattr(gemv_wint2, "gemv_wint2", lambda x, *w, out=None: seen.append(("cuda", x.shape)) or "cuda")
+    monkeypatch.setattr(_gpu, "_bf16_padded", lambda x, K, xp: x)
+    xp = types.SimpleNamespace(empty=lambda shape, dtype=None: _Arr(shape, dtype), cuda=types.SimpleNamespace(
+        Device=lambda *a: types.SimpleNamespace(compute_capability="90")))
+    arrays = {"quant_weight": _Arr((1024, 4096), np.uint8), "weight_scale": _Arr((32, 4096), np.uint8)}
+    arrays.update({k: None for k in ("super_scales", "code_scale", "code_zp")})
+    p = Packed("wint2", (4096, 4096), arrays, {"codewords_in_range": True})
+    assert _gpu.matmul_wint2(_Arr((16, 4096), bf16), p, xp) == "tc"
+    y = _gpu.matmul_wint2(_Arr((40, 4096), bf16), p, xp)
+    assert y.shape == (40, 4096) and seen[-3:] == [("tc", (40, 4096))] * 3          # 16 + 16 + 8 rows
+    p.meta["codewords_in_range"] = False
+    assert _gpu.matmul_wint2(_Arr((3, 4096), bf16), p, xp) == "cuda"
+    # prepare: the range of b * code_scale + code_zp + 0.5 over b = 0..255
+    method = get("wint2")()
+    base = {"quant_weight": np.zeros((32, 64), np.uint8), "weight_scale": np.zeros((1, 64), np.uint8),
+            "super_scales": np.ones(64, bf16)}
+    np_backend = types.SimpleNamespace(asarray=lambda a: a)
+    for cs, cz, ok in [(120.0, 1084.0, True), (-0.3, 100.0, True), (-1.0, 100.0, False), (40000.0, 0.0, False)]:
+        q = Packed("wint2", (64, 128), {**base, "code_scale": np.full(64, cs, np.float32),
+                                        "code_zp": np.full(64, cz, np.float32)}, {})
+        assert method.prepare(q, np_backend).meta["codewords_in_range"] is ok, (cs, cz)

@@ -6,7 +6,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | method | layout on the GPU | few rows | more rows | kernel |
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
-| wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2 (4 rows a launch, M <= 16, any M in graphs) | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
+| wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
 | wfp8afp8 | as stored (e4m3 bits, a scale per channel) | gemv_rows (e4m3 mma, x quantized per token in its prologue; K % 128 == 0, sm_89+) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0), gemv_bf16 for one row of N >= 65536, else mma_bf16 at one row | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
@@ -144,24 +144,32 @@ def _block_fp8_as_bf16(x, p: Packed, xp):
 
 
 def matmul_wint2(x, p: Packed, xp):
-    """gemv_wint2.cu, 4 rows per launch: one launch for decode, M / 4 for a small batch (each rereads the weights,
-    still far cheaper than expanding them) and graph-capturable at any M (the float32 formula is not: cuBLAS)."""
+    """gemv_wint2_tc (tensor cores, 1-16 rows a launch) where the shape allows it (N % 64 == 0, K % 4 == 0, the
+    codewords in the range its floor trick needs: wint2.Method.prepare), else gemv_wint2.cu, 4 rows per launch: one
+    launch for decode, M / 4 for a small batch (each rereads the weights, still far cheaper than expanding them).
+    Both are graph-capturable at any M (the float32 formula is not: cuBLAS)."""
     import ml_dtypes  # noqa: PLC0415
 
-    from fdlite_kernels.gemv_wint2 import gemv_wint2  # noqa: PLC0415
+    from fdlite_kernels.gemv_wint2 import TC_MAX_M, gemv_wint2, gemv_wint2_tc  # noqa: PLC0415
 
     a = p.arrays
     xb = _bf16_padded(x, x.shape[1], xp)
     w = (a["quant_weight"], a["weight_scale"], a["super_scales"], a["code_scale"], a["code_zp"])
-    M = xb.shape[0]
-    if M <= 4:
-        return gemv_wint2(xb, *w)
-    y = xp.empty((M, a["quant_weight"].shape[1]), dtype=np.dtype(ml_dtypes.bfloat16))
-    for i in range(0, M, 4):
-        gemv_wint2(xb[i:i + 4], *w, out=y[i:i + 4])
+    M, K = xb.shape
+    N = a["quant_weight"].shape[1]
+    tc = (WINT2_TC and p.meta.get("codewords_in_range", False) and N % 64 == 0 and K % 4 == 0
+          and xb.data.ptr % 8 == 0 and int(xp.cuda.Device().compute_capability) >= 80)
+    step = TC_MAX_M if tc else 4
+    run = gemv_wint2_tc if tc else gemv_wint2
+    if M <= step:
+        return run(xb, *w)
+    y = xp.empty((M, N), dtype=np.dtype(ml_dtypes.bfloat16))
+    for i in range(0, M, step):
+        run(xb[i:i + step], *w, out=y[i:i + step])
     return y
 
 
+WINT2_TC = True         # gemv_wint2_tc where it applies (route_ab.py can turn it off for an A/B)
 # wint2 rows run by gemv_wint2 (4 per launch) when eager; more rows take the float32 formula on CuPy (stop-gap)
 WINT2_GEMV_MAX_M = 16
 

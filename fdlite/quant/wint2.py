@@ -108,6 +108,18 @@ class Method(QuantMethod):
         Wt = bf16_round(win.astype(xp.float32) * rows[:, None, :], xp)             # [Kp/4, 4, N]
         return Wt.reshape(-1, N).T[:, :K]                                          # (N, K)
 
+    def prepare(self, p: Packed, backend) -> Packed:
+        """Arrays onto the backend as stored, and whether every column's codewords b * code_scale + code_zp + 0.5
+        (b = 0..255, float32 as decoded) lie in [0, 2^23): the tensor-core GEMV floors them with an exponent trick
+        valid there (any checkpoint whose windows fit 15 bits does). Checked once here, not per call."""
+        q = super().prepare(p, backend)
+        xp = array_module(q.arrays["code_scale"])
+        cs, cz = q.arrays["code_scale"].astype(xp.float32), q.arrays["code_zp"].astype(xp.float32)
+        ends = [b * cs + cz + xp.float32(0.5) for b in (xp.float32(0), xp.float32(255))]
+        q.meta["codewords_in_range"] = bool(((ends[0] >= 0) & (ends[1] >= 0) & (ends[0] < 2.0 ** 23)
+                                             & (ends[1] < 2.0 ** 23)).all())
+        return q
+
     def matmul(self, x, p: Packed, xp):
         if xp is not np and (x.shape[0] <= _gpu.WINT2_GEMV_MAX_M or xp.cuda.get_current_stream().is_capturing()):
             return _gpu.matmul_wint2(x, p, xp)                     # GPU decode: fdlite_kernels/gemv_wint2.cu
