@@ -6,11 +6,13 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD
-T() { local s=$1; shift; timeout "$s" "$@"; local rc=$?; [ $rc = 124 ] && echo "TIMEOUT after ${s}s: $*" >&2; return 0; }
+# (the TIMEOUT line goes to fd 3, the log itself: a stage's `T ... 2>&1 | grep` would filter it out of the pipe)
+T() { local s=$1; shift; timeout "$s" "$@"; local rc=$?; [ $rc = 124 ] && echo "TIMEOUT after ${s}s: $*" >&3; return 0; }
 PT="python3 -m pytest -m gpu -q --maxfail=10 --no-header -p no:cacheprovider"
 NCU="ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --cache-control all --clock-control none"
 
 exec > >(tee -a "${OUT:-/tmp}/device_run.log") 2>&1     # a call that runs out of time still brings its log
+exec 3>&1
 for stage in "$@"; do
   echo "== $stage $(date +%T)"
   case $stage in
