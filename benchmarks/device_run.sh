@@ -243,6 +243,13 @@ for stage in "$@"; do
         T 200 python3 benchmarks/route_ab.py $AB -- --quant wint2 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
           | grep "^| llama"
       done ;;
+    final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
+                    # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
+      T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2
+      T 300 $PT tests/test_gpu_kernels.py -k "test_gemv_wint2_vs_twin or wint2_batched" 2>&1 | tail -2
+      T 200 $PT tests/test_gpu_model.py tests/test_quant_device_path.py tests/test_gpu_sampling.py 2>&1 | tail -2
+      T 200 python3 benchmarks/e2e.py --model ernie-4.5-21b-a3b --quant wint4 --kv bf16 --batch 1,32 --gen 128 2>&1 \
+        | grep "^| ernie" ;;
     rowse2e)        # the 8B end to end at batch 1 and 8 with gemv_rows (bf16; block_wise_fp8 on 8 of 32 layers, quantized on the
                     # host), A/B against the old routes in the same call
       for AB in "" "fdlite.quant._gpu.DENSE_ROWS_MAX_M=0 fdlite.quant._gpu.FP8_ROWS_MAX_M=0"; do

@@ -101,6 +101,17 @@ __device__ __forceinline__ void load_unit(const u8* p, unsigned (&w)[NW]) {
   }
 }
 
+// V's dequantization applied to a head's fp32 output sum a over dim d (l: the softmax weights' sum, for int4_zp's
+// zero point): the codes entered P V exactly, the scales factor out of the sum. Shared by both kernels' tails.
+template <int FMT>
+__device__ __forceinline__ float v_dequant(float a, float l, const float* __restrict__ vs, const float* __restrict__ vz,
+                                           int hk, int D, int d) {
+  if (FMT == KV_INT8) return a * __ldg(vs + hk * D + d);
+  if (FMT == KV_FP8) return a * __ldg(vs + hk);
+  if (FMT == KV_INT4ZP) return (a - __ldg(vz + hk * D + d) * l) * __ldg(vs + hk * D + d);
+  return a;
+}
+
 // The last split of (n, hk) to arrive merges the partials (natural-log maxima): shared by both kernels' tails.
 __device__ __forceinline__ void merge_splits(int n, int hk, int nh, int nkv, int g, int D, int S, int nsplit,
                                              const float* __restrict__ po, const float* __restrict__ pm,
@@ -307,11 +318,7 @@ __global__ void __launch_bounds__(32 * W) paged_attn(PAGED_ATTN_PARAMS) {
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const int d = (u * L + li) * E + e;
-          float v = acc[i][u][e];
-          if (FMT == KV_INT8) v *= __ldg(vs + hk * D + d);
-          if (FMT == KV_FP8) v *= __ldg(vs + hk);
-          if (FMT == KV_INT4ZP) v = (v - __ldg(vz + hk * D + d) * l[i]) * __ldg(vs + hk * D + d);
-          atomicAdd(&obuf[i * D + d], v * f);
+          atomicAdd(&obuf[i * D + d], v_dequant<FMT>(acc[i][u][e], l[i], vs, vz, hk, D, d) * f);
         }
     }
   }
@@ -645,10 +652,8 @@ __global__ void __launch_bounds__(32 * W) paged_attn_tc(PAGED_ATTN_PARAMS) {
         lsum = fmaf(wl[w][i], f, lsum);
         a = fmaf(obuf[(w * GMAX + i) * D + d], f, a);
       }
-      if (FMT == KV_INT8) a *= __ldg(vs + hk * D + d);
-      if (FMT == KV_FP8) a *= __ldg(vs + hk);
-      if (FMT == KV_INT4ZP) a = (a - __ldg(vz + hk * D + d) * lsum) * __ldg(vs + hk * D + d);
-      store_split(o, po, pm, pl, (size_t)n * nh + hk * g + i, D, d, S, s, nsplit, a, M, lsum);
+      store_split(o, po, pm, pl, (size_t)n * nh + hk * g + i, D, d, S, s, nsplit,
+                  v_dequant<FMT>(a, lsum, vs, vz, hk, D, d), M, lsum);
     }
     if (nsplit == 1) return;
     merge_splits(n, hk, nh, nkv, g, D, S, nsplit, po, pm, pl, flags, o, tid, THREADS);
