@@ -153,6 +153,8 @@ def main():
                 nb = N * Kp // 4 + N * Kp // 128 + 10 * N
                 cands = [("wint2 tc", lambda i: gemv_wint2_tc(x, *w2r[i], out=y))]
                 cands += [("wint2 tc w8", lambda i: gemv_wint2_tc(x, *w2r[i], out=y, warps=8))] if M <= 8 else []
+                cands += [("wint2 tc d2", lambda i: gemv_wint2_tc(x, *w2r[i], out=y, depth=2)),
+                          ("wint2 tc w8 d2", lambda i: gemv_wint2_tc(x, *w2r[i], out=y, warps=8, depth=2))]
                 cands += [("wint2 cuda", lambda i: gemv_wint2(x, *w2r[i], out=y))] if M <= 4 else []
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": "bf16 cuBLAS*", "us": round(t_bf16, 2),
                              "GB_s": round(2 * N * K / t_bf16 / 1e3, 1), "speedup_vs_bf16": 1.0})

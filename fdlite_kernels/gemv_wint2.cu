@@ -94,13 +94,14 @@ __global__ void __launch_bounds__(64) gemv_wint2(const bf16_t* __restrict__ x, c
 // Block: W warps take the 64-row groups of the block's K range in turn (two groups of weights in flight in registers)
 // and meet in shared memory; grid (N / 64, S): S splits of K, each writing fp32 sums to ws[by], the last of a column
 // block's splits to arrive adding them in split order (deterministic) and writing y.
-template <int W, bool BIG>
+template <int W, bool BIG, int RB>
 __global__ void __launch_bounds__(32 * W) gemv_wint2_tc(const bf16_t* __restrict__ x, const u8* __restrict__ q,
                                                      const u8* __restrict__ wscale, const bf16_t* __restrict__ ss,
                                                      const float* __restrict__ cs, const float* __restrict__ cz,
                                                      bf16_t* __restrict__ y, float* __restrict__ ws,
                                                      int* __restrict__ flags, int M, int N, int K, int gpb) {
-  constexpr int RB = 3;                                // groups per lane in registers: two in flight, one computed
+  // RB: groups per lane in registers, RB - 1 of them in flight while one is computed (3 holds 167 registers, 12 warps
+  // an SM; 2 holds 128, 16 warps)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int c0 = 64 * blockIdx.x;
@@ -231,10 +232,9 @@ template __global__ void gemv_wint2<1>(const bf16_t*, const u8*, const u8*, cons
 template __global__ void gemv_wint2<4>(const bf16_t*, const u8*, const u8*, const bf16_t*, const float*, const float*,
                                        float*, int, int, int, int);
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check); NVRTC instantiates what the launcher names
-template __global__ void gemv_wint2_tc<4, false>(const bf16_t*, const u8*, const u8*, const bf16_t*, const float*,
-                                                 const float*, bf16_t*, float*, int*, int, int, int, int);
-template __global__ void gemv_wint2_tc<4, true>(const bf16_t*, const u8*, const u8*, const bf16_t*, const float*,
-                                                const float*, bf16_t*, float*, int*, int, int, int, int);
-template __global__ void gemv_wint2_tc<8, false>(const bf16_t*, const u8*, const u8*, const bf16_t*, const float*,
-                                                 const float*, bf16_t*, float*, int*, int, int, int, int);
+#define GEMV_WINT2_TC(W, BIG, RB)                                                                                  \
+  template __global__ void gemv_wint2_tc<W, BIG, RB>(const bf16_t*, const u8*, const u8*, const bf16_t*, const float*, \
+                                                     const float*, bf16_t*, float*, int*, int, int, int, int);
+GEMV_WINT2_TC(4, false, 3) GEMV_WINT2_TC(4, true, 3) GEMV_WINT2_TC(8, false, 3) GEMV_WINT2_TC(8, true, 3)
+GEMV_WINT2_TC(4, false, 2) GEMV_WINT2_TC(4, true, 2) GEMV_WINT2_TC(8, false, 2) GEMV_WINT2_TC(8, true, 2)
 #endif

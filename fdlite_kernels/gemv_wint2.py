@@ -8,7 +8,7 @@ gemv_wint2 (CUDA cores, M <= 4): split-K partial sums added in fp32 (atomicAdd),
 gemv_wint2_tc (tensor cores, M <= 16; N % 64 == 0, K % 4 == 0, every codeword b * code_scale + code_zp + 0.5 in
 [0, 2^23), which fdlite.quant.wint2.Method.prepare checks): the same weights to the bit, fp32 sums over 64-column
 blocks x K splits, the splits added in a fixed order (bit-identical replays). warps: 4 or 8 per block; splits:
-default about two blocks per SM.
+default about two blocks per SM; depth: 64-row groups of weights a lane holds in registers (2 or 3).
 """
 from __future__ import annotations
 
@@ -61,7 +61,12 @@ def tc_splits(N: int, K: int, n_sms: int, warps: int = 4) -> tuple[int, int]:
     return -(-G // gpb), gpb
 
 
-def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None, warps=4, splits=None):
+TC_DEPTHS = (2, 3)             # groups of weights in registers per lane (one computed, the rest in flight)
+TC_DEPTH = 3
+
+
+def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None, warps=4, splits=None,
+                  depth=None):
     import cupy as cp  # noqa: PLC0415
 
     expect(x, "x", BF16, 2)
@@ -79,6 +84,8 @@ def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_
     for name, a in (("super_scales", super_scales), ("code_scale", code_scale), ("code_zp", code_zp)):
         check(a.shape == (N,), f"{name} shape {a.shape}, expected ({N},)")
     check(warps in TC_WARPS, f"warps = {warps}, expected one of {TC_WARPS}")
+    depth = TC_DEPTH if depth is None else depth
+    check(depth in TC_DEPTHS, f"depth = {depth}, expected one of {TC_DEPTHS}")
     check(x.data.ptr % 8 == 0 and quant_weight.data.ptr % 8 == 0 and weight_scale.data.ptr % 8 == 0,
           "x, quant_weight and weight_scale must be 8-byte aligned (the kernel reads 8-byte chunks)")
     dev = cp.cuda.Device()
@@ -92,7 +99,7 @@ def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     ws, flags = (y, y) if S == 1 else (cp.empty((S, M, N), np.float32), counters())
-    name = f"gemv_wint2_tc<{warps}, {'true' if M > 8 else 'false'}>"
+    name = f"gemv_wint2_tc<{warps}, {'true' if M > 8 else 'false'}, {depth}>"
     fn = load("gemv_wint2", name_expressions=(name,)).get_function(name)
     launch(fn, (N // 64, S), (32 * warps,), (x, quant_weight, weight_scale, super_scales, code_scale, code_zp, y, ws,
                                              flags, np.int32(M), np.int32(N), np.int32(K), np.int32(gpb)), pdl=True)

@@ -760,7 +760,7 @@ def _wint2_random(rng, N, K, per_column=False):
 @pytest.mark.parametrize("M", [1, 3, 9, 16])
 def test_gemv_wint2_tc_vs_twin(cp, N, K, M):
     """The tensor-core WINT2 GEMV against the twin's float32 product (the same bf16 weights: only the fp32 sums'
-    order differs), per-column codeword maps on one shape, every split count on another; and one-hot rows of x,
+    order differs), per-column codeword maps on one shape, split counts and register depths; and one-hot rows of x,
     which read single decoded weights back: equal to the twin's W bit for bit, the last (ragged) group included."""
     from fdlite_kernels.gemv_wint2 import gemv_wint2_tc
 
@@ -770,11 +770,12 @@ def test_gemv_wint2_tc_vs_twin(cp, N, K, M):
     w = (a["quant_weight"], a["weight_scale"], a["super_scales"], a["code_scale"], a["code_zp"])
     x = _x(rng, M, K)
     ref = x.astype(np.float32) @ method.dequantize(p).T
-    for splits in ([None, 1, 2, 7] if (N, K) == (4096, 4096) else [None]):
+    plans = [(None, None), (1, 2), (2, 3), (7, 2)] if (N, K) == (4096, 4096) else [(None, None), (None, 2)]
+    for splits, depth in plans:
         y = cp.full((M, N), np.nan, dtype=BF16)
-        gemv_wint2_tc(cp.asarray(x), *w, out=y, splits=splits)
+        gemv_wint2_tc(cp.asarray(x), *w, out=y, splits=splits, depth=depth)
         got = cp.asnumpy(y).astype(np.float32)
-        assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, splits
+        assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, (splits, depth)
     ks = rng.choice(K, size=M, replace=False)
     ks[-1] = K - 1
     onehot = np.zeros((M, K), BF16)
