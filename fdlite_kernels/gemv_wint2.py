@@ -7,8 +7,9 @@ returns y: bf16 [M, N] = x @ W with W decoded exactly as fdlite.quant.wint2.Meth
 gemv_wint2 (CUDA cores, M <= 4): split-K partial sums added in fp32 (atomicAdd), rounded to bf16 once at the end.
 gemv_wint2_tc (tensor cores, M <= 16; N % 64 == 0, K % 4 == 0, every codeword b * code_scale + code_zp + 0.5 in
 [0, 2^23), which fdlite.quant.wint2.Method.prepare checks): the same weights to the bit, fp32 sums over 64-column
-blocks x K splits, the splits added in a fixed order (bit-identical replays). warps: 4 or 8 per block; splits:
-default about two blocks per SM; depth: 64-row groups of weights a lane holds in registers (2 or 3).
+blocks x K splits, the splits added in a fixed order (bit-identical replays). warps: 4 or 8 per block (default
+tc_warps); splits: default about two blocks per SM; depth: 64-row groups of weights a lane holds in registers (2 or
+3, default TC_DEPTH).
 """
 from __future__ import annotations
 
@@ -62,10 +63,17 @@ def tc_splits(N: int, K: int, n_sms: int, warps: int = 4) -> tuple[int, int]:
 
 
 TC_DEPTHS = (2, 3)             # groups of weights in registers per lane (one computed, the rest in flight)
-TC_DEPTH = 3
+TC_DEPTH = 2                   # H100 (BENCHMARKS.md): 2 holds 128 registers (16 warps an SM), 3 holds 167 (12 warps);
+                               # the four 8B projections at 1 / 16 rows: 116.0 / 139.6 us against 132.3 / 168.2
 
 
-def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None, warps=4, splits=None,
+def tc_warps(M: int) -> int:
+    """Warps per block: 8 for up to 8 tokens, 4 above (the same sweep: 116.0 vs 123.5 at one row, 139.6 vs 154.0
+    at 16)."""
+    return 8 if M <= 8 else 4
+
+
+def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None, warps=None, splits=None,
                   depth=None):
     import cupy as cp  # noqa: PLC0415
 
@@ -83,6 +91,7 @@ def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_
     check(weight_scale.shape == (Kp // 128, N), f"weight_scale shape {weight_scale.shape}, expected {(Kp // 128, N)}")
     for name, a in (("super_scales", super_scales), ("code_scale", code_scale), ("code_zp", code_zp)):
         check(a.shape == (N,), f"{name} shape {a.shape}, expected ({N},)")
+    warps = tc_warps(M) if warps is None else warps
     check(warps in TC_WARPS, f"warps = {warps}, expected one of {TC_WARPS}")
     depth = TC_DEPTH if depth is None else depth
     check(depth in TC_DEPTHS, f"depth = {depth}, expected one of {TC_DEPTHS}")

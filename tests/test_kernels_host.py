@@ -543,9 +543,10 @@ def test_gemv_wint2_tc_launch_and_route(monkeypatch):
              _Arr((N,), np.float32), _Arr((N,), np.float32))
         y = gemv_wint2.gemv_wint2_tc(_Arr((M, K), bf16), *w)
         fn, grid, block, args = calls[-1]
-        S, gpb = gemv_wint2.tc_splits(N, K, 132)
-        assert fn == f"gemv_wint2_tc<4, {'true' if M > 8 else 'false'}, {gemv_wint2.TC_DEPTH}>"
-        assert grid == (N // 64, S) and block == (128,)
+        wp = gemv_wint2.tc_warps(M)
+        S, gpb = gemv_wint2.tc_splits(N, K, 132, wp)
+        assert fn == f"gemv_wint2_tc<{wp}, {'true' if M > 8 else 'false'}, {gemv_wint2.TC_DEPTH}>"
+        assert grid == (N // 64, S) and block == (32 * wp,)
         assert args[6] is y and args[-1] == gpb and len(args) == len(params) == 13
         for a, p in zip(args, params):
             assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
