@@ -176,8 +176,11 @@ def main():
                                   lambda i, r=r, wp=wp: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y, rows=r, warps=wp),
                                   1))
                 if M <= gemv_rows.MAX_M:                            # the plan's shape, under its own name
+                    wsc = cp.ones((N, 1), np.float32)
                     cands += [("bf16 rows plan", lambda i: gemv_rows.gemv_rows_bf16(x, wb[i], out=y), 2),
-                              ("fp8 rows plan", lambda i: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y), 1)]
+                              ("fp8 rows plan", lambda i: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y), 1),
+                              ("fp8 channel rows", lambda i: gemv_rows.gemv_rows_fp8_channel(x, f8[i], wsc, out=y), 1),
+                              ("w8a8 rows", lambda i: gemv_rows.gemv_rows_int8(x, f8[i].view(np.int8), wsc, out=y), 1)]
                 for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:
                     t = t_bf16 if fn is None else bench(fn)
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),

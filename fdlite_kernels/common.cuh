@@ -128,6 +128,15 @@ __device__ __forceinline__ void mma_16832_e4m3(float* c, const unsigned* a, unsi
 #endif
 }
 
+// c += A (16 x 32, s8, row) @ B (32 x 8, s8, col), exact int32 accumulation: the same fragment layout as the e4m3
+// mma above (gemv_rows' w8a8 mode). sm_80+.
+__device__ __forceinline__ void mma_16832_s8(int* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // cp.async (sm_80+): global -> shared copies that hold no registers while in flight.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   unsigned a;

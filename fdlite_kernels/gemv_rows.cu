@@ -8,7 +8,10 @@
 //                      quantization of x (act_quant_fp8.cu's formula, bit for bit)
 //   MODE = ROWS_CHANNEL: wfp8afp8, ws [N] per output channel, x quantized per token over all of K:
 //                      y[m, n] = xs[m] ws[n] sum_k e4m3(xq[m, k]) e4m3(q[n, k])         (e4m3 mma; K % 128 == 0)
-// The fp8 modes quantize x in each block's prologue into shared memory: no second launch per linear, no xq round trip
+//   MODE = ROWS_INT8:  w8a8, int8 q [N, K] and ws [N] per output channel, x quantized to int8 per token over all of
+//                      K (s = max(amax, 1e-10) / 127, rint, +-127: fdlite.quant._common.act_int8_per_token):
+//                      y[m, n] = xs[m] ws[n] sum_k xq[m, k] q[n, k]   (mma m16n8k32 s8, exact int32 sums; sm_80+)
+// The byte modes quantize x in each block's prologue into shared memory: no second launch per linear, no xq round trip
 // through global memory.
 // Layout of the work: a row's weights are cut into 128-byte K tiles (64 bf16 or 128 e4m3 columns). Lane l = 4g + t of a
 // warp loads the 16-byte chunks at bytes 16t and 64 + 16t of rows g and g + 8 of its row pair (each warp load reads
@@ -28,16 +31,19 @@
 #define ROWS_BF16 0
 #define ROWS_BLOCK 1
 #define ROWS_CHANNEL 2
+#define ROWS_INT8 3
 
 template <int MODE, int R, int W>
 __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w,
                                                    const float* __restrict__ ws, bf16_t* __restrict__ y,
                                                    int M, int N, int K) {
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
-  constexpr bool FP8 = MODE != ROWS_BF16, BLOCK = MODE == ROWS_BLOCK;
+  // BYTES: one-byte weights and x quantized by the block (every mode but bf16); INT8: integer codes and sums
+  constexpr bool BYTES = MODE != ROWS_BF16, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
+  constexpr float QMAX = INT8 ? 127.f : 448.f;         // the code range the activation scale maps amax to
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int rowq = FP8 ? K / 16 : K / 8;               // 16-byte chunks per weight row
+  const int rowq = BYTES ? K / 16 : K / 8;             // 16-byte chunks per weight row
   const int ktiles = rowq / 8;                         // 128-byte K tiles per row
   const int Kb = K / 128;                              // fp8: scale groups per row (one per tile)
   const int pairs = (N + 15) / 16;
@@ -79,15 +85,16 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   prefetch();
   x += pdl_wait();
 
-  // FP8: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
+  // BYTES: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
   // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]: per token and 128-column group (BLOCK), or
-  // per token over all of K in xs[m][0] (CHANNEL): xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as
-  // act_quant_fp8 and the twin (fdlite.quant._common.act_fp8).
+  // per token over all of K in xs[m][0] (CHANNEL, INT8): xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as
+  // act_quant_fp8 and the twin (fdlite.quant._common.act_fp8); INT8: / 127 and xq = clip(rint(x / xs), +-127)
+  // (act_int8_per_token).
   // Done once per block, which then loops over row pairs (the launcher sizes the grid to what is resident).
   extern __shared__ uint4 xsm[];
   const int sx = K + 64;                               // bytes per token row of xq
   const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
-  if (FP8) {
+  if (BYTES) {
     // Every thread converts 8 consecutive values (one 16-byte load) per chunk, a half-warp holds one group's 16
     // chunks (K % 128 == 0: a group never straddles tokens), and QU chunks per thread are loaded before any is
     // converted, so the block waits for about one L2 latency instead of one per group (a warp looping over groups
@@ -122,14 +129,22 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
     };
     auto store = [&](int i, const float (&fv)[8], float s) {
       uint2 codes;
-      codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
-      codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
+      if (INT8) {
+        unsigned b[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) b[e] = (unsigned)min(max(__float2int_rn(fv[e] / s), -127), 127) & 0xffu;
+        codes.x = b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24);
+        codes.y = b[4] | (b[5] << 8) | (b[6] << 16) | (b[7] << 24);
+      } else {
+        codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
+        codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
+      }
       const int m = i / rowc, col = 8 * (i - m * rowc);
       *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
       if ((lane & 15) == 0 && (BLOCK || col == 0)) xs[m * Kb + (BLOCK ? col / 128 : 0)] = s;
     };
     if (BLOCK) {
-      pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / 448.f); });
+      pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / QMAX); });
     } else {
       if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;
       __syncthreads();
@@ -138,24 +153,25 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       });
       __syncthreads();
       pass([&](int i, const float (&fv)[8], float) {
-        store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc]), 1e-10f) / 448.f);
+        store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc]), 1e-10f) / QMAX);
       });
     }
     __syncthreads();
   }
   // B chunks of tile kt: token g's bytes 16t and 64 + 16t of the tile (bf16 from L2, coherent: written by the kernel
   // before; e4m3 from shared memory), one tile ahead of the mma
-  const uint4* xrow = FP8 ? reinterpret_cast<const uint4*>(reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx) + t
+  const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx) + t
                           : reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + t;
   auto load_x = [&](int kt, uint4 (&xv)[2]) {
 #pragma unroll
-    for (int c = 0; c < 2; ++c) xv[c] = FP8 ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
+    for (int c = 0; c < 2; ++c) xv[c] = BYTES ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
   };
   // fp8: this lane's C columns are tokens 2t and 2t + 1 (their scales per tile)
   const float* xs0 = xsc + min(2 * t, M - 1) * Kb;
   const float* xs1 = xsc + min(2 * t + 1, M - 1) * Kb;
 
   float acc[R][4];
+  int iacc[R][4];                                      // INT8: exact integer sums (|sum| < 127^2 K < 2^31)
   auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R], const uint4 (&xv)[2]) {
     float part[R][4];                                  // BLOCK: this tile's (one scale group's) unscaled sums
 #pragma unroll
@@ -170,7 +186,8 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
         const unsigned a[4] = {word_of(wv[r][0][c], i), word_of(wv[r][1][c], i), word_of(wv[r][0][c], i + 1),
                                word_of(wv[r][1][c], i + 1)};
         if (BLOCK) mma_16832_e4m3(part[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
-        else if (FP8) mma_16832_e4m3(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+        else if (INT8) mma_16832_s8(iacc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+        else if (BYTES) mma_16832_e4m3(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
         else mma_16816(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
       }
     }
@@ -200,7 +217,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[r][c] = 0.f;
+      for (int c = 0; c < 4; ++c) acc[r][c] = 0.f, iacc[r][c] = 0;
     if (warp < ktiles) load_x(warp, xb[0]);
     int kt = warp;
     for (; kt + (RB - 1) * W < ktiles; kt += RB * W) {
@@ -221,7 +238,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) red[warp][r * 4 + c][lane] = acc[r][c];
+      for (int c = 0; c < 4; ++c) red[warp][r * 4 + c][lane] = INT8 ? __int_as_float(iacc[r][c]) : acc[r][c];
     __syncthreads();
     for (int i = threadIdx.x; i < V * 32; i += 32 * W) {
       const int v = i / 32, l = i % 32;
@@ -230,9 +247,16 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       const int row = 16 * (p0 + r) + (l >> 2) + 8 * (c >> 1);    // C rows g, g + 8
       if (m >= M || row >= N) continue;
       float sum = 0.f;
+      if (INT8) {                                                  // the warps' int32 sums, added exactly
+        int isum = 0;
 #pragma unroll
-      for (int o = 0; o < W; ++o) sum += red[o][v][l];
-      if (MODE == ROWS_CHANNEL) sum *= xsc[m * Kb] * __ldg(ws + row);
+        for (int o = 0; o < W; ++o) isum += __float_as_int(red[o][v][l]);
+        sum = (float)isum;
+      } else {
+#pragma unroll
+        for (int o = 0; o < W; ++o) sum += red[o][v][l];
+      }
+      if (MODE == ROWS_CHANNEL || INT8) sum *= xsc[m * Kb] * __ldg(ws + row);
       y[(size_t)m * N + row] = f32_to_bf16(sum);
     }
     __syncthreads();                                   // red is rewritten by the next pairs
@@ -247,4 +271,5 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 GEMV_ROWS_W(ROWS_BF16)      // gemv_rows.py: SHAPES
 GEMV_ROWS_W(ROWS_BLOCK)
 GEMV_ROWS_W(ROWS_CHANNEL)
+GEMV_ROWS_W(ROWS_INT8)
 #endif

@@ -11,6 +11,11 @@ gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
     wfp8afp8 (e4m3 weights per output channel, fp8 activations per token over all of K, quantized by the kernel):
     x: bf16 [M, K], M <= 8; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [N, 1] or [N] (weight_scale)
     -> y bf16 [M, N] = xs[m] ws[n] (xq[m] . q[n]). sm_89+. Twin: fdlite.quant.wfp8afp8.Method.matmul.
+gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None):
+    w8a8 with dynamic activations (int8 weights per output channel, x quantized to int8 per token over all of K by
+    the kernel: s = max(amax, 1e-10) / 127, rint, +-127): x: bf16 [M, K], M <= 8; q: int8 [N, K], K % 128 == 0;
+    ws: float32 [N, 1] or [N] -> y bf16 [M, N] = xs[m] ws[n] (xq[m] . q[n]) with exact int32 sums. sm_80+.
+    Twin: fdlite.quant.w8a8.Method.matmul.
 rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
 """
 from __future__ import annotations
@@ -27,7 +32,7 @@ SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a bloc
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
-MODE_BF16, MODE_BLOCK, MODE_CHANNEL = 0, 1, 2  # the kernel's MODE (gemv_rows.cu: ROWS_BF16, ROWS_BLOCK, ROWS_CHANNEL)
+MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8 = 0, 1, 2, 3   # the kernel's MODE (gemv_rows.cu: ROWS_*)
 
 
 def plan(N: int, K: int, fp8: bool, M: int = 1) -> tuple[int, int]:
@@ -139,8 +144,19 @@ def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
 
 
 def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
+    N, K = _per_channel(x, q, ws, np.uint8)
+    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps)
+
+
+def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None):
+    N, K = _per_channel(x, q, ws, np.int8)
+    return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps)
+
+
+def _per_channel(x, q, ws, qdtype) -> tuple[int, int]:
+    """Checks of the per-channel byte modes -> (N, K)."""
     expect(x, "x", BF16, 2)
-    expect(q, "q", np.uint8, 2)
+    expect(q, "q", qdtype, 2)
     check(hasattr(ws, "dtype") and ws.dtype == np.float32 and ws.flags.c_contiguous,
           f"ws: expected C-contiguous float32, got {getattr(ws, 'dtype', type(ws).__name__)}")
     M, K = x.shape
@@ -150,7 +166,7 @@ def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
     check(N > 0, f"q has N = {N} rows")
     check(ws.size == N and ws.shape in ((N,), (N, 1)), f"ws shape {ws.shape}, expected ({N}, 1) or ({N},): one "
           "scale per output channel")
-    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps)
+    return N, K
 
 
 def _e4m3(mode: int) -> int:

@@ -681,6 +681,33 @@ def test_gemv_rows_fp8_channel_vs_twin(cp, N, K, M):
     assert np.array_equal(routed.view(np.uint16), planned.view(np.uint16))
 
 
+@pytest.mark.parametrize("N,K", ROWS_SHAPES)
+@pytest.mark.parametrize("M", [1, 3, 8, 20])
+def test_gemv_rows_int8_vs_twin(cp, N, K, M):
+    """w8a8 (dynamic) decode on gemv_rows' int8 mode (integer mma over the stored weight, x quantized per token in
+    the prologue) against the method's NumPy matmul, output poisoned, every block shape on one shape; the routed
+    matmul (20 rows: three launches) takes it too."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_rows import MAX_M, SHAPES, gemv_rows_int8
+
+    rng = np.random.default_rng(N + 13 * K + M)
+    method = get("w8a8")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    xd = cp.asarray(x)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
+    if M <= MAX_M:
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+            y = cp.full((M, N), np.nan, dtype=BF16)
+            gemv_rows_int8(xd, q, ws, out=y, rows=rows, warps=warps)
+            got = cp.asnumpy(y).astype(np.float32)
+            assert np.isfinite(got).all() and _rel(got, ref) < 1e-2, (rows, warps)
+    dev = type(p)(p.method, p.shape, {"quant_weight": q, "weight_scale": ws}, p.meta)
+    routed = cp.asnumpy(method.matmul(xd, dev, cp)).astype(np.float32)
+    assert np.isfinite(routed).all() and _rel(routed, ref) < 1e-2
+
+
 @pytest.mark.parametrize("M", [9, 20, 64])
 def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
     """wfp8afp8 at 9-64 rows (batched decode): gemv_rows per 8 rows against the twin, and each chunk equal to a

@@ -442,7 +442,9 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         assert grid == (min(-(-N // 16), 132 * resident),) and args[3] is y
         y = gemv_rows.gemv_rows_fp8_channel(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((N, 1), np.float32))
         assert calls[-1][0] == f"gemv_rows<2, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
-        for _, _, _, args, _, _ in calls[-3:]:
+        y = gemv_rows.gemv_rows_int8(_Arr((M, K), bf16), _Arr((N, K), np.int8), _Arr((N,), np.float32))
+        assert calls[-1][0] == f"gemv_rows<3, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
+        for _, _, _, args, _, _ in calls[-4:]:
             assert len(args) == len(params)
             for a, p in zip(args, params):
                 assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
@@ -463,6 +465,7 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     import ml_dtypes
 
     from fdlite.quant import _gpu, get
+    from fdlite.quant.base import Packed
     from fdlite_kernels import gemv_rows
 
     _stand_in_cupy(monkeypatch)
@@ -502,6 +505,16 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     y = _gpu.matmul_fp8_channel(_Arr((20, 4096), bf16), p, xp)                    # 8 + 8 + 4 rows, three launches
     assert y.shape == (20, 6144) and seen[-3:] == [("channel", (20, 4096))] * 3   # (_Arr slices are itself)
     assert _gpu.matmul_fp8_channel(_Arr((65, 4096), bf16), p, xp) is None           # the reference formula
+    monkeypatch.setattr(gemv_rows, "gemv_rows_int8",
+                        lambda x, q, ws, out=None: seen.append(("int8", x.shape)) or "rows")
+    p8 = Packed("w8a8", (6144, 4096), {"quant_weight": _Arr((6144, 4096), np.int8),
+                                        "weight_scale": _Arr((6144, 1), np.float32)}, {})
+    assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), p8, xp) == "rows" and seen[-1] == ("int8", (3, 4096))
+    static = Packed("w8a8", (6144, 4096), {**p8.arrays, "activation_scale": _Arr((1,), np.float32)}, {})
+    grouped = Packed("w8a8", (6144, 4096), {"quant_weight": _Arr((6144, 4096), np.int8),
+                                            "weight_scale": _Arr((6144, 32), np.float32)}, {})
+    assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), static, xp) is None           # static scale: the reference
+    assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), grouped, xp) is None          # group-wise weights
     assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None
 
 
