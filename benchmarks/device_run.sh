@@ -252,9 +252,9 @@ for stage in "$@"; do
       T 200 python3 benchmarks/e2e.py --quant wint2 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 | grep "^| llama" ;;
     w8a8)           # gemv_rows' int8 mode (w8a8) and the per-channel fp8 mode: twins and routes, timings of every byte mode
       T 200 $PT tests/test_gpu_kernels.py -k "gemv_rows or wfp8afp8" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
-      T 200 $PT tests/test_quant_device_path.py 2>&1 | tail -2
+      T 200 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | tail -2
       T 200 env ROWS_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
-      grep -A60 "sum over" $OUT/gemv.log | grep -E "M=|plan|channel|w8a8|cuBLAS" ;;
+      grep -A60 "sum over" $OUT/gemv.log | grep -E "plan|channel|w8a8|w4a8|cuBLAS" ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

@@ -181,6 +181,10 @@ def main():
                               ("fp8 rows plan", lambda i: gemv_rows.gemv_rows_fp8(x, f8[i], wsf, out=y), 1),
                               ("fp8 channel rows", lambda i: gemv_rows.gemv_rows_fp8_channel(x, f8[i], wsc, out=y), 1),
                               ("w8a8 rows", lambda i: gemv_rows.gemv_rows_int8(x, f8[i].view(np.int8), wsc, out=y), 1)]
+                    if K % 256 == 0:                                # w4a8: the first half of the byte buffers as nibbles
+                        ws4 = cp.ones((N, K // 128), np.float32)
+                        cands.append(("w4a8 rows", lambda i: gemv_rows.gemv_rows_w4a8(
+                            x, f8[i].reshape(-1)[:N * K // 2].reshape(N, K // 2), ws4, out=y), 0.5))
                 for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:
                     t = t_bf16 if fn is None else bench(fn)
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),

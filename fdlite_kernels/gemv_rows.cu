@@ -11,6 +11,13 @@
 //   MODE = ROWS_INT8:  w8a8, int8 q [N, K] and ws [N] per output channel, x quantized to int8 per token over all of
 //                      K (s = max(amax, 1e-10) / 127, rint, +-127: fdlite.quant._common.act_int8_per_token):
 //                      y[m, n] = xs[m] ws[n] sum_k xq[m, k] q[n, k]   (mma m16n8k32 s8, exact int32 sums; sm_80+)
+//   MODE = ROWS_W4A8:  w4a8 (groups of 128), q [N, K / 2] two's-complement nibbles (low = even k), ws [N, K / 128]
+//                      group scales, x quantized to int8 per token and group (act_int8_per_token(group=128)):
+//                      y[m, n] = sum_b xs[m, b] ws[n, b] sum_{k in b} xq[m, k] q[n, k]     (s8 mma; K % 256 == 0)
+//                      A nibble enters the mma as u = q + 8 (0..15: one xor and two masks give 8 codes in two
+//                      registers, the even k's and the odd k's); sum xq u - 8 sum xq = sum xq q, exactly, with
+//                      each group's sum xq taken in the prologue. x is stored with each 8 k's codes as the evens,
+//                      then the odds: the same permutation of k as the weights' registers.
 // The byte modes quantize x in each block's prologue into shared memory: no second launch per linear, no xq round trip
 // through global memory.
 // Layout of the work: a row's weights are cut into 128-byte K tiles (64 bf16 or 128 e4m3 columns). Lane l = 4g + t of a
@@ -32,46 +39,56 @@
 #define ROWS_BLOCK 1
 #define ROWS_CHANNEL 2
 #define ROWS_INT8 3
+#define ROWS_W4A8 4
 
 template <int MODE, int R, int W>
 __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w,
                                                    const float* __restrict__ ws, bf16_t* __restrict__ y,
                                                    int M, int N, int K) {
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
-  // BYTES: one-byte weights and x quantized by the block (every mode but bf16); INT8: integer codes and sums
+  // BYTES: x quantized by the block (every mode but bf16); INT8: integer codes and sums over all of K; W4: int4
+  // weights (two a byte), int8 x and a scale per 128-column group on both sides
   constexpr bool BYTES = MODE != ROWS_BF16, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
-  constexpr float QMAX = INT8 ? 127.f : 448.f;         // the code range the activation scale maps amax to
+  constexpr bool W4 = MODE == ROWS_W4A8, GROUPS = BLOCK || W4;
+  constexpr float QMAX = INT8 || W4 ? 127.f : 448.f;   // the code range the activation scale maps amax to
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int rowq = BYTES ? K / 16 : K / 8;             // 16-byte chunks per weight row
-  const int ktiles = rowq / 8;                         // 128-byte K tiles per row
-  const int Kb = K / 128;                              // fp8: scale groups per row (one per tile)
+  const int rowq = W4 ? K / 32 : BYTES ? K / 16 : K / 8;   // 16-byte chunks per weight row
+  const int ktiles = rowq / 8;                         // 128-byte K tiles per row (W4: 256 columns, two groups)
+  const int Kb = K / 128;                              // scale groups of 128 columns per row
   const int pairs = (N + 15) / 16;
   const int blocks = (pairs + R - 1) / R;              // blocks of R row pairs; this block takes every gridDim.x-th
 
+  constexpr int SV = W4 ? 4 : 1;                       // scales per pair and tile: W4 rows g / g + 8 x two groups
+  constexpr int XC = W4 ? 4 : 2;                       // 16-byte x chunks per lane and tile
   uint4 wb[RB][R][2][2];
-  float sb[RB][R];
-  uint4 xb[RB][2];
+  float sb[RB][R][SV];
+  uint4 xb[RB][XC];
   // the loop-invariant addresses of R pairs from p0: rows past N read row N - 1 (outputs never stored)
   const uint4* wrow[R][2];                             // lane's chunk 0 of rows g, g + 8 of pair r, K tile 0
-  const float* srow[R];                                // fp8: the pair's 128-row block of inverse scales
+  const float* srow[R][2];                             // BLOCK: the pair's 128-row block of scales; W4: rows' groups
   auto rows_of = [&](int p0) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int pr = min(p0 + r, pairs - 1);
 #pragma unroll
       for (int h = 0; h < 2; ++h) wrow[r][h] = w + (size_t)min(16 * pr + g + 8 * h, N - 1) * rowq + t;
-      srow[r] = BLOCK ? ws + (size_t)((16 * pr) >> 7) * Kb : ws;   // a pair never straddles a 128-row block
+#pragma unroll
+      for (int h = 0; h < 2; ++h)                      // BLOCK: a pair never straddles a 128-row block
+        srow[r][h] = BLOCK ? ws + (size_t)((16 * pr) >> 7) * Kb
+                           : W4 ? ws + (size_t)min(16 * pr + g + 8 * h, N - 1) * Kb : ws;
     }
   };
-  auto load_w = [&](int kt, uint4 (&wv)[R][2][2], float (&sv)[R]) {
+  auto load_w = [&](int kt, uint4 (&wv)[R][2][2], float (&sv)[R][SV]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int c = 0; c < 2; ++c) wv[r][h][c] = __ldg(wrow[r][h] + kt * 8 + 4 * c);
-      sv[r] = BLOCK ? __ldg(srow[r] + kt) : 0.f;
+      if (BLOCK) sv[r][0] = __ldg(srow[r][0] + kt);
+#pragma unroll
+      for (int v = 0; v < (W4 ? 4 : 0); ++v) sv[r][v] = __ldg(srow[r][v >> 1] + 2 * kt + (v & 1));   // [h][group]
     }
   };
   auto prefetch = [&]() {                              // this warp's first RB - 1 tiles of the current pairs
@@ -94,6 +111,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   extern __shared__ uint4 xsm[];
   const int sx = K + 64;                               // bytes per token row of xq
   const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
+  const int* xsum = reinterpret_cast<const int*>(xsc + (size_t)M * Kb);   // W4: sum of a group's x codes
   if (BYTES) {
     // Every thread converts 8 consecutive values (one 16-byte load) per chunk, a half-warp holds one group's 16
     // chunks (K % 128 == 0: a group never straddles tokens), and QU chunks per thread are loaded before any is
@@ -129,21 +147,30 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
     };
     auto store = [&](int i, const float (&fv)[8], float s) {
       uint2 codes;
-      if (INT8) {
-        unsigned b[8];
+      if (INT8 || W4) {
+        int q[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) b[e] = (unsigned)min(max(__float2int_rn(fv[e] / s), -127), 127) & 0xffu;
-        codes.x = b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24);
-        codes.y = b[4] | (b[5] << 8) | (b[6] << 16) | (b[7] << 24);
+        for (int e = 0; e < 8; ++e) q[e] = min(max(__float2int_rn(fv[e] / s), -127), 127);
+        // W4: the evens, then the odds (the weights' registers hold k = 0, 2, 4, 6 and 1, 3, 5, 7 of each 8)
+        constexpr int P[8] = {0, W4 ? 2 : 1, W4 ? 4 : 2, W4 ? 6 : 3, W4 ? 1 : 4, W4 ? 3 : 5, W4 ? 5 : 6, 7};
+        codes.x = (q[P[0]] & 0xff) | ((q[P[1]] & 0xff) << 8) | ((q[P[2]] & 0xff) << 16) | ((unsigned)q[P[3]] << 24);
+        codes.y = (q[P[4]] & 0xff) | ((q[P[5]] & 0xff) << 8) | ((q[P[6]] & 0xff) << 16) | ((unsigned)q[P[7]] << 24);
+        if (W4) {                                      // the group's code sum: this half-warp's 16 chunks
+          int qs = q[0] + q[1] + q[2] + q[3] + q[4] + q[5] + q[6] + q[7];
+#pragma unroll
+          for (int o = 8; o > 0; o >>= 1) qs += __shfl_xor_sync(0xffffu << (lane & 16), qs, o);
+          const int m = i / rowc, col = 8 * (i - m * rowc);
+          if ((lane & 15) == 0) reinterpret_cast<int*>(xs + (size_t)M * Kb)[m * Kb + col / 128] = qs;
+        }
       } else {
         codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
         codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
       }
       const int m = i / rowc, col = 8 * (i - m * rowc);
       *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
-      if ((lane & 15) == 0 && (BLOCK || col == 0)) xs[m * Kb + (BLOCK ? col / 128 : 0)] = s;
+      if ((lane & 15) == 0 && (GROUPS || col == 0)) xs[m * Kb + (GROUPS ? col / 128 : 0)] = s;
     };
-    if (BLOCK) {
+    if (GROUPS) {
       pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / QMAX); });
     } else {
       if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;
@@ -160,11 +187,14 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   }
   // B chunks of tile kt: token g's bytes 16t and 64 + 16t of the tile (bf16 from L2, coherent: written by the kernel
   // before; e4m3 from shared memory), one tile ahead of the mma
-  const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx) + t
+  const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx) + (W4 ? 0 : t)
                           : reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + t;
-  auto load_x = [&](int kt, uint4 (&xv)[2]) {
+  // W4: a tile is 256 columns of x, the lane's 32 bytes of group c at 128 c + 32 t (chunks 2c, 2c + 1)
+  auto load_x = [&](int kt, uint4 (&xv)[XC]) {
 #pragma unroll
-    for (int c = 0; c < 2; ++c) xv[c] = BYTES ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
+    for (int c = 0; c < XC; ++c)
+      xv[c] = W4 ? xrow[kt * 16 + 8 * (c >> 1) + 2 * t + (c & 1)]
+                 : BYTES ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
   };
   // fp8: this lane's C columns are tokens 2t and 2t + 1 (their scales per tile)
   const float* xs0 = xsc + min(2 * t, M - 1) * Kb;
@@ -172,7 +202,39 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 
   float acc[R][4];
   int iacc[R][4];                                      // INT8: exact integer sums (|sum| < 127^2 K < 2^31)
-  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R], const uint4 (&xv)[2]) {
+  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
+    if (W4) {                                          // two groups of 128 columns, four k32 steps each
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        int part[R][4];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[r][e] = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {                  // word i of the lane's 16 bytes: its k 32 t + 8 i .. + 7
+          const uint4& xw = xv[2 * c + (i >> 1)];
+          const unsigned b0 = word_of(xw, 2 * (i & 1)), b1 = word_of(xw, 2 * (i & 1) + 1);   // evens, odds
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const unsigned ug = word_of(wv[r][0][c], i) ^ 0x88888888u, uh = word_of(wv[r][1][c], i) ^ 0x88888888u;
+            const unsigned a[4] = {ug & 0x0F0F0F0Fu, uh & 0x0F0F0F0Fu, (ug >> 4) & 0x0F0F0F0Fu, (uh >> 4) & 0x0F0F0F0Fu};
+            mma_16832_s8(part[r], a, b0, b1);
+          }
+        }
+        const int grp = 2 * kt + c;
+        const int q0 = xsum[min(2 * t, M - 1) * Kb + grp], q1 = xsum[min(2 * t + 1, M - 1) * Kb + grp];
+        const float x0 = xs0[grp], x1 = xs1[grp];      // c0, c2: token 2t; c1, c3: token 2t + 1
+#pragma unroll
+        for (int r = 0; r < R; ++r) {                  // sum xq (q + 8) - 8 sum xq, then the two scales
+          acc[r][0] = fmaf((float)(part[r][0] - 8 * q0), sv[r][c] * x0, acc[r][0]);
+          acc[r][1] = fmaf((float)(part[r][1] - 8 * q1), sv[r][c] * x1, acc[r][1]);
+          acc[r][2] = fmaf((float)(part[r][2] - 8 * q0), sv[r][2 + c] * x0, acc[r][2]);
+          acc[r][3] = fmaf((float)(part[r][3] - 8 * q1), sv[r][2 + c] * x1, acc[r][3]);
+        }
+      }
+      return;
+    }
     float part[R][4];                                  // BLOCK: this tile's (one scale group's) unscaled sums
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -195,10 +257,10 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       const float x0 = xs0[kt], x1 = xs1[kt];          // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        acc[r][0] = fmaf(part[r][0], sv[r] * x0, acc[r][0]);
-        acc[r][1] = fmaf(part[r][1], sv[r] * x1, acc[r][1]);
-        acc[r][2] = fmaf(part[r][2], sv[r] * x0, acc[r][2]);
-        acc[r][3] = fmaf(part[r][3], sv[r] * x1, acc[r][3]);
+        acc[r][0] = fmaf(part[r][0], sv[r][0] * x0, acc[r][0]);
+        acc[r][1] = fmaf(part[r][1], sv[r][0] * x1, acc[r][1]);
+        acc[r][2] = fmaf(part[r][2], sv[r][0] * x0, acc[r][2]);
+        acc[r][3] = fmaf(part[r][3], sv[r][0] * x1, acc[r][3]);
       }
     }
   };
@@ -272,4 +334,5 @@ GEMV_ROWS_W(ROWS_BF16)      // gemv_rows.py: SHAPES
 GEMV_ROWS_W(ROWS_BLOCK)
 GEMV_ROWS_W(ROWS_CHANNEL)
 GEMV_ROWS_W(ROWS_INT8)
+GEMV_ROWS_W(ROWS_W4A8)
 #endif

@@ -16,6 +16,11 @@ gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None):
     the kernel: s = max(amax, 1e-10) / 127, rint, +-127): x: bf16 [M, K], M <= 8; q: int8 [N, K], K % 128 == 0;
     ws: float32 [N, 1] or [N] -> y bf16 [M, N] = xs[m] ws[n] (xq[m] . q[n]) with exact int32 sums. sm_80+.
     Twin: fdlite.quant.w8a8.Method.matmul.
+gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None):
+    w4a8 with dynamic activations and groups of 128: x: bf16 [M, K], M <= 8, K % 256 == 0 (the padded K); q: uint8
+    [N, K / 2] two's-complement nibbles, low = even k; ws: float32 [N, K / 128] -> y bf16 [M, N] = sum over groups b of
+    xs[m, b] ws[n, b] (xq[m, b] . q[n, b]), x quantized to int8 per token and group by the kernel. sm_80+.
+    Twin: fdlite.quant.w4a8.Method.matmul.
 rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
 """
 from __future__ import annotations
@@ -32,7 +37,7 @@ SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a bloc
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
-MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8 = 0, 1, 2, 3   # the kernel's MODE (gemv_rows.cu: ROWS_*)
+MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8 = 0, 1, 2, 3, 4   # the kernel's MODE (gemv_rows.cu: ROWS_*)
 
 
 def plan(N: int, K: int, fp8: bool, M: int = 1) -> tuple[int, int]:
@@ -48,9 +53,10 @@ def plan(N: int, K: int, fp8: bool, M: int = 1) -> tuple[int, int]:
     return (1, 4) if N >= 6144 else (1, 8)
 
 
-def smem_bytes(M: int, K: int, fp8: bool) -> int:
-    """fp8: x quantized into shared memory, [M][K + 64] codes then [M][K / 128] scales; bf16 reads x from L2."""
-    return M * (K + 64) + 4 * M * (K // 128) if fp8 else 0
+def smem_bytes(M: int, K: int, fp8: bool, w4: bool = False) -> int:
+    """The byte modes: x quantized into shared memory, [M][K + 64] codes then [M][K / 128] scales (w4a8: and as many
+    int32 code sums); bf16 reads x from L2."""
+    return M * (K + 64) + (8 if w4 else 4) * M * (K // 128) if fp8 else 0
 
 
 def resident_blocks(regs: int, warps: int, smem: int) -> int:
@@ -95,13 +101,13 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
     fp8 = mode != MODE_BF16
     M = x.shape[0]
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
-    pr, pw = plan(N, K, fp8, M)
+    pr, pw = (1, 8) if mode == MODE_W4A8 else plan(N, K, fp8, M)   # w4a8: 16 warps spill (128 registers)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
     check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
-    smem = smem_bytes(M, K, fp8)
+    smem = smem_bytes(M, K, fp8, mode == MODE_W4A8)
     dev = cp.cuda.Device()
     fn = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
     cap = dynamic_smem_cap(fn) if fp8 else 0
@@ -151,6 +157,19 @@ def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
 def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None):
     N, K = _per_channel(x, q, ws, np.int8)
     return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps)
+
+
+def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None):
+    expect(x, "x", BF16, 2)
+    expect(q, "q", np.uint8, 2)
+    expect(ws, "ws", np.float32, 2)
+    M, K = x.shape
+    N = q.shape[0]
+    check(q.shape[1] * 2 == K, f"q holds K = {q.shape[1] * 2} (two codes a byte), x has K = {K}")
+    check(K % 256 == 0 and K > 0, f"K = {K} must be a positive multiple of 256 (two groups of 128 a tile)")
+    check(N > 0, f"q has N = {N} rows")
+    check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
+    return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps)
 
 
 def _per_channel(x, q, ws, qdtype) -> tuple[int, int]:

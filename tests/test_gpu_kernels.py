@@ -708,6 +708,32 @@ def test_gemv_rows_int8_vs_twin(cp, N, K, M):
     assert np.isfinite(routed).all() and _rel(routed, ref) < 1e-2
 
 
+@pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 1024), (136, 256), (48, 200)])
+@pytest.mark.parametrize("M", [1, 3, 8, 20])
+def test_gemv_rows_w4a8_vs_twin(cp, N, K, M):
+    """w4a8 (dynamic, groups of 128) decode on gemv_rows' int4 x int8 mode against the method's NumPy matmul: the
+    nibbles enter the s8 mma as q + 8 and the prologue's code sums take 8 sum xq back out; a K padded to the packed
+    256 (K = 200), a per-token scale spread and 20 rows (three launches) through the routed matmul."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_rows import MAX_M, gemv_rows_w4a8
+
+    rng = np.random.default_rng(N + 17 * K + M)
+    method = get("w4a8")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
+    Kp = q.shape[1] * 2
+    if M <= MAX_M and Kp == K:
+        y = cp.full((M, N), np.nan, dtype=BF16)
+        gemv_rows_w4a8(cp.asarray(x), q, ws, out=y)
+        got = cp.asnumpy(y).astype(np.float32)
+        assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+    dev = type(p)(p.method, p.shape, {"quant_weight": q, "weight_scale": ws}, p.meta)
+    routed = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp)).astype(np.float32)
+    assert np.isfinite(routed).all() and _rel(routed, ref) < 1e-2
+
+
 @pytest.mark.parametrize("M", [9, 20, 64])
 def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
     """wfp8afp8 at 9-64 rows (batched decode): gemv_rows per 8 rows against the twin, and each chunk equal to a

@@ -427,7 +427,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: _Arr((1,), np.float32) if a is None else a)
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("gemv_rows", "gemv_rows")
-    for M, N, K in [(1, 28672, 4096), (8, 4096, 14336), (3, 1000, 1024), (1, 40, 128)]:
+    for M, N, K in [(1, 28672, 4096), (8, 4096, 14336), (3, 1000, 1024), (1, 40, 256)]:
         y = gemv_rows.gemv_rows_bf16(_Arr((M, K), bf16), _Arr((N, K), bf16))
         name, grid, block, args, smem, pdl = calls[-1]
         rows, warps = gemv_rows.plan(N, K, False)
@@ -444,7 +444,11 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         assert calls[-1][0] == f"gemv_rows<2, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
         y = gemv_rows.gemv_rows_int8(_Arr((M, K), bf16), _Arr((N, K), np.int8), _Arr((N,), np.float32))
         assert calls[-1][0] == f"gemv_rows<3, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
-        for _, _, _, args, _, _ in calls[-4:]:
+        y = gemv_rows.gemv_rows_w4a8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 128), np.float32))
+        w4_smem = M * (K + 64) + 8 * M * K // 128
+        assert calls[-1][0] == "gemv_rows<4, 1, 8>" and calls[-1][4] == w4_smem       # 16 warps would spill
+        assert calls[-1][1] == (min(-(-N // 16), 132 * gemv_rows.resident_blocks(128, 8, w4_smem + 8 * 512)),)
+        for _, _, _, args, _, _ in calls[-5:]:
             assert len(args) == len(params)
             for a, p in zip(args, params):
                 assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
@@ -515,6 +519,14 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
                                             "weight_scale": _Arr((6144, 32), np.float32)}, {})
     assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), static, xp) is None           # static scale: the reference
     assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), grouped, xp) is None          # group-wise weights
+    monkeypatch.setattr(gemv_rows, "gemv_rows_w4a8",
+                        lambda x, q, ws, out=None: seen.append(("w4a8", x.shape)) or "rows")
+    p4 = Packed("w4a8", (6144, 4000), {"quant_weight": _Arr((6144, 2048), np.uint8),
+                                        "weight_scale": _Arr((6144, 32), np.float32)}, {"group_size": 128})
+    assert _gpu.matmul_w4a8(_Arr((2, 4000), bf16), p4, xp) == "rows" and seen[-1] == ("w4a8", (2, 4000))
+    p4c = Packed("w4a8", (6144, 4096), {"quant_weight": _Arr((6144, 2048), np.uint8),
+                                         "weight_scale": _Arr((6144, 1), np.float32)}, {"group_size": 4096})
+    assert _gpu.matmul_w4a8(_Arr((2, 4096), bf16), p4c, xp) is None              # per channel: the reference
     assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None
 
 

@@ -7,7 +7,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
-| wfp8afp8, w8a8 (dynamic, per channel) | as stored (e4m3 bits or int8, a scale per channel) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token in its prologue; K % 128 == 0) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
+| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8: and group) in its prologue; K % 128 == 0, w4a8 256) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0), gemv_bf16 for one row of N >= 65536, else mma_bf16 at one row | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
@@ -116,12 +116,26 @@ def matmul_w8a8(x, p: Packed, xp):
     return _per_channel_rows(gemv_rows_int8, x, q, s, xp)
 
 
-def _per_channel_rows(kernel, x, q, ws, xp):
+def matmul_w4a8(x, p: Packed, xp):
+    """w4a8 with dynamic activations and groups of 128 on gemv_rows' int4 x int8 mode (s8 mma, nibbles as q + 8
+    corrected by the prologue's code sums), 8 rows a launch to FP8_CHANNEL_MAX_M; None for a static activation
+    scale, other groups or a padded K that is not a multiple of 256 (the reference formula runs)."""
+    q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
+    Kp = q.shape[1] * 2
+    if "activation_scale" in p.arrays or p.meta.get("group_size") != 128 or Kp % 256 or s.shape[1] != Kp // 128:
+        return None
+    from fdlite_kernels.gemv_rows import gemv_rows_w4a8  # noqa: PLC0415
+
+    return _per_channel_rows(gemv_rows_w4a8, x, q, s, xp, K_pad=Kp)
+
+
+def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
     import ml_dtypes  # noqa: PLC0415
 
     from fdlite_kernels.gemv_rows import MAX_M  # noqa: PLC0415
 
     M, K = x.shape
+    K = K if K_pad is None else K_pad              # w4a8: x zero-padded to the packed K (as the twin pads)
     if not (M <= FP8_CHANNEL_MAX_M and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
