@@ -202,39 +202,40 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 
   float acc[R][4];
   int iacc[R][4];                                      // INT8: exact integer sums (|sum| < 127^2 K < 2^31)
-  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
-    if (W4) {                                          // two groups of 128 columns, four k32 steps each
+  // W4: two groups of 128 columns, four k32 steps each
+  auto compute_w4 = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        int part[R][4];
+    for (int c = 0; c < 2; ++c) {
+      int part[R][4];
 #pragma unroll
-        for (int r = 0; r < R; ++r)
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) part[r][e] = 0;
+        for (int e = 0; e < 4; ++e) part[r][e] = 0;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {                  // word i of the lane's 16 bytes: its k 32 t + 8 i .. + 7
-          const uint4& xw = xv[2 * c + (i >> 1)];
-          const unsigned b0 = word_of(xw, 2 * (i & 1)), b1 = word_of(xw, 2 * (i & 1) + 1);   // evens, odds
+      for (int i = 0; i < 4; ++i) {                  // word i of the lane's 16 bytes: its k 32 t + 8 i .. + 7
+        const uint4& xw = xv[2 * c + (i >> 1)];
+        const unsigned b0 = word_of(xw, 2 * (i & 1)), b1 = word_of(xw, 2 * (i & 1) + 1);   // evens, odds
 #pragma unroll
-          for (int r = 0; r < R; ++r) {
-            const unsigned ug = word_of(wv[r][0][c], i) ^ 0x88888888u, uh = word_of(wv[r][1][c], i) ^ 0x88888888u;
-            const unsigned a[4] = {ug & 0x0F0F0F0Fu, uh & 0x0F0F0F0Fu, (ug >> 4) & 0x0F0F0F0Fu, (uh >> 4) & 0x0F0F0F0Fu};
-            mma_16832_s8(part[r], a, b0, b1);
-          }
-        }
-        const int grp = 2 * kt + c;
-        const int q0 = xsum[min(2 * t, M - 1) * Kb + grp], q1 = xsum[min(2 * t + 1, M - 1) * Kb + grp];
-        const float x0 = xs0[grp], x1 = xs1[grp];      // c0, c2: token 2t; c1, c3: token 2t + 1
-#pragma unroll
-        for (int r = 0; r < R; ++r) {                  // sum xq (q + 8) - 8 sum xq, then the two scales
-          acc[r][0] = fmaf((float)(part[r][0] - 8 * q0), sv[r][c] * x0, acc[r][0]);
-          acc[r][1] = fmaf((float)(part[r][1] - 8 * q1), sv[r][c] * x1, acc[r][1]);
-          acc[r][2] = fmaf((float)(part[r][2] - 8 * q0), sv[r][2 + c] * x0, acc[r][2]);
-          acc[r][3] = fmaf((float)(part[r][3] - 8 * q1), sv[r][2 + c] * x1, acc[r][3]);
+        for (int r = 0; r < R; ++r) {
+          const unsigned ug = word_of(wv[r][0][c], i) ^ 0x88888888u, uh = word_of(wv[r][1][c], i) ^ 0x88888888u;
+          const unsigned a[4] = {ug & 0x0F0F0F0Fu, uh & 0x0F0F0F0Fu, (ug >> 4) & 0x0F0F0F0Fu, (uh >> 4) & 0x0F0F0F0Fu};
+          mma_16832_s8(part[r], a, b0, b1);
         }
       }
-      return;
+      const int grp = 2 * kt + c;
+      const int q0 = xsum[min(2 * t, M - 1) * Kb + grp], q1 = xsum[min(2 * t + 1, M - 1) * Kb + grp];
+      const float x0 = xs0[grp], x1 = xs1[grp];      // c0, c2: token 2t; c1, c3: token 2t + 1
+#pragma unroll
+      for (int r = 0; r < R; ++r) {                  // sum xq (q + 8) - 8 sum xq, then the two scales
+        acc[r][0] = fmaf((float)(part[r][0] - 8 * q0), sv[r][c] * x0, acc[r][0]);
+        acc[r][1] = fmaf((float)(part[r][1] - 8 * q1), sv[r][c] * x1, acc[r][1]);
+        acc[r][2] = fmaf((float)(part[r][2] - 8 * q0), sv[r][2 + c] * x0, acc[r][2]);
+        acc[r][3] = fmaf((float)(part[r][3] - 8 * q1), sv[r][2 + c] * x1, acc[r][3]);
+      }
     }
+  };
+  // the byte modes and bf16: four k steps over the tile's two 64-byte chunks
+  auto compute_bytes = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
     float part[R][4];                                  // BLOCK: this tile's (one scale group's) unscaled sums
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -263,6 +264,10 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
         acc[r][3] = fmaf(part[r][3], sv[r][0] * x1, acc[r][3]);
       }
     }
+  };
+  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
+    if constexpr (W4) compute_w4(kt, wv, sv, xv);
+    else compute_bytes(kt, wv, sv, xv);
   };
   // tile i of this warp (kt = warp + i W) in slot u = i % RB; the loop is unrolled by RB so the ring rotates by
   // renaming (gemv_packed): loads of x one tile on and of the weights RB - 1 tiles on, then this tile's mma
