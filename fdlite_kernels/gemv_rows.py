@@ -40,23 +40,24 @@ SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 /
 MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8 = 0, 1, 2, 3, 4   # the kernel's MODE (gemv_rows.cu: ROWS_*)
 
 
-def plan(N: int, K: int, fp8: bool, M: int = 1) -> tuple[int, int]:
+def plan(N: int, K: int, qx: bool, M: int = 1) -> tuple[int, int]:
     """-> (rows, warps), from the H100 sweeps of block shapes on the Llama-3-8B projections and lm_head at 1, 4 and 8
     rows (BENCHMARKS.md; results_gemv_rows*_h100_2026-11-25.jsonl). bf16: gemv_packed's rule (4 warps for many row
     pairs over a short row, 8 for few pairs or a long row; the shapes were within 3% of each other). fp8: 16 warps
     for a long row or more than one token (more warps share the block's quantization of x: 8 rows 115 vs 142 us
-    over the four projections), 8 for one token's short rows (qkv 12.4 vs 12.6, o 9.0 vs 9.6)."""
-    if fp8:
+    over the four projections), 8 for one token's short rows (qkv 12.4 vs 12.6, o 9.0 vs 9.6); qx: a byte mode (x
+    quantized by the kernel), which the fp8 sweep stands for."""
+    if qx:
         return (1, 16) if K >= 8192 or M > 1 else (1, 8)
     if 2 * K >= 16384:
         return 1, 8
     return (1, 4) if N >= 6144 else (1, 8)
 
 
-def smem_bytes(M: int, K: int, fp8: bool, w4: bool = False) -> int:
+def smem_bytes(M: int, K: int, qx: bool, w4: bool = False) -> int:
     """The byte modes: x quantized into shared memory, [M][K + 64] codes then [M][K / 128] scales (w4a8: and as many
     int32 code sums); bf16 reads x from L2."""
-    return M * (K + 64) + (8 if w4 else 4) * M * (K // 128) if fp8 else 0
+    return M * (K + 64) + (8 if w4 else 4) * M * (K // 128) if qx else 0
 
 
 def resident_blocks(regs: int, warps: int, smem: int) -> int:
@@ -66,11 +67,12 @@ def resident_blocks(regs: int, warps: int, smem: int) -> int:
     return max(1, min(by_regs, 64 // warps, 32, 233472 // (smem + 1024)))
 
 
-def grid(N: int, rows: int, warps: int, fp8: bool, regs: int, smem: int, n_sms: int) -> int:
-    """Blocks to launch: one per `rows` row pairs for bf16; for fp8 at most what is resident at once (each block
-    quantizes x in its prologue, then loops over row pairs: per pair the prologue cost ~5x the K loop)."""
-    blocks = -(-(-(-N // 16)) // rows)                  # 16-row pairs, the last ragged when N % 16
-    if not fp8:
+def grid(N: int, rows: int, warps: int, qx: bool, regs: int, smem: int, n_sms: int) -> int:
+    """Blocks to launch: one per `rows` row pairs for bf16; for the byte modes (qx) at most what is resident at once
+    (each block quantizes x in its prologue, then loops over row pairs: per pair the prologue cost ~5x the K loop)."""
+    pairs = -(-N // 16)                                 # 16-row pairs, the last ragged when N % 16
+    blocks = -(-pairs // rows)
+    if not qx:
         return blocks
     static = warps * rows * 4 * 32 * 4                  # the kernel's reduction buffer
     return min(blocks, n_sms * resident_blocks(regs, warps, smem + static))
@@ -79,7 +81,7 @@ def grid(N: int, rows: int, warps: int, fp8: bool, regs: int, smem: int, n_sms: 
 @functools.lru_cache(maxsize=None)
 def kernel(device_id: int, name: str):
     """The compiled instantiation, looked up once per device (an eager decode step launches it per linear), allowed
-    all the dynamic shared memory a block may have beside its static reduction buffer (fp8's x is sized by M and K;
+    all the dynamic shared memory a block may have beside its static reduction buffer (the byte modes' x is sized by M and K;
     the attribute belongs to the function, so it is set once, not per launch size)."""
     import cupy as cp  # noqa: PLC0415
 
@@ -98,25 +100,25 @@ def dynamic_smem_cap(fn) -> int:
 def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
     import cupy as cp  # noqa: PLC0415
 
-    fp8 = mode != MODE_BF16
+    qx = mode != MODE_BF16                              # a byte mode: x quantized by the kernel
     M = x.shape[0]
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
-    pr, pw = (1, 8) if mode == MODE_W4A8 else plan(N, K, fp8, M)   # w4a8: 16 warps spill (128 registers)
+    pr, pw = (1, 8) if mode == MODE_W4A8 else plan(N, K, qx, M)   # w4a8: 16 warps spill (128 registers)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
     check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
-    smem = smem_bytes(M, K, fp8, mode == MODE_W4A8)
+    smem = smem_bytes(M, K, qx, mode == MODE_W4A8)
     dev = cp.cuda.Device()
     fn = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
-    cap = dynamic_smem_cap(fn) if fp8 else 0
+    cap = dynamic_smem_cap(fn) if qx else 0
     check(smem <= cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over the {cap} "
           "a block may have here")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    blocks = grid(N, rows, warps, fp8, getattr(fn, "num_regs", 255), smem, sms(dev.id))
+    blocks = grid(N, rows, warps, qx, getattr(fn, "num_regs", 255), smem, sms(dev.id))
     launch(fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
            pdl=True)
     return y
