@@ -187,7 +187,8 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   }
   // B chunks of tile kt: token g's bytes 16t and 64 + 16t of the tile (bf16 from L2, coherent: written by the kernel
   // before; e4m3 from shared memory), one tile ahead of the mma
-  const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx) + (W4 ? 0 : t)
+  const u8* xq_row = reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx;
+  const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(xq_row) + (W4 ? 0 : t)
                           : reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + t;
   // W4: a tile is 256 columns of x, the lane's 32 bytes of group c at 128 c + 32 t (chunks 2c, 2c + 1)
   auto load_x = [&](int kt, uint4 (&xv)[XC]) {

@@ -33,7 +33,7 @@ from . import load
 from ._launch import BF16, check, expect, launch, sms
 
 MAX_M = 8                      # one B fragment of 8 tokens
-SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a block may have (gemv_rows.cu instantiates them)
+SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a block may have (gemv_rows.cu has them)
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
@@ -81,8 +81,8 @@ def grid(N: int, rows: int, warps: int, qx: bool, regs: int, smem: int, n_sms: i
 @functools.lru_cache(maxsize=None)
 def kernel(device_id: int, name: str):
     """The compiled instantiation, looked up once per device (an eager decode step launches it per linear), allowed
-    all the dynamic shared memory a block may have beside its static reduction buffer (the byte modes' x is sized by M and K;
-    the attribute belongs to the function, so it is set once, not per launch size)."""
+    all the dynamic shared memory a block may have beside its static reduction buffer (the byte modes' x is sized
+    by M and K; the attribute belongs to the function, so it is set once, not per launch size)."""
     import cupy as cp  # noqa: PLC0415
 
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)

@@ -121,7 +121,8 @@ __global__ void __launch_bounds__(32 * W) gemv_wint2_tc(const bf16_t* __restrict
   const u8* qcol = q + c0 + 8 * g;
   auto load_w = [&](int grp, uint2 (&wv)[4], uint2& lsv) {       // a group's 4 steps of bytes, its local scales
 #pragma unroll
-    for (int s = 0; s < 4; ++s) wv[s] = __ldg(reinterpret_cast<const uint2*>(qcol + (size_t)(16 * grp + 4 * s + t) * N));
+    for (int s = 0; s < 4; ++s)
+      wv[s] = __ldg(reinterpret_cast<const uint2*>(qcol + (size_t)(16 * grp + 4 * s + t) * N));
     lsv = __ldg(reinterpret_cast<const uint2*>(wscale + (size_t)(grp >> 1) * N + c0 + 8 * g));
   };
   uint2 wb[RB][4], lb[RB];
