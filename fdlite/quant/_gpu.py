@@ -9,7 +9,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
 | wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8: and group) in its prologue; K % 128 == 0, w4a8 256) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
-| dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0), gemv_bf16 for one row of N >= 65536, else mma_bf16 at one row | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
+| dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
 from __future__ import annotations
 
