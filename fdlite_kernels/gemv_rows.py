@@ -26,6 +26,7 @@ rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -78,23 +79,26 @@ def grid(N: int, rows: int, warps: int, qx: bool, regs: int, smem: int, n_sms: i
     return min(blocks, n_sms * resident_blocks(regs, warps, smem + static))
 
 
+class Compiled(NamedTuple):
+    fn: object             # the RawKernel
+    regs: int              # registers per thread (the resident blocks that size the byte modes' grid)
+    smem_cap: int          # bytes of dynamic shared memory it may take (0 for bf16, which takes none)
+
+
 @functools.lru_cache(maxsize=None)
-def kernel(device_id: int, name: str):
-    """The compiled instantiation, looked up once per device (an eager decode step launches it per linear), allowed
-    all the dynamic shared memory a block may have beside its static reduction buffer (the byte modes' x is sized
-    by M and K; the attribute belongs to the function, so it is set once, not per launch size)."""
+def kernel(device_id: int, name: str) -> Compiled:
+    """The compiled instantiation and what its launches need to know of it, looked up once per device (an eager
+    decode step launches it per linear; the attributes are driver queries). A byte mode is allowed all the dynamic
+    shared memory a block may have beside its static reduction buffer (its x is sized by M and K; the attribute
+    belongs to the function, so it is set once, not per launch size)."""
     import cupy as cp  # noqa: PLC0415
 
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
+    cap = 0
     if not name.startswith(f"gemv_rows<{MODE_BF16},"):
         optin = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
-        fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
-    return fn
-
-
-def dynamic_smem_cap(fn) -> int:
-    """Bytes of dynamic shared memory the compiled kernel may take (what kernel() allowed it)."""
-    return int(getattr(fn, "max_dynamic_shared_size_bytes", SMEM_MAX))
+        cap = fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
+    return Compiled(fn, fn.num_regs, cap)
 
 
 def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
@@ -111,15 +115,14 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
     smem = smem_bytes(M, K, qx, mode == MODE_W4A8)
     dev = cp.cuda.Device()
-    fn = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
-    cap = dynamic_smem_cap(fn) if qx else 0
-    check(smem <= cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over the {cap} "
-          "a block may have here")
+    k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
+    check(smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over "
+          f"the {k.smem_cap} a block may have here")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    blocks = grid(N, rows, warps, qx, getattr(fn, "num_regs", 255), smem, sms(dev.id))
-    launch(fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
+    blocks = grid(N, rows, warps, qx, k.regs, smem, sms(dev.id))
+    launch(k.fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
            pdl=True)
     return y
 
@@ -138,56 +141,50 @@ def gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
 
 
 def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
-    expect(x, "x", BF16, 2)
-    expect(q, "q", np.uint8, 2)
+    N, K = _codes(x, q, np.uint8, 1, 128, "whole fp8 blocks")
     expect(ws, "ws", np.float32, 2)
-    M, K = x.shape
-    N = q.shape[0]
-    check(q.shape[1] == K, f"q has K = {q.shape[1]}, x has K = {K}")
-    check(K % 128 == 0 and K > 0, f"K = {K} must be a positive multiple of 128 (whole fp8 blocks)")
-    check(N > 0, f"q has N = {N} rows")
     check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
           f"N = {N}, K = {K}")
     return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, rows, warps)
 
 
 def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
-    N, K = _per_channel(x, q, ws, np.uint8)
+    N, K = _codes(x, q, np.uint8, 1, 128, "128-column tiles")
+    _per_channel(ws, N)
     return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps)
 
 
 def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None):
-    N, K = _per_channel(x, q, ws, np.int8)
+    N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
+    _per_channel(ws, N)
     return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps)
 
 
 def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None):
-    expect(x, "x", BF16, 2)
-    expect(q, "q", np.uint8, 2)
+    N, K = _codes(x, q, np.uint8, 2, 256, "two groups of 128 a tile")
     expect(ws, "ws", np.float32, 2)
-    M, K = x.shape
-    N = q.shape[0]
-    check(q.shape[1] * 2 == K, f"q holds K = {q.shape[1] * 2} (two codes a byte), x has K = {K}")
-    check(K % 256 == 0 and K > 0, f"K = {K} must be a positive multiple of 256 (two groups of 128 a tile)")
-    check(N > 0, f"q has N = {N} rows")
     check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
     return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps)
 
 
-def _per_channel(x, q, ws, qdtype) -> tuple[int, int]:
-    """Checks of the per-channel byte modes -> (N, K)."""
+def _codes(x, q, qdtype, per_byte: int, multiple: int, why: str) -> tuple[int, int]:
+    """The byte modes' checks of x (bf16 [M, K]) and the codes q ([N, K / per_byte] of qdtype) -> (N, K)."""
     expect(x, "x", BF16, 2)
     expect(q, "q", qdtype, 2)
+    K, N = x.shape[1], q.shape[0]
+    check(q.shape[1] * per_byte == K, f"q holds K = {q.shape[1] * per_byte}" + (" (two codes a byte)" if per_byte > 1
+          else "") + f", x has K = {K}")
+    check(K % multiple == 0 and K > 0, f"K = {K} must be a positive multiple of {multiple} ({why})")
+    check(N > 0, f"q has N = {N} rows")
+    return N, K
+
+
+def _per_channel(ws, N: int) -> None:
+    """One float32 scale per output channel: [N, 1] or [N]."""
     check(hasattr(ws, "dtype") and ws.dtype == np.float32 and ws.flags.c_contiguous,
           f"ws: expected C-contiguous float32, got {getattr(ws, 'dtype', type(ws).__name__)}")
-    M, K = x.shape
-    N = q.shape[0]
-    check(q.shape[1] == K, f"q has K = {q.shape[1]}, x has K = {K}")
-    check(K % 128 == 0 and K > 0, f"K = {K} must be a positive multiple of 128 (128-column tiles)")
-    check(N > 0, f"q has N = {N} rows")
     check(ws.size == N and ws.shape in ((N,), (N, 1)), f"ws shape {ws.shape}, expected ({N}, 1) or ({N},): one "
           "scale per output channel")
-    return N, K
 
 
 def _e4m3(mode: int) -> int:

@@ -22,9 +22,8 @@ KCHUNK = 256
 _NAMES = ("gemv_wint2<1>", "gemv_wint2<4>")
 
 
-def gemv_wint2(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None):
-    import cupy as cp  # noqa: PLC0415
-
+def _check_ccq(x, quant_weight, weight_scale, super_scales, code_scale, code_zp) -> tuple[int, int, int, int]:
+    """Both kernels' argument checks (dtypes, ranks, the CCQ tensors' shapes) -> (M, K, Kp, N)."""
     expect(x, "x", BF16, 2)
     expect(quant_weight, "quant_weight", np.uint8, 2)
     expect(weight_scale, "weight_scale", np.uint8, 2)
@@ -33,11 +32,18 @@ def gemv_wint2(x, quant_weight, weight_scale, super_scales, code_scale, code_zp,
     expect(code_zp, "code_zp", np.float32, 1)
     M, K = x.shape
     Kp, N = quant_weight.shape[0] * 4, quant_weight.shape[1]
-    check(M <= 4, f"wint2 decode GEMV takes M <= 4 rows, got M = {M}")
     check(Kp % 128 == 0 and K <= Kp, f"quant_weight covers Kp = {Kp} rows (a multiple of 128 >= K = {K})")
     check(weight_scale.shape == (Kp // 128, N), f"weight_scale shape {weight_scale.shape}, expected {(Kp // 128, N)}")
     for name, a in (("super_scales", super_scales), ("code_scale", code_scale), ("code_zp", code_zp)):
         check(a.shape == (N,), f"{name} shape {a.shape}, expected ({N},)")
+    return M, K, Kp, N
+
+
+def gemv_wint2(x, quant_weight, weight_scale, super_scales, code_scale, code_zp, out=None):
+    import cupy as cp  # noqa: PLC0415
+
+    M, K, Kp, N = _check_ccq(x, quant_weight, weight_scale, super_scales, code_scale, code_zp)
+    check(M <= 4, f"wint2 decode GEMV takes M <= 4 rows, got M = {M}")
     y32 = cp.zeros((M, N), dtype=np.float32)
     mod = load("gemv_wint2", name_expressions=_NAMES)
     fn = mod.get_function(f"gemv_wint2<{1 if M == 1 else 4}>")
@@ -77,20 +83,9 @@ def gemv_wint2_tc(x, quant_weight, weight_scale, super_scales, code_scale, code_
                   depth=None):
     import cupy as cp  # noqa: PLC0415
 
-    expect(x, "x", BF16, 2)
-    expect(quant_weight, "quant_weight", np.uint8, 2)
-    expect(weight_scale, "weight_scale", np.uint8, 2)
-    expect(super_scales, "super_scales", BF16, 1)
-    expect(code_scale, "code_scale", np.float32, 1)
-    expect(code_zp, "code_zp", np.float32, 1)
-    M, K = x.shape
-    Kp, N = quant_weight.shape[0] * 4, quant_weight.shape[1]
+    M, K, Kp, N = _check_ccq(x, quant_weight, weight_scale, super_scales, code_scale, code_zp)
     check(1 <= M <= TC_MAX_M, f"gemv_wint2_tc takes 1..{TC_MAX_M} rows, got M = {M}")
-    check(Kp % 128 == 0 and K <= Kp, f"quant_weight covers Kp = {Kp} rows (a multiple of 128 >= K = {K})")
     check(N % 64 == 0 and K % 4 == 0, f"gemv_wint2_tc needs N % 64 == 0 and K % 4 == 0, got N = {N}, K = {K}")
-    check(weight_scale.shape == (Kp // 128, N), f"weight_scale shape {weight_scale.shape}, expected {(Kp // 128, N)}")
-    for name, a in (("super_scales", super_scales), ("code_scale", code_scale), ("code_zp", code_zp)):
-        check(a.shape == (N,), f"{name} shape {a.shape}, expected ({N},)")
     warps = tc_warps(M) if warps is None else warps
     check(warps in TC_WARPS, f"warps = {warps}, expected one of {TC_WARPS}")
     depth = TC_DEPTH if depth is None else depth

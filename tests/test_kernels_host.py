@@ -419,8 +419,8 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
 
     _stand_in_cupy(monkeypatch)
     calls = []
-    monkeypatch.setattr(gemv_rows, "kernel", lambda dev, name: types.SimpleNamespace(
-        name=name, num_regs=128, max_dynamic_shared_size_bytes=227 * 1024 - 8192))
+    monkeypatch.setattr(gemv_rows, "kernel", lambda dev, name: gemv_rows.Compiled(
+        types.SimpleNamespace(name=name), 128, 227 * 1024 - 8192))
     monkeypatch.setattr(gemv_rows, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
         (fn.name, grid, block, args, shared_mem, pdl)))
     monkeypatch.setattr(gemv_rows, "sms", lambda dev: 132)
@@ -527,6 +527,11 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     p4c = Packed("w4a8", (6144, 4096), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                          "weight_scale": _Arr((6144, 1), np.float32)}, {"group_size": 4096})
     assert _gpu.matmul_w4a8(_Arr((2, 4096), bf16), p4c, xp) is None              # per channel: the reference
+    # the methods reach them through Grouped.matmul's device_matmul hook (on a device, never on NumPy)
+    for name, fn in (("w8a8", "matmul_w8a8"), ("w4a8", "matmul_w4a8")):
+        monkeypatch.setattr(_gpu, fn, lambda x, p, xp, name=name: f"{name} kernel")
+        assert get(name)().matmul(_Arr((2, 4096), bf16), p8, xp) == f"{name} kernel"
+    assert get("wint8")().device_matmul is None
     assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None
 
 

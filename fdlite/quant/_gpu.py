@@ -78,7 +78,7 @@ def matmul_block_fp8(method, x, p: Packed, xp):
     if not (K % 16 == 0 and method.activation == "fp8" and tuple(method.block) == (128, 128)):
         return None     # the caller runs the reference formula on the device
     xb = _bf16_padded(x, K, xp)
-    sk = K % 128 == 0 and int(xp.cuda.Device().compute_capability) >= 89
+    sk = K % 128 == 0 and _cc(xp) >= 89
     if sk and M <= FP8_ROWS_MAX_M and _aligned16(xb, p.arrays["quant_weight"]):
         from fdlite_kernels.gemv_rows import gemv_rows_fp8  # noqa: PLC0415
 
@@ -94,10 +94,10 @@ def matmul_block_fp8(method, x, p: Packed, xp):
 
 def matmul_fp8_channel(x, p: Packed, xp):
     """wfp8afp8 on gemv_rows (e4m3 mma over the stored weight, x quantized per token in its prologue), K % 128 == 0
-    on sm_89+: one launch for 1-8 rows, one per 8 rows up to FP8_CHANNEL_MAX_M (each rereads the weights, still far
+    on sm_89+: one launch for 1-8 rows, one per 8 rows up to BYTE_ROWS_MAX_M (each rereads the weights, still far
     cheaper than the reference's per-call float32 expansion, and capturable; per-token quantization makes the
     chunks exact). None elsewhere: the caller runs the reference formula on the device."""
-    if int(xp.cuda.Device().compute_capability) < 89:
+    if _cc(xp) < 89:
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_fp8_channel  # noqa: PLC0415
 
@@ -118,7 +118,7 @@ def matmul_w8a8(x, p: Packed, xp):
 
 def matmul_w4a8(x, p: Packed, xp):
     """w4a8 with dynamic activations and groups of 128 on gemv_rows' int4 x int8 mode (s8 mma, nibbles as q + 8
-    corrected by the prologue's code sums), 8 rows a launch to FP8_CHANNEL_MAX_M; None for a static activation
+    corrected by the prologue's code sums), 8 rows a launch to BYTE_ROWS_MAX_M; None for a static activation
     scale, other groups or a padded K that is not a multiple of 256 (the reference formula runs)."""
     q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
     Kp = q.shape[1] * 2
@@ -136,7 +136,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
 
     M, K = x.shape
     K = K if K_pad is None else K_pad              # w4a8: x zero-padded to the packed K (as the twin pads)
-    if not (M <= FP8_CHANNEL_MAX_M and K % 128 == 0):
+    if not (M <= BYTE_ROWS_MAX_M and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
     if not _aligned16(xb, q):
@@ -150,7 +150,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
 
 
 # wfp8afp8 / w8a8 rows taken by gemv_rows (8 a launch); prefill above runs the reference formula (stop-gap)
-FP8_CHANNEL_MAX_M = 64
+BYTE_ROWS_MAX_M = 64
 
 
 # gemv_rows (e4m3 tensor cores, the weights streamed into registers as stored, x quantized in its prologue) to here
@@ -191,7 +191,7 @@ def matmul_wint2(x, p: Packed, xp):
     M, K = xb.shape
     N = a["quant_weight"].shape[1]
     tc = (WINT2_TC and p.meta.get("codewords_in_range", False) and N % 64 == 0 and K % 4 == 0
-          and xb.data.ptr % 8 == 0 and int(xp.cuda.Device().compute_capability) >= 80)
+          and xb.data.ptr % 8 == 0 and _cc(xp) >= 80)
     step = TC_MAX_M if tc else 4
     run = gemv_wint2_tc if tc else gemv_wint2
     if M <= step:
@@ -205,6 +205,11 @@ def matmul_wint2(x, p: Packed, xp):
 WINT2_TC = True         # gemv_wint2_tc where it applies (route_ab.py can turn it off for an A/B)
 # wint2 rows run by gemv_wint2 (4 per launch) when eager; more rows take the float32 formula on CuPy (stop-gap)
 WINT2_GEMV_MAX_M = 16
+
+
+def _cc(xp) -> int:
+    """The current device's compute capability as an int (89 for sm_89; CuPy caches it per device)."""
+    return int(xp.cuda.Device().compute_capability)
 
 
 def _aligned16(*arrays) -> bool:
@@ -235,12 +240,12 @@ def matmul_dense(x, w, xp):
     M, K = x.shape
     if K % 8 or not w.flags.c_contiguous:
         return None
-    capturing = xp.cuda.get_current_stream().is_capturing()
     x = xp.ascontiguousarray(x)
     if M <= DENSE_ROWS_MAX_M and K % 64 == 0 and _aligned16(x, w):
         from fdlite_kernels.gemv_rows import gemv_rows_bf16  # noqa: PLC0415
 
         return gemv_rows_bf16(x, w)
+    capturing = xp.cuda.get_current_stream().is_capturing()
     if M == 1 and (w.shape[0] >= GEMV_MIN_N or K % 32):
         return gemv_bf16(x, w)
     if (capturing or M <= DENSE_MMA_MAX_M) and K % 32 == 0:

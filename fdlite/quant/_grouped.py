@@ -128,9 +128,17 @@ class Grouped(QuantMethod):
             return _gpu.prepare_grouped(self, p, backend)        # weight-only int8/int4: repack for the kernels
         return super().prepare(p, backend)
 
+    # an activation-quantized method's decode kernel on the GPU: the name of a fdlite.quant._gpu function
+    # (x, p, xp) -> y, or None where it does not apply (then the reference formula runs on the device)
+    device_matmul: str | None = None
+
     def matmul(self, x, p: Packed, xp):
         if p.meta.get("gpu") == "mma_wq":
             return _gpu.matmul_grouped(x, p, xp)
+        if self.device_matmul is not None and xp is not np:
+            y = getattr(_gpu, self.device_matmul)(x, p, xp)
+            if y is not None:
+                return y
         w = self.dequantize(p, xp)                                                 # (N, K) float32
         return (self.act(x, p, xp).astype(xp.float32, copy=False) @ w.T).astype(x.dtype, copy=False)
 

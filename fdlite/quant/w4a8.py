@@ -10,15 +10,13 @@ GEMM: y[m, n] = sum_g (sum_{k in g} q_x q_w) * s_x[m, g] * s_w[n, g]; reference 
 """
 from __future__ import annotations
 
-import numpy as np
-
-from . import _gpu
 from ._common import act_int8_per_token
 from ._grouped import Grouped
 
 
 class Method(Grouped):
     name = "w4a8"
+    device_matmul = "matmul_w4a8"      # gemv_rows' decode kernel (dynamic activations), else the reference formula
 
     def act(self, x, p, xp):
         a = p.arrays.get("activation_scale")
@@ -27,10 +25,3 @@ class Method(Grouped):
         # dynamic: per token and weight group (the int8 dot products are formed per group anyway, so one more
         # per-(token, group) scale costs nothing in the kernel); per channel (FastDeploy) -> per token
         return act_int8_per_token(x, xp, group=None if self.group_size == -1 else self.group_size)
-
-    def matmul(self, x, p, xp):
-        if xp is not np:
-            y = _gpu.matmul_w4a8(x, p, xp)                       # decode kernel where it applies
-            if y is not None:
-                return y
-        return super().matmul(x, p, xp)

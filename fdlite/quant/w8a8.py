@@ -8,15 +8,13 @@ GPU; the reference computes x_hat @ W_hat.T in float32, equal up to float reasso
 """
 from __future__ import annotations
 
-import numpy as np
-
-from . import _gpu
 from ._common import act_int8_per_token
 from ._grouped import Grouped
 
 
 class Method(Grouped):
     name = "w8a8"
+    device_matmul = "matmul_w8a8"      # gemv_rows' decode kernel (dynamic activations), else the reference formula
     bits = 8
     qmin, qmax = -127, 127
     default_group = -1
@@ -25,10 +23,3 @@ class Method(Grouped):
     def act(self, x, p, xp):
         a = p.arrays.get("activation_scale")
         return act_int8_per_token(x, xp, None if a is None else float(a.reshape(-1)[0]))
-
-    def matmul(self, x, p, xp):
-        if xp is not np:
-            y = _gpu.matmul_w8a8(x, p, xp)                       # decode kernel where it applies
-            if y is not None:
-                return y
-        return super().matmul(x, p, xp)
