@@ -255,6 +255,12 @@ for stage in "$@"; do
       T 200 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | tail -2
       T 200 env ROWS_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A60 "sum over" $OUT/gemv.log | grep -E "plan|channel|w8a8|w4a8|cuBLAS" ;;
+    int4rows)       # gemv_rows' w4afp8 and nf4 modes (twelfth session): every gemv_rows twin, the wint2 tensor-core twins
+                    # (the eleventh session's review), models and device quantization, then the int4 modes' timings
+      T 240 $PT tests/test_gpu_kernels.py -k "gemv_rows or wfp8afp8 or wint2_tc" 2>&1 | grep -E "passed|failed|Error|assert" | tail -12
+      T 200 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | tail -2
+      T 240 env ROWS_ONLY=1 INT4_ROWS=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
+      grep -A60 "sum over" $OUT/gemv.log ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

@@ -8,7 +8,8 @@ layer's four projections (the issue's measure).
     of GEMV_TC_DEPTHS (default 0: registers), GEMV_TC_SHAPES="r.w.minb;..." to name the shapes; PACKED_ONLY=1
     times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk). ROWS_ONLY=1 times the row-major decode
     GEMV gemv_rows (bf16 and block_wise_fp8, every block shape) against mma_bf16 / gemv_bf16 / mma_sk_fp8 / cuBLAS;
-    LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes. WINT2_ONLY=1 times the WINT2 GEMVs
+    LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes; INT4_ROWS=1 (with ROWS_ONLY=1) times
+    gemv_rows' int4 modes instead (w4a8, w4afp8, nf4 and its block shapes) against wint4's gemv_packed. WINT2_ONLY=1 times the WINT2 GEMVs
     (gemv_wint2_tc, and gemv_wint2 to 4 rows) on random CCQ tensors drawn on the device, against cuBLAS.
 """
 import json
@@ -163,6 +164,26 @@ def main():
                     rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                                  "GB_s": round(nb / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
                 del w2r
+                continue
+            if os.environ.get("ROWS_ONLY") == "1" and os.environ.get("INT4_ROWS") == "1" and M <= gemv_rows.MAX_M:
+                # gemv_rows' int4 modes (the byte buffers' first half as nibbles) against wint4's gemv_packed
+                nib = [f8[i].reshape(-1)[:N * K // 2].reshape(N, K // 2) for i in range(ROT)]
+                ws4, ws64 = cp.ones((N, K // 128), np.float32), cp.ones((N, K // 64), np.float32)
+                pk = [repack(cp.random.randint(-8, 8, (N, K), dtype=np.int16), 4) for _ in range(2)] * 2
+                cands = [("wint4 packed", lambda i: gemm_packed(x, pk[i], ws4, N, 4, 128, out=y), 0.5 + 4 / 128),
+                         ("w4a8 rows", lambda i: gemv_rows.gemv_rows_w4a8(x, nib[i], ws4, out=y), 0.5 + 4 / 128),
+                         ("w4afp8 rows", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y), 0.5 + 4 / 128),
+                         ("nf4 rows", lambda i: gemv_rows.gemv_rows_nf4(x, nib[i], ws64, out=y), 0.5 + 4 / 64)]
+                for r, wp in ((1, 4), (1, 8), (1, 16)):
+                    cands.append((f"nf4 rows{r},{wp}", lambda i, r=r, wp=wp: gemv_rows.gemv_rows_nf4(
+                        x, nib[i], ws64, out=y, rows=r, warps=wp), 0.5 + 4 / 64))
+                cands.append(("w4afp8 rows1,4", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y, rows=1,
+                                                                                     warps=4), 0.5 + 4 / 128))
+                for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:
+                    t = t_bf16 if fn is None else bench(fn)
+                    rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
+                                 "GB_s": round(N * K * bpw / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
+                del pk
                 continue
             if os.environ.get("ROWS_ONLY") == "1":              # gemv_rows against the kernels it replaces
                 cands = [("bf16 mma", lambda i: mma_bf16(x, wb[i], out=y), 2),

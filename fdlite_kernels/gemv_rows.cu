@@ -18,6 +18,22 @@
 //                      registers, the even k's and the odd k's); sum xq u - 8 sum xq = sum xq q, exactly, with
 //                      each group's sum xq taken in the prologue. x is stored with each 8 k's codes as the evens,
 //                      then the odds: the same permutation of k as the weights' registers.
+//   MODE = ROWS_W4AFP8: w4afp8 (groups of 128), q and ws as ROWS_W4A8, x quantized to e4m3 per token and group
+//                      (act_fp8(x, 128): s = max(amax, 1e-10) / 448, the twin's codes):
+//                      y[m, n] = sum_b xs[m, b] ws[n, b] sum_{k in b} e4m3(xq[m, k]) q[n, k]   (e4m3 mma; sm_89+)
+//                      A nibble enters the mma as e4m3(u), u = q + 8 (exact: 0..15), looked up with two byte
+//                      permutes of the word as it is: a prmt's selector nibble picks one of 8 table bytes (bits
+//                      0..2) and, with bit 3 set, replicates that byte's sign instead. Both tables (e4m3(0..7),
+//                      e4m3(8..15)) have clear sign bits, so the half a table does not hold reads 0 and the two
+//                      lookups OR together. sum e4m3(xq) u - 8 sum e4m3(xq) = sum e4m3(xq) q; the prologue takes each
+//                      group's sum of x's code values (fp32). x is stored in natural order.
+//   MODE = ROWS_NF4:   nf4, weight-only, groups of 64: q [N, K / 2] level indices 0..15 (low = even k) as
+//                      fdlite.quant.nf4 packs them but with the two groups of each 64-byte half interleaved 8 bytes
+//                      at a time (gemv_rows.py: nf4_interleave; lane t's 16 bytes then hold 8 of each group, so
+//                      the 4 lanes of an mma step always sum within one group); ws [N, K / 64] absmax:
+//                      y[m, n] = sum_b ws[n, b] sum_{k in b} x[m, k] bf16(NF4_LEVELS[q[n, k]])   (bf16 mma; K % 256)
+//                      Each index becomes its level's bf16 bits by four prmt lookups (two 8-byte tables per byte,
+//                      merged by a mask of index bit 3 that one more prmt spreads to whole bytes). x is bf16 from L2.
 // The byte modes quantize x in each block's prologue into shared memory: no second launch per linear, no xq round trip
 // through global memory.
 // Layout of the work: a row's weights are cut into 128-byte K tiles (64 bf16 or 128 e4m3 columns). Lane l = 4g + t of a
@@ -40,6 +56,64 @@
 #define ROWS_CHANNEL 2
 #define ROWS_INT8 3
 #define ROWS_W4A8 4
+#define ROWS_W4AFP8 5
+#define ROWS_NF4 6
+
+// e4m3fn bits of 0..7 and 8..15, four a word (lowest byte first): the W4AFP8 lookup tables (sign bits clear)
+#define E4M3_U0 0x44403800u
+#define E4M3_U1 0x4e4c4a48u
+#define E4M3_U2 0x53525150u
+#define E4M3_U3 0x57565554u
+// bf16 bits of fdlite.quant.nf4.NF4_LEVELS (round to nearest even), split into byte tables: high bytes of levels
+// 0..7 / 8..15 (NF4_H0..H3) and low bytes (NF4_L0..L3). tests/test_kernels_host.py rebuilds them from the levels.
+#define NF4_H0 0xBEBFBFBFu
+#define NF4_H1 0x00BDBEBEu
+#define NF4_H2 0x3E3E3E3Du
+#define NF4_H3 0x3F3F3F3Eu
+#define NF4_L0 0xCA063280u
+#define NF4_L1 0x00BA3D92u
+#define NF4_L2 0xAD7C25A3u
+#define NF4_L3 0x803910E2u
+
+// 4 nibble codes (selector bits 0..15) -> 4 bytes from a 16-entry byte table t0..t3 (entries 0..7 in t0, t1; 8..15
+// in t2, t3). hi: 0xFF in each byte whose code has bit 3 set (nf4_hi_mask). prmt reads 3 index bits; with bit 3 set
+// it replicates a sign instead, so the low table is read with the codes as they are (bytes >= 8 are replaced) and
+// the high table with bit 3 cleared.
+// PTX prmt in its default mode: selector nibble n picks byte (bits 0..2) of {b, a} for result byte n, or with bit 3
+// set that byte's sign replicated (0x00 / 0xFF). (__byte_perm documents only the 3 index bits.)
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel) {
+  unsigned d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// W4AFP8: the word's nibbles 0..3 (sel) as e4m3(u), u = nibble ^ 8 = q + 8. u < 8: table 0 at index u, table 1's
+// byte replicates a clear sign (0); u >= 8: the other way round, indexed by the raw nibble (u - 8).
+__device__ __forceinline__ unsigned w4_e4m3x4(unsigned raw, unsigned u) {
+  return prmt(E4M3_U0, E4M3_U1, u) | prmt(E4M3_U2, E4M3_U3, raw);
+}
+
+__device__ __forceinline__ unsigned lut16(unsigned sel, unsigned sel7, unsigned hi, unsigned t0, unsigned t1,
+                                          unsigned t2, unsigned t3) {
+  const unsigned lo = prmt(t0, t1, sel), up = prmt(t2, t3, sel7);
+  return (up & hi) | (lo & ~hi);                       // one lop3
+}
+
+// NF4: a word's 8 codes (k 0..7 of its 4 bytes, low nibble first) -> the bf16 bits of their levels, in k pairs
+// r[0] = {k0, k1} .. r[3] = {k6, k7}. The byte masks of bit 3 come from prmt's sign replication: code n's bit 3 is
+// bit 7 of byte n / 2 of (w << 4) (n even) or of w (n odd).
+__device__ __forceinline__ void nf4_bf16x8(unsigned w, unsigned (&r)[4]) {
+  const unsigned w4 = w << 4, whi = w >> 16;
+  const unsigned sel[2] = {w, whi}, sel7[2] = {w & 0x7777u, whi & 0x7777u};
+  const unsigned hi[2] = {prmt(w4, w, 0xD9C8u), prmt(w4, w, 0xFBEAu)};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const unsigned hb = lut16(sel[h], sel7[h], hi[h], NF4_H0, NF4_H1, NF4_H2, NF4_H3);   // high bytes of 4 levels
+    const unsigned lb = lut16(sel[h], sel7[h], hi[h], NF4_L0, NF4_L1, NF4_L2, NF4_L3);   // low bytes
+    r[2 * h] = prmt(lb, hb, 0x5140u);                  // {lb0, hb0, lb1, hb1}: levels of codes 4h, 4h + 1
+    r[2 * h + 1] = prmt(lb, hb, 0x7362u);
+  }
+}
 
 template <int MODE, int R, int W>
 __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w,
@@ -48,19 +122,21 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
   // BYTES: x quantized by the block (every mode but bf16); INT8: integer codes and sums over all of K; W4: int4
   // weights (two a byte), int8 x and a scale per 128-column group on both sides
-  constexpr bool BYTES = MODE != ROWS_BF16, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
-  constexpr bool W4 = MODE == ROWS_W4A8, GROUPS = BLOCK || W4;
-  constexpr float QMAX = INT8 || W4 ? 127.f : 448.f;   // the code range the activation scale maps amax to
+  // NIB: 4-bit weights, 256 columns a tile; W4: and x quantized per 128-column group with code sums (W4F: to e4m3)
+  constexpr bool NF4 = MODE == ROWS_NF4, W4F = MODE == ROWS_W4AFP8, W4 = MODE == ROWS_W4A8 || W4F, NIB = W4 || NF4;
+  constexpr bool BYTES = MODE != ROWS_BF16 && !NF4, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
+  constexpr bool GROUPS = BLOCK || W4;
+  constexpr float QMAX = INT8 || MODE == ROWS_W4A8 ? 127.f : 448.f;   // the code range the x scale maps amax to
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int rowq = W4 ? K / 32 : BYTES ? K / 16 : K / 8;   // 16-byte chunks per weight row
-  const int ktiles = rowq / 8;                         // 128-byte K tiles per row (W4: 256 columns, two groups)
-  const int Kb = K / 128;                              // scale groups of 128 columns per row
+  const int rowq = NIB ? K / 32 : BYTES ? K / 16 : K / 8;   // 16-byte chunks per weight row
+  const int ktiles = rowq / 8;                         // 128-byte K tiles per row (NIB: 256 columns)
+  const int Kb = K / 128;                              // scale groups of 128 columns per row (NF4: 64, Kb / 2)
   const int pairs = (N + 15) / 16;
   const int blocks = (pairs + R - 1) / R;              // blocks of R row pairs; this block takes every gridDim.x-th
 
-  constexpr int SV = W4 ? 4 : 1;                       // scales per pair and tile: W4 rows g / g + 8 x two groups
-  constexpr int XC = W4 ? 4 : 2;                       // 16-byte x chunks per lane and tile
+  constexpr int SV = W4 ? 4 : NF4 ? 8 : 1;             // scales per pair and tile: rows g / g + 8 x 2 (NF4: 4) groups
+  constexpr int XC = W4 ? 4 : NF4 ? 1 : 2;             // 16-byte x chunks per lane and tile (NF4: loaded in compute)
   uint4 wb[RB][R][2][2];
   float sb[RB][R][SV];
   uint4 xb[RB][XC];
@@ -76,7 +152,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 #pragma unroll
       for (int h = 0; h < 2; ++h)                      // BLOCK: a pair never straddles a 128-row block
         srow[r][h] = BLOCK ? ws + (size_t)((16 * pr) >> 7) * Kb
-                           : W4 ? ws + (size_t)min(16 * pr + g + 8 * h, N - 1) * Kb : ws;
+                           : NIB ? ws + (size_t)min(16 * pr + g + 8 * h, N - 1) * (NF4 ? 2 * Kb : Kb) : ws;
     }
   };
   auto load_w = [&](int kt, uint4 (&wv)[R][2][2], float (&sv)[R][SV]) {
@@ -89,6 +165,13 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       if (BLOCK) sv[r][0] = __ldg(srow[r][0] + kt);
 #pragma unroll
       for (int v = 0; v < (W4 ? 4 : 0); ++v) sv[r][v] = __ldg(srow[r][v >> 1] + 2 * kt + (v & 1));   // [h][group]
+      if (NF4) {                                       // [h][group]: 4 groups of 64, 16 bytes (K % 256: aligned)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float4 f = __ldg(reinterpret_cast<const float4*>(srow[r][h]) + kt);
+          sv[r][4 * h] = f.x, sv[r][4 * h + 1] = f.y, sv[r][4 * h + 2] = f.z, sv[r][4 * h + 3] = f.w;
+        }
+      }
     }
   };
   auto prefetch = [&]() {                              // this warp's first RB - 1 tiles of the current pairs
@@ -112,6 +195,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   const int sx = K + 64;                               // bytes per token row of xq
   const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
   const int* xsum = reinterpret_cast<const int*>(xsc + (size_t)M * Kb);   // W4: sum of a group's x codes
+  const float* xsumf = xsc + (size_t)M * Kb;            // W4F: the same, of the e4m3 code values
   if (BYTES) {
     // Every thread converts 8 consecutive values (one 16-byte load) per chunk, a half-warp holds one group's 16
     // chunks (K % 128 == 0: a group never straddles tokens), and QU chunks per thread are loaded before any is
@@ -147,7 +231,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
     };
     auto store = [&](int i, const float (&fv)[8], float s) {
       uint2 codes;
-      if (INT8 || W4) {
+      if (INT8 || MODE == ROWS_W4A8) {
         int q[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) q[e] = min(max(__float2int_rn(fv[e] / s), -127), 127);
@@ -165,6 +249,16 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       } else {
         codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
         codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
+        if (W4F) {                                     // the group's sum of code values (fp32, a fixed order)
+          float vs = 0.f;
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            vs += e4m3_to_f32((codes.x >> 8 * e) & 0xffu) + e4m3_to_f32((codes.y >> 8 * e) & 0xffu);
+#pragma unroll
+          for (int o = 8; o > 0; o >>= 1) vs += __shfl_xor_sync(0xffffu << (lane & 16), vs, o);
+          const int m = i / rowc, col = 8 * (i - m * rowc);
+          if ((lane & 15) == 0) (xs + (size_t)M * Kb)[m * Kb + col / 128] = vs;
+        }
       }
       const int m = i / rowc, col = 8 * (i - m * rowc);
       *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
@@ -193,7 +287,7 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
   // W4: a tile is 256 columns of x, the lane's 32 bytes of group c at 128 c + 32 t (chunks 2c, 2c + 1)
   auto load_x = [&](int kt, uint4 (&xv)[XC]) {
 #pragma unroll
-    for (int c = 0; c < XC; ++c)
+    for (int c = 0; c < (NF4 ? 0 : XC); ++c)           // NF4 loads its x inside compute (8 chunks a tile)
       xv[c] = W4 ? xrow[kt * 16 + 8 * (c >> 1) + 2 * t + (c & 1)]
                  : BYTES ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
   };
@@ -208,30 +302,47 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       int part[R][4];
+      float fpart[R][4];                             // W4F: the e4m3 mma's sums
 #pragma unroll
       for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) part[r][e] = 0;
+        for (int e = 0; e < 4; ++e) part[r][e] = 0, fpart[r][e] = 0.f;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {                  // word i of the lane's 16 bytes: its k 32 t + 8 i .. + 7
         const uint4& xw = xv[2 * c + (i >> 1)];
-        const unsigned b0 = word_of(xw, 2 * (i & 1)), b1 = word_of(xw, 2 * (i & 1) + 1);   // evens, odds
+        // W4A8: evens, odds (x stored to match); W4F: k 0..3, 4..7 (natural)
+        const unsigned b0 = word_of(xw, 2 * (i & 1)), b1 = word_of(xw, 2 * (i & 1) + 1);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          const unsigned ug = word_of(wv[r][0][c], i) ^ 0x88888888u, uh = word_of(wv[r][1][c], i) ^ 0x88888888u;
-          const unsigned a[4] = {ug & 0x0F0F0F0Fu, uh & 0x0F0F0F0Fu, (ug >> 4) & 0x0F0F0F0Fu, (uh >> 4) & 0x0F0F0F0Fu};
-          mma_16832_s8(part[r], a, b0, b1);
+          const unsigned wg = word_of(wv[r][0][c], i), wh = word_of(wv[r][1][c], i);
+          const unsigned ug = wg ^ 0x88888888u, uh = wh ^ 0x88888888u;
+          if (W4F) {
+            const unsigned a[4] = {w4_e4m3x4(wg, ug), w4_e4m3x4(wh, uh), w4_e4m3x4(wg >> 16, ug >> 16),
+                                   w4_e4m3x4(wh >> 16, uh >> 16)};
+            mma_16832_e4m3(fpart[r], a, b0, b1);
+          } else {
+            const unsigned a[4] = {ug & 0x0F0F0F0Fu, uh & 0x0F0F0F0Fu, (ug >> 4) & 0x0F0F0F0Fu,
+                                   (uh >> 4) & 0x0F0F0F0Fu};
+            mma_16832_s8(part[r], a, b0, b1);
+          }
         }
       }
       const int grp = 2 * kt + c;
-      const int q0 = xsum[min(2 * t, M - 1) * Kb + grp], q1 = xsum[min(2 * t + 1, M - 1) * Kb + grp];
+      const int m0 = min(2 * t, M - 1) * Kb + grp, m1 = min(2 * t + 1, M - 1) * Kb + grp;
+      // sum xq (q + 8) - 8 sum xq (W4A8 exact in int32), then the two scales
+      const float d0 = W4F ? 8.f * xsumf[m0] : 0.f, d1 = W4F ? 8.f * xsumf[m1] : 0.f;
+      const int q0 = W4F ? 0 : 8 * xsum[m0], q1 = W4F ? 0 : 8 * xsum[m1];
       const float x0 = xs0[grp], x1 = xs1[grp];      // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
-      for (int r = 0; r < R; ++r) {                  // sum xq (q + 8) - 8 sum xq, then the two scales
-        acc[r][0] = fmaf((float)(part[r][0] - 8 * q0), sv[r][c] * x0, acc[r][0]);
-        acc[r][1] = fmaf((float)(part[r][1] - 8 * q1), sv[r][c] * x1, acc[r][1]);
-        acc[r][2] = fmaf((float)(part[r][2] - 8 * q0), sv[r][2 + c] * x0, acc[r][2]);
-        acc[r][3] = fmaf((float)(part[r][3] - 8 * q1), sv[r][2 + c] * x1, acc[r][3]);
+      for (int r = 0; r < R; ++r) {
+        const float p0 = W4F ? fpart[r][0] - d0 : (float)(part[r][0] - q0);
+        const float p1 = W4F ? fpart[r][1] - d1 : (float)(part[r][1] - q1);
+        const float p2 = W4F ? fpart[r][2] - d0 : (float)(part[r][2] - q0);
+        const float p3 = W4F ? fpart[r][3] - d1 : (float)(part[r][3] - q1);
+        acc[r][0] = fmaf(p0, sv[r][c] * x0, acc[r][0]);
+        acc[r][1] = fmaf(p1, sv[r][c] * x1, acc[r][1]);
+        acc[r][2] = fmaf(p2, sv[r][2 + c] * x0, acc[r][2]);
+        acc[r][3] = fmaf(p3, sv[r][2 + c] * x1, acc[r][3]);
       }
     }
   };
@@ -266,8 +377,49 @@ __global__ void __launch_bounds__(32 * W) gemv_rows(const bf16_t* __restrict__ x
       }
     }
   };
+  // NF4: lane t's 16 bytes of half c hold 8 bytes of group 2c (words 0, 1) and 8 of group 2c + 1 (words 2, 3): word
+  // i's codes are k 128 c + 64 s + 16 t + 8 p + 0..7 (s = i >> 1, p = i & 1), x's 16 bytes at that k
+  const uint4* xnf = reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + 2 * t;
+  auto compute_nf4 = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV]) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      uint4 xv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv[i] = __ldca(xnf + kt * 32 + 16 * c + 8 * (i >> 1) + (i & 1));
+#pragma unroll
+      for (int sg = 0; sg < 2; ++sg) {
+        float part[R][4];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[r][e] = 0.f;
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int i = 2 * sg + p;
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            unsigned lg[4], lh[4];
+            nf4_bf16x8(word_of(wv[r][0][c], i), lg);
+            nf4_bf16x8(word_of(wv[r][1][c], i), lh);
+            const unsigned a0[4] = {lg[0], lh[0], lg[1], lh[1]}, a1[4] = {lg[2], lh[2], lg[3], lh[3]};
+            mma_16816(part[r], a0, xv[i].x, xv[i].y);
+            mma_16816(part[r], a1, xv[i].z, xv[i].w);
+          }
+        }
+        const int gi = 2 * c + sg;                   // the tile's group (of 4); c0, c1: row g; c2, c3: row g + 8
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          acc[r][0] = fmaf(part[r][0], sv[r][gi], acc[r][0]);
+          acc[r][1] = fmaf(part[r][1], sv[r][gi], acc[r][1]);
+          acc[r][2] = fmaf(part[r][2], sv[r][4 + gi], acc[r][2]);
+          acc[r][3] = fmaf(part[r][3], sv[r][4 + gi], acc[r][3]);
+        }
+      }
+    }
+  };
   auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
     if constexpr (W4) compute_w4(kt, wv, sv, xv);
+    else if constexpr (NF4) compute_nf4(kt, wv, sv);
     else compute_bytes(kt, wv, sv, xv);
   };
   // tile i of this warp (kt = warp + i W) in slot u = i % RB; the loop is unrolled by RB so the ring rotates by
@@ -341,4 +493,6 @@ GEMV_ROWS_W(ROWS_BLOCK)
 GEMV_ROWS_W(ROWS_CHANNEL)
 GEMV_ROWS_W(ROWS_INT8)
 GEMV_ROWS_W(ROWS_W4A8)
+GEMV_ROWS_W(ROWS_W4AFP8)
+GEMV_ROWS_W(ROWS_NF4)
 #endif

@@ -21,6 +21,17 @@ gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None):
     [N, K / 2] two's-complement nibbles, low = even k; ws: float32 [N, K / 128] -> y bf16 [M, N] = sum over groups b of
     xs[m, b] ws[n, b] (xq[m, b] . q[n, b]), x quantized to int8 per token and group by the kernel. sm_80+.
     Twin: fdlite.quant.w4a8.Method.matmul.
+gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None):
+    w4afp8 (groups of 128, fp8 activations per token and group, quantized by the kernel): x, q and ws as w4a8 ->
+    y bf16 [M, N] = sum over groups b of xs[m, b] ws[n, b] (e4m3(xq[m, b]) . q[n, b]). sm_89+ (e4m3 tensor cores).
+    Twin: fdlite.quant.w4afp8.Method.matmul.
+gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):
+    nf4, weight-only, groups of 64: x: bf16 [M, K], M <= 8, K % 256 == 0 (the padded K); q: uint8 [N, K / 2] level
+    indices (low nibble = even k) in nf4_interleave's order; ws: float32 [N, K / 64] absmax, 16-byte aligned ->
+    y bf16 [M, N] = x @ (bf16(NF4_LEVELS[q]) * ws).T with fp32 sums per group. sm_80+.
+    Twin: fdlite.quant.nf4.Method.matmul (the levels rounded to bf16: relative 2^-9 per weight).
+nf4_interleave(q) / nf4_deinterleave(q): [N, K / 2] packed nf4 codes (K % 256 == 0) <-> the kernel's order, on the
+    array's module: in each 64-byte half of a 128-byte tile, the two 32-byte groups interleaved 8 bytes at a time.
 rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
 """
 from __future__ import annotations
@@ -38,7 +49,8 @@ SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a bloc
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
-MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8 = 0, 1, 2, 3, 4   # the kernel's MODE (gemv_rows.cu: ROWS_*)
+MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8, MODE_W4AFP8, MODE_NF4 = range(7)   # gemv_rows.cu: ROWS_*
+W4_MODES = (MODE_W4A8, MODE_W4AFP8)      # int4 weights, x quantized per group of 128 with code sums
 
 
 def plan(N: int, K: int, qx: bool, M: int = 1) -> tuple[int, int]:
@@ -53,6 +65,11 @@ def plan(N: int, K: int, qx: bool, M: int = 1) -> tuple[int, int]:
     if 2 * K >= 16384:
         return 1, 8
     return (1, 4) if N >= 6144 else (1, 8)
+
+
+def nf4_plan(N: int, K: int) -> tuple[int, int]:
+    """-> (rows, warps) for nf4 (from the H100 sweep of the four Llama-3-8B projections at one row, BENCHMARKS.md)."""
+    return 1, 8
 
 
 def smem_bytes(M: int, K: int, qx: bool, w4: bool = False) -> int:
@@ -104,16 +121,17 @@ def kernel(device_id: int, name: str) -> Compiled:
 def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
     import cupy as cp  # noqa: PLC0415
 
-    qx = mode != MODE_BF16                              # a byte mode: x quantized by the kernel
+    qx = mode not in (MODE_BF16, MODE_NF4)              # a byte mode: x quantized by the kernel
     M = x.shape[0]
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
-    pr, pw = (1, 8) if mode == MODE_W4A8 else plan(N, K, qx, M)   # w4a8: 16 warps spill (128 registers)
+    # int4 modes: 16 warps spill (128 registers)
+    pr, pw = (1, 8) if mode in W4_MODES else nf4_plan(N, K) if mode == MODE_NF4 else plan(N, K, qx, M)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
     check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
-    smem = smem_bytes(M, K, qx, mode == MODE_W4A8)
+    smem = smem_bytes(M, K, qx, mode in W4_MODES)
     dev = cp.cuda.Device()
     k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
     check(smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over "
@@ -165,6 +183,38 @@ def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None):
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
     return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps)
+
+
+def gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None):
+    N, K = _codes(x, q, np.uint8, 2, 256, "two groups of 128 a tile")
+    expect(ws, "ws", np.float32, 2)
+    check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
+    return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, rows, warps)
+
+
+def gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):
+    N, K = _codes(x, q, np.uint8, 2, 256, "four groups of 64 a tile")
+    expect(ws, "ws", np.float32, 2)
+    check(ws.shape == (N, K // 64), f"ws shape {ws.shape}, expected {(N, K // 64)}: an absmax per row and group of 64")
+    check(ws.data.ptr % 16 == 0, f"ws (address {ws.data.ptr:#x}) must be 16-byte aligned: the kernel reads a row's "
+          "four scales of a tile as one 16-byte load")
+    return _run(x, q, ws, N, K, MODE_NF4, out, rows, warps)
+
+
+def nf4_interleave(q):
+    """[N, K / 2] nf4 codes, K % 256 == 0 -> the kernel's order (a new C-contiguous array on q's module): byte
+    16 t + 8 s + j of each 64-byte half is byte 32 s + 8 t + j of the half as packed (t < 4, s < 2, j < 8), so the
+    16 bytes lane t of a warp loads hold 8 of each 64-column group."""
+    N, B = q.shape
+    check(B % 128 == 0, f"nf4 codes of {B} bytes a row: the kernel's order needs a multiple of 128 (K % 256 == 0)")
+    return q.reshape(N, B // 64, 2, 4, 8).transpose(0, 1, 3, 2, 4).reshape(N, B).copy()
+
+
+def nf4_deinterleave(q):
+    """nf4_interleave's inverse."""
+    N, B = q.shape
+    check(B % 128 == 0, f"nf4 codes of {B} bytes a row: the kernel's order needs a multiple of 128 (K % 256 == 0)")
+    return q.reshape(N, B // 64, 4, 2, 8).transpose(0, 1, 3, 2, 4).reshape(N, B).copy()
 
 
 def _codes(x, q, qdtype, per_byte: int, multiple: int, why: str) -> tuple[int, int]:

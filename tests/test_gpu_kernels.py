@@ -1,4 +1,6 @@
 """GPU kernels against their NumPy twins on fresh random inputs (pytest -m gpu, on the lent device)."""
+import types
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -732,6 +734,69 @@ def test_gemv_rows_w4a8_vs_twin(cp, N, K, M):
     dev = type(p)(p.method, p.shape, {"quant_weight": q, "weight_scale": ws}, p.meta)
     routed = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp)).astype(np.float32)
     assert np.isfinite(routed).all() and _rel(routed, ref) < 1e-2
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 1024), (136, 256), (48, 200)])
+@pytest.mark.parametrize("M", [1, 3, 8, 20])
+def test_gemv_rows_w4afp8_vs_twin(cp, N, K, M):
+    """w4afp8 (groups of 128, x to e4m3 per token and group in the prologue) on gemv_rows' int4 x e4m3 mode against
+    the method's NumPy matmul: nibbles looked up as e4m3(q + 8), the prologue's sums of code values taking 8 sum x
+    back out; every block shape on one shape, a K padded to 256 (K = 200) and 20 rows through the routed matmul."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_rows import MAX_M, SHAPES, gemv_rows_w4afp8
+
+    rng = np.random.default_rng(N + 19 * K + M)
+    method = get("w4afp8")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
+    if M <= MAX_M and q.shape[1] * 2 == K:
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+            y = cp.full((M, N), np.nan, dtype=BF16)
+            gemv_rows_w4afp8(cp.asarray(x), q, ws, out=y, rows=rows, warps=warps)
+            got = cp.asnumpy(y).astype(np.float32)
+            assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, (rows, warps)
+    dev = type(p)(p.method, p.shape, {"quant_weight": q, "weight_scale": ws}, p.meta)
+    routed = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp)).astype(np.float32)
+    assert np.isfinite(routed).all() and _rel(routed, ref) < 5e-3
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 1024), (136, 256), (48, 200)])
+@pytest.mark.parametrize("M", [1, 3, 8, 20])
+def test_gemv_rows_nf4_vs_twin(cp, N, K, M):
+    """nf4 (weight-only, groups of 64) on gemv_rows' nf4 mode against the method's NumPy matmul (the levels as bf16:
+    2^-9 relative each): the codes permuted by prepare() on a GPU backend, output poisoned, every block shape on one
+    shape, a K padded to 256 (K = 200) and 20 rows through the routed matmul; one-hot x reads single decoded weights."""
+    from fdlite.quant import get
+    from fdlite_kernels.gemv_rows import MAX_M, SHAPES, gemv_rows_nf4
+
+    rng = np.random.default_rng(N + 23 * K + M)
+    method = get("nf4")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    dev = method.prepare(p, types.SimpleNamespace(is_gpu=True, asarray=cp.asarray))
+    assert dev.meta["gpu"] == "rows_nf4"
+    q, ws = dev.arrays["quant_weight"], dev.arrays["weight_scale"]
+    if M <= MAX_M and q.shape[1] * 2 == K:
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+            y = cp.full((M, N), np.nan, dtype=BF16)
+            gemv_rows_nf4(cp.asarray(x), q, ws, out=y, rows=rows, warps=warps)
+            got = cp.asnumpy(y).astype(np.float32)
+            assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, (rows, warps)
+        if M == 8:                                     # x[m] = e_k: y[m, n] = bf16(bf16(level) * absmax), exactly
+            ks = rng.choice(K, 8, replace=False)
+            e = np.zeros((8, K), BF16)
+            e[np.arange(8), ks] = 1
+            W = method.dequantize(p)                                               # float32 level * absmax
+            lv = np.asarray(method.levels)[method.unpack(p)[:, ks]].astype(BF16).astype(np.float32).T   # (8, N)
+            s = p.arrays["weight_scale"][:, ks // 64].T
+            got = cp.asnumpy(gemv_rows_nf4(cp.asarray(e), q, ws)).astype(np.float32)
+            assert np.array_equal(got, (lv * s).astype(BF16).astype(np.float32))
+            assert np.abs(got - W[:, ks].T).max() <= 2 ** -7 * np.abs(W).max()
+    routed = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp)).astype(np.float32)
+    assert np.isfinite(routed).all() and _rel(routed, ref) < 5e-3
 
 
 @pytest.mark.parametrize("M", [9, 20, 64])

@@ -448,11 +448,27 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         w4_smem = M * (K + 64) + 8 * M * K // 128
         assert calls[-1][0] == "gemv_rows<4, 1, 8>" and calls[-1][4] == w4_smem       # 16 warps would spill
         assert calls[-1][1] == (min(-(-N // 16), 132 * gemv_rows.resident_blocks(128, 8, w4_smem + 8 * 512)),)
-        for _, _, _, args, _, _ in calls[-5:]:
+        w4_grid = calls[-1][1]
+        y = gemv_rows.gemv_rows_w4afp8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8),
+                                       _Arr((N, K // 128), np.float32))
+        assert calls[-1][0] == "gemv_rows<5, 1, 8>" and calls[-1][4] == w4_smem and calls[-1][1] == w4_grid
+        y = gemv_rows.gemv_rows_nf4(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 64), np.float32))
+        rows, warps = gemv_rows.nf4_plan(N, K)
+        assert calls[-1][0] == f"gemv_rows<6, {rows}, {warps}>" and calls[-1][4] == 0       # x from L2, no prologue
+        assert calls[-1][1] == (-(-N // (16 * rows)),) and calls[-1][3][3] is y
+        for _, _, _, args, _, _ in calls[-7:]:
             assert len(args) == len(params)
             for a, p in zip(args, params):
                 assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     assert calls[0][1] == (1792,) and calls[1][1] == (264,)         # gate_up: 1792 pairs, fp8 2 blocks x 132 SMs
+    with pytest.raises(ValueError, match=r"ws shape \(40, 8\), expected \(40, 4\): an absmax per row and group of 64"):
+        gemv_rows.gemv_rows_nf4(_Arr((1, 256), bf16), _Arr((40, 128), np.uint8), _Arr((40, 8), np.float32))
+    with pytest.raises(ValueError, match="K = 200 must be a positive multiple of 256"):
+        gemv_rows.gemv_rows_w4afp8(_Arr((1, 200), bf16), _Arr((40, 100), np.uint8), _Arr((40, 2), np.float32))
+    odd = _Arr((40, 4), np.float32)
+    odd.data = types.SimpleNamespace(ptr=260)
+    with pytest.raises(ValueError, match=r"ws \(address 0x104\) must be 16-byte aligned"):
+        gemv_rows.gemv_rows_nf4(_Arr((1, 256), bf16), _Arr((40, 128), np.uint8), odd)
     with pytest.raises(ValueError, match=r"ws shape \(8, 2\), expected \(1000, 1\) or \(1000,\)"):
         gemv_rows.gemv_rows_fp8_channel(_Arr((1, 1024), bf16), _Arr((1000, 1024), np.uint8), _Arr((8, 2), np.float32))
     assert gemv_rows.plan(4096, 4096, True, 1) == (1, 8) and gemv_rows.plan(4096, 4096, True, 2) == (1, 16)
@@ -533,6 +549,41 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
         assert get(name)().matmul(_Arr((2, 4096), bf16), p8, xp) == f"{name} kernel"
     assert get("wint8")().device_matmul is None
     assert _gpu.matmul_fp8_channel(_Arr((1, 576), bf16), p, xp) is None
+    monkeypatch.setattr(gemv_rows, "gemv_rows_w4afp8",
+                        lambda x, q, ws, out=None: seen.append(("w4afp8", x.shape)) or "rows")
+    pf = Packed("w4afp8", (6144, 4000), p4.arrays, {"group_size": 128})
+    assert _gpu.matmul_w4afp8(_Arr((2, 4000), bf16), pf, xp) == "rows" and seen[-1] == ("w4afp8", (2, 4000))
+    assert _gpu.matmul_w4afp8(_Arr((2, 4096), bf16), Packed("w4afp8", (6144, 4096), p4c.arrays, {"group_size": 4096}),
+                              xp) is None                                        # per channel: the reference
+    monkeypatch.setattr(gemv_rows, "gemv_rows_nf4", lambda x, q, ws, out=None: seen.append(("nf4", x.shape)) or "rows")
+    pn = Packed("nf4", (6144, 4096), {"quant_weight": _Arr((6144, 2048), np.uint8),
+                                      "weight_scale": _Arr((6144, 64), np.float32)}, {"group_size": 64})
+    assert _gpu.matmul_nf4(_Arr((1, 4096), bf16), pn, xp) is None                # codes as stored: the reference
+    pn.meta["gpu"] = "rows_nf4"
+    assert _gpu.matmul_nf4(_Arr((1, 4096), bf16), pn, xp) == "rows" and seen[-1] == ("nf4", (1, 4096))
+    assert _gpu.nf4_rows_supported(get("nf4")(), pn) and not _gpu.nf4_rows_supported(get("nf4")(activation="int8"), pn)
+    assert get("w4afp8")().device_matmul == "matmul_w4afp8" and get("nf4")().device_matmul == "matmul_nf4"
+
+
+@pytest.mark.parametrize("K", [512, 1000])
+def test_nf4_prepare_for_gemv_rows_keeps_the_math(K):
+    """nf4.Method.prepare on a GPU backend permutes the codes into gemv_rows' order once (a K padded to 1024 too);
+    dequantize and the reference matmul read them back unchanged. On NumPy arrays: the same xp-generic code."""
+    from fdlite.quant import get
+
+    rng = np.random.default_rng(K)
+    m = get("nf4")()
+    p = m.quantize(rng.standard_normal((48, K)).astype(np.float32))
+    gpu = types.SimpleNamespace(is_gpu=True, asarray=lambda a: a)
+    d = m.prepare(p, gpu)
+    assert d.meta["gpu"] == "rows_nf4" and not np.array_equal(d.arrays["quant_weight"], p.arrays["quant_weight"])
+    assert np.array_equal(m.dequantize(d), m.dequantize(p))
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    assert np.array_equal(m.matmul(x, d, np), m.matmul(x, p, np))
+    assert "gpu" not in m.prepare(p, types.SimpleNamespace(is_gpu=False, asarray=lambda a: a)).meta
+    assert "gpu" not in get("nf4")(activation="int8").prepare(p, gpu).meta
+    assert "gpu" not in get("nf4")(group_size=128).prepare(get("nf4")(group_size=128).quantize(
+        rng.standard_normal((48, K)).astype(np.float32)), gpu).meta
 
 
 @given(st.integers(1, 40), st.integers(1, 400), st.sampled_from([4, 8]), st.integers(8, 160))
@@ -607,3 +658,102 @@ def test_gemv_wint2_tc_launch_and_route(monkeypatch):
         q = Packed("wint2", (64, 128), {**base, "code_scale": np.full(64, cs, np.float32),
                                         "code_zp": np.full(64, cz, np.float32)}, {})
         assert method.prepare(q, np_backend).meta["codewords_in_range"] is ok, (cs, cz)
+
+
+# ------------------------------------------------- gemv_rows' 4-bit lookups, emulated from the .cu's own constants
+
+def _cu_constants(names):
+    import re
+
+    src = fdlite_kernels.source("gemv_rows")
+    return {n: int(re.search(rf"#define {n} (0x[0-9A-Fa-f]+)u", src).group(1), 16) for n in names}
+
+
+def _prmt(a, b, sel):
+    """PTX prmt.b32 (default mode) on uint64 arrays: selector nibble n picks byte (bits 0..2) of {b, a} for result
+    byte n, or with bit 3 set replicates that byte's sign bit."""
+    a, b, sel = (np.asarray(v, np.int64) for v in (a, b, sel))
+    out = np.zeros(np.broadcast(a, b, sel).shape, np.int64)
+    for n in range(4):
+        s = (sel >> (4 * n)) & 0xF
+        idx = s & 7
+        src = np.where(idx < 4, a >> (8 * (idx & 3)), b >> (8 * (idx & 3))) & 0xFF
+        byte = np.where(s & 8, np.where(src & 0x80, 0xFF, 0), src)
+        out |= byte << (8 * n)
+    return out & 0xFFFFFFFF
+
+
+def _nibbles(w):
+    return [(w >> (4 * n)) & 0xF for n in range(8)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=64))
+def test_gemv_rows_w4afp8_lookup_gives_e4m3_of_q_plus_8(words):
+    """gemv_rows.cu's w4_e4m3x4, step by step on the .cu's tables: each nibble (two's complement q) becomes the
+    e4m3fn bits of q + 8, in k order (nibbles 0..3 from the word, 4..7 from the word >> 16)."""
+    import ml_dtypes
+
+    c = _cu_constants(["E4M3_U0", "E4M3_U1", "E4M3_U2", "E4M3_U3"])
+    w = np.array(words, np.int64)
+    u = w ^ 0x88888888
+    look = lambda raw, uu: _prmt(c["E4M3_U0"], c["E4M3_U1"], uu) | _prmt(c["E4M3_U2"], c["E4M3_U3"], raw)
+    got = [look(w, u), look(w >> 16, u >> 16)]
+    e4m3 = np.arange(16, dtype=np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    for n, q in enumerate(_nibbles(w)):
+        want = e4m3[q ^ 8]                   # u = q + 8 for the two's-complement nibble
+        assert np.array_equal((got[n // 4] >> (8 * (n % 4))) & 0xFF, want), n
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=64))
+def test_gemv_rows_nf4_lookup_gives_the_levels_bf16_bits(words):
+    """gemv_rows.cu's nf4_bf16x8 on the .cu's tables: code n of a word becomes the bf16 bits (round to nearest even)
+    of NF4_LEVELS[code] in half n % 2 of register n // 2, the bit-3 masks spread by prmt's sign replication."""
+    import ml_dtypes
+
+    from fdlite.quant.nf4 import NF4_LEVELS
+
+    c = _cu_constants([f"NF4_{t}{i}" for t in "HL" for i in range(4)])
+    T = c
+    w = np.array(words, np.int64)
+    w4 = (w << 4) & 0xFFFFFFFF
+    whi = w >> 16
+    sel, sel7 = [w, whi], [w & 0x7777, whi & 0x7777]
+    hi = [_prmt(w4, w, 0xD9C8), _prmt(w4, w, 0xFBEA)]
+
+    def lut16(h, t):
+        lo, up = _prmt(T[f"NF4_{t}0"], T[f"NF4_{t}1"], sel[h]), _prmt(T[f"NF4_{t}2"], T[f"NF4_{t}3"], sel7[h])
+        return (up & hi[h]) | (lo & ~hi[h] & 0xFFFFFFFF)
+
+    r = []
+    for h in range(2):
+        hb, lb = lut16(h, "H"), lut16(h, "L")
+        r += [_prmt(lb, hb, 0x5140), _prmt(lb, hb, 0x7362)]
+    bits = NF4_LEVELS.astype(ml_dtypes.bfloat16).view(np.uint16)
+    for n, code in enumerate(_nibbles(w)):
+        assert np.array_equal((r[n // 2] >> (16 * (n % 2))) & 0xFFFF, bits[code]), n
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(0, 2**16))
+def test_nf4_interleave_puts_each_group_in_its_lanes(n, tiles, seed):
+    """gemv_rows' nf4 order: lane t's 16 bytes of half c of a tile hold, in word i (s = i // 2, p = i % 2), the
+    codes of k = 128 c + 64 s + 16 t + 8 p + 0..7, so words 0, 1 are group 2c and 2, 3 group 2c + 1 of the
+    tile's four groups of 64; deinterleave inverts it."""
+    from fdlite_kernels.gemv_rows import nf4_deinterleave, nf4_interleave
+
+    B = 128 * tiles
+    q = np.random.default_rng(seed).integers(0, 256, (n, B), dtype=np.uint8)
+    r = nf4_interleave(q)
+    assert r.flags.c_contiguous and np.array_equal(nf4_deinterleave(r), q)
+    for kt in range(tiles):
+        for c in range(2):
+            for t in range(4):
+                for i in range(4):
+                    s, p = i // 2, i % 2
+                    got = r[:, 128 * kt + 64 * c + 16 * t + 4 * i:][:, :4]
+                    k0 = 256 * kt + 128 * c + 64 * s + 16 * t + 8 * p          # the word's first k
+                    assert np.array_equal(got, q[:, k0 // 2:k0 // 2 + 4])
+    with pytest.raises(ValueError, match="codes of 64 bytes a row"):
+        nf4_interleave(q[:, :64])

@@ -7,7 +7,8 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
-| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8: and group) in its prologue; K % 128 == 0, w4a8 256) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
+| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue; K % 128 == 0, int4 256) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
+| nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 8 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
@@ -129,6 +130,47 @@ def matmul_w4a8(x, p: Packed, xp):
     return _per_channel_rows(gemv_rows_w4a8, x, q, s, xp, K_pad=Kp)
 
 
+def matmul_w4afp8(x, p: Packed, xp):
+    """w4afp8 (groups of 128, fp8 activations per token and group) on gemv_rows' int4 x e4m3 mode (nibbles looked
+    up as e4m3(q + 8), corrected by the prologue's code sums), 8 rows a launch to BYTE_ROWS_MAX_M, sm_89+; None for
+    other groups, a padded K that is not a multiple of 256 or an older device (the reference formula runs)."""
+    q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
+    Kp = q.shape[1] * 2
+    if p.meta.get("group_size") != 128 or Kp % 256 or s.shape[1] != Kp // 128 or _cc(xp) < 89:
+        return None
+    from fdlite_kernels.gemv_rows import gemv_rows_w4afp8  # noqa: PLC0415
+
+    return _per_channel_rows(gemv_rows_w4afp8, x, q, s, xp, K_pad=Kp)
+
+
+def nf4_rows_supported(method, p: Packed) -> bool:
+    """gemv_rows' nf4 mode takes weight-only nf4 in groups of 64 whose packed K is a multiple of 256."""
+    q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
+    Kp = q.shape[1] * 2
+    return method.activation == "bf16" and p.meta.get("group_size") == 64 and Kp % 256 == 0 and s.shape[1] == Kp // 64
+
+
+def prepare_nf4(p: Packed) -> Packed:
+    """The device copy's codes in gemv_rows' order (same bytes, permuted in place of the stored ones: one copy),
+    marked so nf4.Method.unpack reads them back."""
+    from fdlite_kernels.gemv_rows import nf4_interleave  # noqa: PLC0415
+
+    arrays = {**p.arrays, "quant_weight": nf4_interleave(p.arrays["quant_weight"])}
+    return Packed(p.method, p.shape, arrays, {**p.meta, "gpu": "rows_nf4"})
+
+
+def matmul_nf4(x, p: Packed, xp):
+    """nf4 (weight-only, groups of 64) on gemv_rows' nf4 mode (levels looked up as bf16 in registers, bf16 mma,
+    fp32 group sums): 8 rows a launch to BYTE_ROWS_MAX_M; None for a weight prepare() left as stored or more rows
+    (the reference formula runs)."""
+    if p.meta.get("gpu") != "rows_nf4":
+        return None
+    from fdlite_kernels.gemv_rows import gemv_rows_nf4  # noqa: PLC0415
+
+    q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
+    return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2)
+
+
 def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
     import ml_dtypes  # noqa: PLC0415
 
@@ -139,7 +181,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
     if not (M <= BYTE_ROWS_MAX_M and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
-    if not _aligned16(xb, q):
+    if not _aligned16(xb, q, ws):
         return None
     if M <= MAX_M:
         return kernel(xb, q, ws)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from . import _gpu
 from ._common import act_int8_per_token
 from ._grouped import Grouped
 
@@ -37,5 +38,20 @@ class Method(Grouped):
     def config(self) -> dict:
         return {**super().config(), "activation": self.activation}
 
+    device_matmul = "matmul_nf4"       # gemv_rows' decode kernel where prepare() permuted the codes for it
+
     def act(self, x, p, xp):
         return act_int8_per_token(x, xp) if self.activation == "int8" else x
+
+    def prepare(self, p, backend):
+        """On a GPU, weight-only groups of 64 with a packed K % 256 == 0: the codes permuted for gemv_rows."""
+        p = super().prepare(p, backend)
+        return _gpu.prepare_nf4(p) if backend.is_gpu and _gpu.nf4_rows_supported(self, p) else p
+
+    def unpack(self, p, xp=np):
+        if p.meta.get("gpu") == "rows_nf4":            # gemv_rows' order: back to the packed one first
+            from fdlite_kernels.gemv_rows import nf4_deinterleave  # noqa: PLC0415
+
+            p = type(p)(p.method, p.shape, {**p.arrays, "quant_weight": nf4_deinterleave(p.arrays["quant_weight"])},
+                        p.meta)
+        return super().unpack(p, xp)
