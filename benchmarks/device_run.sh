@@ -261,6 +261,11 @@ for stage in "$@"; do
       T 200 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | tail -2
       T 240 env ROWS_ONLY=1 INT4_ROWS=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A60 "sum over" $OUT/gemv.log ;;
+    nf4ab)          # nf4's two level lookups (prmt byte tables, a shared-memory table per lane): twins, then timings
+      T 200 $PT tests/test_gpu_kernels.py -k "nf4 or gemv_rows_w4afp8" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
+      T 200 env ROWS_ONLY=1 INT4_ROWS=1 NF4_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py \
+        > $OUT/gemv.log 2>&1
+      grep -A60 "sum over" $OUT/gemv.log ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2
