@@ -129,15 +129,16 @@ __device__ __forceinline__ void nf4_bf16x8(unsigned w, unsigned (&r)[4]) {
   }
 }
 
+// NF4_SMEM at 8 warps: two blocks an SM (128 registers), as the prmt lookups reach without asking
 template <int MODE, int R, int W>
-__global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 1) gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w,
-                                                   const float* __restrict__ ws, bf16_t* __restrict__ y,
-                                                   int M, int N, int K) {
+__global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 1)
+    gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ ws,
+              bf16_t* __restrict__ y, int M, int N, int K) {
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
-  // BYTES: x quantized by the block (every mode but bf16); INT8: integer codes and sums over all of K; W4: int4
-  // weights (two a byte), int8 x and a scale per 128-column group on both sides
+  // BYTES: x quantized by the block (every mode but bf16 and nf4); INT8: integer codes and sums over all of K;
   // NIB: 4-bit weights, 256 columns a tile; W4: and x quantized per 128-column group with code sums (W4F: to e4m3)
-  constexpr bool NF4S = MODE == ROWS_NF4_SMEM, NF4 = MODE == ROWS_NF4 || NF4S, W4F = MODE == ROWS_W4AFP8, W4 = MODE == ROWS_W4A8 || W4F, NIB = W4 || NF4;
+  constexpr bool NF4S = MODE == ROWS_NF4_SMEM, NF4 = MODE == ROWS_NF4 || NF4S, W4F = MODE == ROWS_W4AFP8;
+  constexpr bool W4 = MODE == ROWS_W4A8 || W4F, NIB = W4 || NF4;
   constexpr bool BYTES = MODE != ROWS_BF16 && !NF4, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
   constexpr bool GROUPS = BLOCK || W4;
   constexpr float QMAX = INT8 || MODE == ROWS_W4A8 ? 127.f : 448.f;   // the code range the x scale maps amax to
@@ -198,13 +199,14 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 
   rows_of(blockIdx.x * R);
   prefetch();
   // NF4S: the bf16x2 levels of every code byte (low nibble = even k), one copy per bank: lane l reads column l only,
-  // so no two lanes ever meet in a bank. 32 KiB, filled while the weights load.
-  __shared__ __align__(32768) unsigned nf4lut[NF4S ? 256 * 32 : 1];
-  const unsigned lut0 = smem_addr(nf4lut);
-  if (NF4S && (lut0 & 0x7fffu)) __trap();              // the lookups OR the offsets into the table's address
+  // so no two lanes ever meet in a bank. 32 KiB at a 32 KiB boundary of the dynamic shared memory (the launcher
+  // gives 64 KiB), so a lookup ORs its offset into the address; filled while the weights load.
+  extern __shared__ uint4 xsm[];
+  const unsigned lut0 = (smem_addr(xsm) + 0x7fffu) & ~0x7fffu;
   if (NF4S) {
     for (int i = threadIdx.x; i < 256 * 32; i += 32 * W)          // entry i: byte i >> 5, lane i & 31
-      nf4lut[i] = nf4_bf16((i >> 5) & 15) | (nf4_bf16(i >> 9) << 16);
+      asm volatile("st.shared.u32 [%0], %1;" ::"r"(lut0 + 4 * i),
+                   "r"(nf4_bf16((i >> 5) & 15) | (nf4_bf16(i >> 9) << 16)));
     __syncthreads();
   }
   x += pdl_wait();
@@ -215,7 +217,6 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 
   // act_quant_fp8 and the twin (fdlite.quant._common.act_fp8); INT8: / 127 and xq = clip(rint(x / xs), +-127)
   // (act_int8_per_token).
   // Done once per block, which then loops over row pairs (the launcher sizes the grid to what is resident).
-  extern __shared__ uint4 xsm[];
   const int sx = K + 64;                               // bytes per token row of xq
   const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
   const int* xsum = reinterpret_cast<const int*>(xsc + (size_t)M * Kb);   // W4: sum of a group's x codes

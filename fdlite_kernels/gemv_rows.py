@@ -67,6 +67,7 @@ def plan(N: int, K: int, qx: bool, M: int = 1) -> tuple[int, int]:
     return (1, 4) if N >= 6144 else (1, 8)
 
 
+NF4_SMEM_BYTES = 65536   # lut="smem": a 32 KiB table at a 32 KiB boundary of the block's dynamic shared memory
 NF4_LUT = "prmt"         # nf4's level lookup: prmt byte tables in registers, or a shared-memory table per lane
 
 
@@ -134,7 +135,7 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
     check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
-    smem = smem_bytes(M, K, qx, mode in W4_MODES)
+    smem = smem_bytes(M, K, qx, mode in W4_MODES) if mode != MODE_NF4_SMEM else NF4_SMEM_BYTES
     dev = cp.cuda.Device()
     k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
     check(smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over "
