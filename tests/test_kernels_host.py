@@ -118,7 +118,8 @@ def _kernel_params(name: str, kernel: str) -> list[str]:
     import re
 
     src = fdlite_kernels.source(name)
-    sig = re.search(r"__global__ void __launch_bounds__\([^)]*\) " + kernel + r"\((.*?)\) \{", src, re.S).group(1)
+    sig = re.search(r"__global__ void __launch_bounds__\((?:[^()]|\([^()]*\))*\)\s+" + kernel + r"\((.*?)\) \{", src,
+                    re.S).group(1)
     return [" ".join(p.split()[:-1]) for p in sig.split(",")]
 
 
