@@ -262,10 +262,20 @@ for stage in "$@"; do
       T 240 env ROWS_ONLY=1 INT4_ROWS=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py > $OUT/gemv.log 2>&1
       grep -A60 "sum over" $OUT/gemv.log ;;
     nf4ab)          # nf4's two level lookups (prmt byte tables, a shared-memory table per lane): twins, then timings
+                    # (the table variant lost, 103 against 72.5 us, and was removed; this stage now times the block shapes)
       T 200 $PT tests/test_gpu_kernels.py -k "nf4 or gemv_rows_w4afp8" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
       T 200 env ROWS_ONLY=1 INT4_ROWS=1 NF4_ONLY=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,8} python3 benchmarks/gpu_gemv.py \
         > $OUT/gemv.log 2>&1
       grep -A60 "sum over" $OUT/gemv.log ;;
+    int4e2e)        # w4afp8 on 8 of the 8B's 32 layers, batch 1 and 8, against the reference formula (BYTE_ROWS_MAX_M=0);
+                    # nf4 on 4 layers (host quantization), the tiny models on the GPU against the CPU
+      T 150 $PT tests/test_gpu_model.py -k "w4afp8 or nf4" 2>&1 | tail -2
+      for AB in "" "fdlite.quant._gpu.BYTE_ROWS_MAX_M=0"; do
+        echo "-- routes changed: ${AB:-none}"
+        T 150 python3 benchmarks/route_ab.py $AB -- --quant w4afp8 --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
+          | grep "^| llama"
+      done
+      T 200 python3 benchmarks/e2e.py --quant nf4 --kv bf16 --batch 1,8 --gen 64 --layers 4 2>&1 | grep "^| llama" ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

@@ -175,9 +175,8 @@ def main():
                          ("w4afp8 rows", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y), 0.5 + 4 / 128),
                          ("nf4 rows", lambda i: gemv_rows.gemv_rows_nf4(x, nib[i], ws64, out=y), 0.5 + 4 / 64)]
                 for r, wp in ((1, 4), (1, 8), (1, 16)):
-                    for lut in ("prmt", "smem"):
-                        cands.append((f"nf4 {lut}{r},{wp}", lambda i, r=r, wp=wp, lut=lut: gemv_rows.gemv_rows_nf4(
-                            x, nib[i], ws64, out=y, rows=r, warps=wp, lut=lut), 0.5 + 4 / 64))
+                    cands.append((f"nf4 rows{r},{wp}", lambda i, r=r, wp=wp: gemv_rows.gemv_rows_nf4(
+                        x, nib[i], ws64, out=y, rows=r, warps=wp), 0.5 + 4 / 64))
                 cands.append(("w4afp8 rows1,4", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y, rows=1,
                                                                                      warps=4), 0.5 + 4 / 128))
                 if os.environ.get("NF4_ONLY") == "1":               # wint4's kernel and the nf4 variants

@@ -58,7 +58,6 @@
 #define ROWS_W4A8 4
 #define ROWS_W4AFP8 5
 #define ROWS_NF4 6
-#define ROWS_NF4_SMEM 7     // nf4 with its levels looked up in a shared-memory table (an A/B against the prmt lookups)
 
 // e4m3fn bits of 0..7 and 8..15, four a word (lowest byte first): the W4AFP8 lookup tables (sign bits clear)
 #define E4M3_U0 0x44403800u
@@ -103,19 +102,6 @@ __device__ __forceinline__ unsigned lut16(unsigned sel, unsigned sel7, unsigned 
 // NF4: a word's 8 codes (k 0..7 of its 4 bytes, low nibble first) -> the bf16 bits of their levels, in k pairs
 // r[0] = {k0, k1} .. r[3] = {k6, k7}. The byte masks of bit 3 come from prmt's sign replication: code n's bit 3 is
 // bit 7 of byte n / 2 of (w << 4) (n even) or of w (n odd).
-// a 32-bit load from a shared-window address
-__device__ __forceinline__ unsigned lds32(unsigned a) {
-  unsigned v;
-  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
-  return v;
-}
-
-// bf16 bits of NF4 level n, from the byte tables above
-__device__ __forceinline__ unsigned nf4_bf16(int n) {
-  const unsigned h[4] = {NF4_H0, NF4_H1, NF4_H2, NF4_H3}, l[4] = {NF4_L0, NF4_L1, NF4_L2, NF4_L3};
-  return (((h[n >> 2] >> 8 * (n & 3)) & 0xffu) << 8) | ((l[n >> 2] >> 8 * (n & 3)) & 0xffu);
-}
-
 __device__ __forceinline__ void nf4_bf16x8(unsigned w, unsigned (&r)[4]) {
   const unsigned w4 = w << 4, whi = w >> 16;
   const unsigned sel[2] = {w, whi}, sel7[2] = {w & 0x7777u, whi & 0x7777u};
@@ -129,15 +115,15 @@ __device__ __forceinline__ void nf4_bf16x8(unsigned w, unsigned (&r)[4]) {
   }
 }
 
-// NF4_SMEM at 8 warps: two blocks an SM (128 registers), as the prmt lookups reach without asking
+// NF4: 128 registers (16 warps an SM); left free, ptxas takes 248 and the kernel ran 20% slower (BENCHMARKS.md)
 template <int MODE, int R, int W>
-__global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 1)
+__global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 0)
     gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ ws,
               bf16_t* __restrict__ y, int M, int N, int K) {
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
   // BYTES: x quantized by the block (every mode but bf16 and nf4); INT8: integer codes and sums over all of K;
   // NIB: 4-bit weights, 256 columns a tile; W4: and x quantized per 128-column group with code sums (W4F: to e4m3)
-  constexpr bool NF4S = MODE == ROWS_NF4_SMEM, NF4 = MODE == ROWS_NF4 || NF4S, W4F = MODE == ROWS_W4AFP8;
+  constexpr bool NF4 = MODE == ROWS_NF4, W4F = MODE == ROWS_W4AFP8;
   constexpr bool W4 = MODE == ROWS_W4A8 || W4F, NIB = W4 || NF4;
   constexpr bool BYTES = MODE != ROWS_BF16 && !NF4, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
   constexpr bool GROUPS = BLOCK || W4;
@@ -198,17 +184,7 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 
   // writes x finishes; x only after it has (pdl_wait).
   rows_of(blockIdx.x * R);
   prefetch();
-  // NF4S: the bf16x2 levels of every code byte (low nibble = even k), one copy per bank: lane l reads column l only,
-  // so no two lanes ever meet in a bank. 32 KiB at a 32 KiB boundary of the dynamic shared memory (the launcher
-  // gives 64 KiB), so a lookup ORs its offset into the address; filled while the weights load.
   extern __shared__ uint4 xsm[];
-  const unsigned lut0 = (smem_addr(xsm) + 0x7fffu) & ~0x7fffu;
-  if (NF4S) {
-    for (int i = threadIdx.x; i < 256 * 32; i += 32 * W)          // entry i: byte i >> 5, lane i & 31
-      asm volatile("st.shared.u32 [%0], %1;" ::"r"(lut0 + 4 * i),
-                   "r"(nf4_bf16((i >> 5) & 15) | (nf4_bf16(i >> 9) << 16)));
-    __syncthreads();
-  }
   x += pdl_wait();
 
   // BYTES: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
@@ -424,21 +400,8 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4_SMEM && W == 8 ? 2 : 
 #pragma unroll
           for (int r = 0; r < R; ++r) {
             unsigned lg[4], lh[4];
-            if (NF4S) {
-              const unsigned wg = word_of(wv[r][0][c], i), wh = word_of(wv[r][1][c], i);
-              // byte j's entry at byte offset (byte << 7) | (lane << 2): one shift and one lop3 a lookup
-              const unsigned l4 = lut0 | (lane << 2);    // the table is 32 KiB aligned: | adds its address
-              lg[0] = lds32(((wg << 7) & 0x7f80u) | l4);
-              lh[0] = lds32(((wh << 7) & 0x7f80u) | l4);
-#pragma unroll
-              for (int j = 1; j < 4; ++j) {
-                lg[j] = lds32(((wg >> (8 * j - 7)) & 0x7f80u) | l4);
-                lh[j] = lds32(((wh >> (8 * j - 7)) & 0x7f80u) | l4);
-              }
-            } else {
-              nf4_bf16x8(word_of(wv[r][0][c], i), lg);
-              nf4_bf16x8(word_of(wv[r][1][c], i), lh);
-            }
+            nf4_bf16x8(word_of(wv[r][0][c], i), lg);
+            nf4_bf16x8(word_of(wv[r][1][c], i), lh);
             const unsigned a0[4] = {lg[0], lh[0], lg[1], lh[1]}, a1[4] = {lg[2], lh[2], lg[3], lh[3]};
             mma_16816(part[r], a0, xv[i].x, xv[i].y);
             mma_16816(part[r], a1, xv[i].z, xv[i].w);
@@ -533,5 +496,4 @@ GEMV_ROWS_W(ROWS_INT8)
 GEMV_ROWS_W(ROWS_W4A8)
 GEMV_ROWS_W(ROWS_W4AFP8)
 GEMV_ROWS_W(ROWS_NF4)
-GEMV_ROWS_W(ROWS_NF4_SMEM)
 #endif

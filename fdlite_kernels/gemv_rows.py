@@ -49,7 +49,7 @@ SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a bloc
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
-MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8, MODE_W4AFP8, MODE_NF4, MODE_NF4_SMEM = range(8)   # ROWS_*
+MODE_BF16, MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8, MODE_W4AFP8, MODE_NF4 = range(7)   # gemv_rows.cu: ROWS_*
 W4_MODES = (MODE_W4A8, MODE_W4AFP8)      # int4 weights, x quantized per group of 128 with code sums
 
 
@@ -65,10 +65,6 @@ def plan(N: int, K: int, qx: bool, M: int = 1) -> tuple[int, int]:
     if 2 * K >= 16384:
         return 1, 8
     return (1, 4) if N >= 6144 else (1, 8)
-
-
-NF4_SMEM_BYTES = 65536   # lut="smem": a 32 KiB table at a 32 KiB boundary of the block's dynamic shared memory
-NF4_LUT = "prmt"         # nf4's level lookup: prmt byte tables in registers, or a shared-memory table per lane
 
 
 def nf4_plan(N: int, K: int) -> tuple[int, int]:
@@ -125,17 +121,17 @@ def kernel(device_id: int, name: str) -> Compiled:
 def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
     import cupy as cp  # noqa: PLC0415
 
-    qx = mode not in (MODE_BF16, MODE_NF4, MODE_NF4_SMEM)   # a byte mode: x quantized by the kernel
+    qx = mode not in (MODE_BF16, MODE_NF4)              # a byte mode: x quantized by the kernel
     M = x.shape[0]
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
     # int4 modes: 16 warps spill (128 registers)
-    pr, pw = (1, 8) if mode in W4_MODES else nf4_plan(N, K) if mode in (MODE_NF4, MODE_NF4_SMEM) else plan(N, K, qx, M)
+    pr, pw = (1, 8) if mode in W4_MODES else nf4_plan(N, K) if mode == MODE_NF4 else plan(N, K, qx, M)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
     check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
-    smem = smem_bytes(M, K, qx, mode in W4_MODES) if mode != MODE_NF4_SMEM else NF4_SMEM_BYTES
+    smem = smem_bytes(M, K, qx, mode in W4_MODES)
     dev = cp.cuda.Device()
     k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
     check(smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over "
@@ -196,14 +192,13 @@ def gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None):
     return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, rows, warps)
 
 
-def gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None, lut=NF4_LUT):
+def gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):
     N, K = _codes(x, q, np.uint8, 2, 256, "four groups of 64 a tile")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (N, K // 64), f"ws shape {ws.shape}, expected {(N, K // 64)}: an absmax per row and group of 64")
     check(ws.data.ptr % 16 == 0, f"ws (address {ws.data.ptr:#x}) must be 16-byte aligned: the kernel reads a row's "
           "four scales of a tile as one 16-byte load")
-    check(lut in ("prmt", "smem"), f"lut = {lut!r}: 'prmt' or 'smem'")
-    return _run(x, q, ws, N, K, MODE_NF4 if lut == "prmt" else MODE_NF4_SMEM, out, rows, warps)
+    return _run(x, q, ws, N, K, MODE_NF4, out, rows, warps)
 
 
 def nf4_interleave(q):

@@ -780,12 +780,11 @@ def test_gemv_rows_nf4_vs_twin(cp, N, K, M):
     assert dev.meta["gpu"] == "rows_nf4"
     q, ws = dev.arrays["quant_weight"], dev.arrays["weight_scale"]
     if M <= MAX_M and q.shape[1] * 2 == K:
-        for lut in ("prmt", "smem"):
-            for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
-                y = cp.full((M, N), np.nan, dtype=BF16)
-                gemv_rows_nf4(cp.asarray(x), q, ws, out=y, rows=rows, warps=warps, lut=lut)
-                got = cp.asnumpy(y).astype(np.float32)
-                assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, (lut, rows, warps)
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+            y = cp.full((M, N), np.nan, dtype=BF16)
+            gemv_rows_nf4(cp.asarray(x), q, ws, out=y, rows=rows, warps=warps)
+            got = cp.asnumpy(y).astype(np.float32)
+            assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, (rows, warps)
         if M == 8:                                     # x[m] = e_k: y[m, n] = bf16(bf16(level) * absmax), exactly
             ks = rng.choice(K, 8, replace=False)
             e = np.zeros((8, K), BF16)
@@ -793,9 +792,8 @@ def test_gemv_rows_nf4_vs_twin(cp, N, K, M):
             W = method.dequantize(p)                                               # float32 level * absmax
             lv = np.asarray(method.levels)[method.unpack(p)[:, ks]].astype(BF16).astype(np.float32).T   # (8, N)
             s = p.arrays["weight_scale"][:, ks // 64].T
-            for lut in ("prmt", "smem"):
-                got = cp.asnumpy(gemv_rows_nf4(cp.asarray(e), q, ws, lut=lut)).astype(np.float32)
-                assert np.array_equal(got, (lv * s).astype(BF16).astype(np.float32)), lut
+            got = cp.asnumpy(gemv_rows_nf4(cp.asarray(e), q, ws)).astype(np.float32)
+            assert np.array_equal(got, (lv * s).astype(BF16).astype(np.float32))
             assert np.abs(got - W[:, ks].T).max() <= 2 ** -7 * np.abs(W).max()
     routed = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp)).astype(np.float32)
     assert np.isfinite(routed).all() and _rel(routed, ref) < 5e-3

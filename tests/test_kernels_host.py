@@ -455,8 +455,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         assert calls[-1][0] == "gemv_rows<5, 1, 8>" and calls[-1][4] == w4_smem and calls[-1][1] == w4_grid
         y = gemv_rows.gemv_rows_nf4(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 64), np.float32))
         rows, warps = gemv_rows.nf4_plan(N, K)
-        lut_mode = {"prmt": 6, "smem": 7}[gemv_rows.NF4_LUT]
-        assert calls[-1][0] == f"gemv_rows<{lut_mode}, {rows}, {warps}>" and calls[-1][4] == 0   # x from L2
+        assert calls[-1][0] == f"gemv_rows<6, {rows}, {warps}>" and calls[-1][4] == 0       # x from L2, no prologue
         assert calls[-1][1] == (-(-N // (16 * rows)),) and calls[-1][3][3] is y
         for _, _, _, args, _, _ in calls[-7:]:
             assert len(args) == len(params)
