@@ -40,7 +40,9 @@ def test_quantized_gpu_vs_cpu(case, quant):
     # fp8 activations amplify the bf16-vs-float32 difference of their inputs: an input that moves by a bf16
     # ulp can cross an e4m3 rounding boundary (a 6% step), so the dynamic-fp8 method gets a wider bound
     # (its kernels alone match their NumPy twin within 1e-2 in test_gpu_kernels.py)
-    tol = 1e-1 if quant in ("block_wise_fp8", "w4afp8") else 3e-2
+    # nf4: its MoE experts take the generic per-expert path on the GPU (moe.cu stacks wint8 / wint4 / bf16 only);
+    # measured on the H100, 2026-11-25: ERNIE prefill 0.0315 (wint4 0.0088), llama 0.0087, every decode step < 0.008
+    tol = 1e-1 if quant in ("block_wise_fp8", "w4afp8") else 5e-2 if quant == "nf4" else 3e-2
     with Model.load(d, device="cuda", quantization=quant) as m:
         assert rel_err(m.logits(ids), cpu_full) < tol             # prefill shapes (M = B * T)
         assert rel_err(m.logits(ids[:, :1]), cpu_step) < tol      # decode shapes (M = 2)
