@@ -276,6 +276,11 @@ for stage in "$@"; do
           | grep "^| llama"
       done
       T 200 python3 benchmarks/e2e.py --quant nf4 --kv bf16 --batch 1,8 --gen 64 --layers 4 2>&1 | grep "^| llama" ;;
+    pre)            # the byte modes with x quantized once (gemv_rows_quant_x, PRE) against per block: twins, then timings
+      T 240 $PT tests/test_gpu_kernels.py -k "gemv_rows or wfp8afp8 or pre" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
+      T 240 env ROWS_ONLY=1 INT4_ROWS=1 PRE=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py \
+        > $OUT/gemv.log 2>&1
+      grep -A80 "sum over" $OUT/gemv.log ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

@@ -179,6 +179,24 @@ def main():
                         x, nib[i], ws64, out=y, rows=r, warps=wp), 0.5 + 4 / 64))
                 cands.append(("w4afp8 rows1,4", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y, rows=1,
                                                                                      warps=4), 0.5 + 4 / 128))
+                if os.environ.get("PRE") == "1":                    # x quantized once (PRE) against per block
+                    wsf8, wsc = cp.ones((-(-N // 128), K // 128), np.float32), cp.ones((N, 1), np.float32)
+                    cands = [("wint4 packed", cands[0][1], cands[0][2])]
+                    for pre in (False, True):
+                        tag = "pre" if pre else "blk"
+                        cands += [(f"fp8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_fp8(x, f8[i], wsf8, out=y,
+                                                                                         pre=pre), 1),
+                                  (f"channel {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_fp8_channel(
+                                      x, f8[i], wsc, out=y, pre=pre), 1),
+                                  (f"w8a8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_int8(
+                                      x, f8[i].view(np.int8), wsc, out=y, pre=pre), 1),
+                                  (f"w4a8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_w4a8(x, nib[i], ws4, out=y,
+                                                                                           pre=pre), 0.5 + 4 / 128),
+                                  (f"w4afp8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_w4afp8(
+                                      x, nib[i], ws4, out=y, pre=pre), 0.5 + 4 / 128)]
+                    for wp in (4, 16):
+                        cands.append((f"fp8 pre1,{wp}", lambda i, wp=wp: gemv_rows.gemv_rows_fp8(
+                            x, f8[i], wsf8, out=y, pre=True, rows=1, warps=wp), 1))
                 if os.environ.get("NF4_ONLY") == "1":               # wint4's kernel and the nf4 variants
                     cands = [c for c in cands if c[0].startswith(("wint4", "nf4"))]
                 for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:

@@ -115,8 +115,105 @@ __device__ __forceinline__ void nf4_bf16x8(unsigned w, unsigned (&r)[4]) {
   }
 }
 
+// x quantized for the byte modes (gemv_rows' prologue, or gemv_rows_quant_x before a PRE launch): chunks c0..c1 of
+// 8 values of x [M, K] (whole tokens) -> xq [M][K + 64] codes (the 64-byte pad puts tokens g and g + 1 of a
+// quarter-warp's 16-byte loads in different banks), then xs [M][K / 128] scales per token and 128-column group
+// (GROUPS) or per token over all of K in xs[m][0] (CHANNEL, INT8), then (W4) [M][K / 128] code sums: the layout
+// gemv_rows reads. xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as act_quant_fp8 and the twin
+// (fdlite.quant._common.act_fp8); INT8 / W4A8: / 127 and xq = clip(rint(x / xs), +-127) (act_int8_per_token).
+// Every thread of the block takes part (barriers).
+template <int MODE, int W>
+__device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq, int M, int K, int c0, int c1) {
+  constexpr bool W4F = MODE == ROWS_W4AFP8, W4 = MODE == ROWS_W4A8 || W4F;
+  constexpr bool BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8, GROUPS = BLOCK || W4;
+  constexpr float QMAX = INT8 || MODE == ROWS_W4A8 ? 127.f : 448.f;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // Every thread converts 8 consecutive values (one 16-byte load) per chunk, a half-warp holds one group's 16
+  // chunks (K % 128 == 0: a group never straddles tokens), and QU chunks per thread are loaded before any is
+  // converted, so the block waits for about one L2 latency instead of one per group (a warp looping over groups
+  // cost 1.6 us at K = 4096 and 5.6 at 14336, most of the fp8 GEMV's gap to the bf16 one: BENCHMARKS.md).
+  constexpr int QU = 4;
+  const int sx = K + 64, Kb = K / 128, rowc = K / 8;   // rowc: a multiple of 16, half-warps wholly in or out
+  float* xs = reinterpret_cast<float*>(xq + (size_t)M * sx);
+  __shared__ unsigned tok_amax[8];                   // CHANNEL: |x| max per token (float bits: order-preserving)
+  // pass(quantize): the block's chunks, QU per thread at a time; f(i, values, half-warp amax) for each in range
+  auto pass = [&](auto&& f) {
+    for (int base = c0 + 32 * warp; base < c1; base += QU * 32 * W) {
+      uint4 v[QU];
+#pragma unroll
+      for (int u = 0; u < QU; ++u) {
+        const int i = base + u * 32 * W + lane;
+        v[u] = i < c1 ? __ldca(reinterpret_cast<const uint4*>(x) + i) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < QU; ++u) {
+        const int i = base + u * 32 * W + lane;
+        float fv[8];
+        bf16x8_to_f32(v[u], fv);
+        float a = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) a = fmaxf(a, fabsf(fv[e]));
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));   // the half-warp's
+        if (i < c1) f(i, fv, a);
+      }
+    }
+  };
+  auto store = [&](int i, const float (&fv)[8], float s) {
+    uint2 codes;
+    if (INT8 || MODE == ROWS_W4A8) {
+      int q[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[e] = min(max(__float2int_rn(fv[e] / s), -127), 127);
+      // W4: the evens, then the odds (the weights' registers hold k = 0, 2, 4, 6 and 1, 3, 5, 7 of each 8)
+      constexpr int P[8] = {0, W4 ? 2 : 1, W4 ? 4 : 2, W4 ? 6 : 3, W4 ? 1 : 4, W4 ? 3 : 5, W4 ? 5 : 6, 7};
+      codes.x = (q[P[0]] & 0xff) | ((q[P[1]] & 0xff) << 8) | ((q[P[2]] & 0xff) << 16) | ((unsigned)q[P[3]] << 24);
+      codes.y = (q[P[4]] & 0xff) | ((q[P[5]] & 0xff) << 8) | ((q[P[6]] & 0xff) << 16) | ((unsigned)q[P[7]] << 24);
+      if (W4) {                                      // the group's code sum: this half-warp's 16 chunks
+        int qs = q[0] + q[1] + q[2] + q[3] + q[4] + q[5] + q[6] + q[7];
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) qs += __shfl_xor_sync(0xffffu << (lane & 16), qs, o);
+        const int m = i / rowc, col = 8 * (i - m * rowc);
+        if ((lane & 15) == 0) reinterpret_cast<int*>(xs + (size_t)M * Kb)[m * Kb + col / 128] = qs;
+      }
+    } else {
+      codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
+      codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
+      if (W4F) {                                     // the group's sum of code values (fp32, a fixed order)
+        float vs = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          vs += e4m3_to_f32((codes.x >> 8 * e) & 0xffu) + e4m3_to_f32((codes.y >> 8 * e) & 0xffu);
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) vs += __shfl_xor_sync(0xffffu << (lane & 16), vs, o);
+        const int m = i / rowc, col = 8 * (i - m * rowc);
+        if ((lane & 15) == 0) (xs + (size_t)M * Kb)[m * Kb + col / 128] = vs;
+      }
+    }
+    const int m = i / rowc, col = 8 * (i - m * rowc);
+    *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
+    if ((lane & 15) == 0 && (GROUPS || col == 0)) xs[m * Kb + (GROUPS ? col / 128 : 0)] = s;
+  };
+  if (GROUPS) {
+    pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / QMAX); });
+  } else {
+    if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;
+    __syncthreads();
+    pass([&](int i, const float (&fv)[8], float a) {
+      if ((lane & 15) == 0) atomicMax(&tok_amax[i / rowc], __float_as_uint(a));
+    });
+    __syncthreads();
+    pass([&](int i, const float (&fv)[8], float) {
+      store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc]), 1e-10f) / QMAX);
+    });
+  }
+}
+
 // NF4: 128 registers (16 warps an SM); left free, ptxas takes 248 and the kernel ran 20% slower (BENCHMARKS.md)
-template <int MODE, int R, int W>
+// PRE (byte modes): x comes quantized, in quantize_x's layout, from gemv_rows_quant_x (passed as x): no prologue,
+// no shared memory, and a block per R row pairs. For several tokens, where each block quantizing all of x cost more
+// than the GEMV (w4a8 down_proj at 8 rows: 49.8 us against 19.2 at one).
+template <int MODE, int R, int W, bool PRE = false>
 __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 0)
     gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ ws,
               bf16_t* __restrict__ y, int M, int N, int K) {
@@ -126,8 +223,6 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
   constexpr bool NF4 = MODE == ROWS_NF4, W4F = MODE == ROWS_W4AFP8;
   constexpr bool W4 = MODE == ROWS_W4A8 || W4F, NIB = W4 || NF4;
   constexpr bool BYTES = MODE != ROWS_BF16 && !NF4, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
-  constexpr bool GROUPS = BLOCK || W4;
-  constexpr float QMAX = INT8 || MODE == ROWS_W4A8 ? 127.f : 448.f;   // the code range the x scale maps amax to
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int rowq = NIB ? K / 32 : BYTES ? K / 16 : K / 8;   // 16-byte chunks per weight row
@@ -187,110 +282,30 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
   extern __shared__ uint4 xsm[];
   x += pdl_wait();
 
-  // BYTES: x quantized by this block into shared memory: xq [M][K + 64] (the 64-byte pad puts tokens g and g + 1 of a
-  // quarter-warp's 16-byte loads in different banks), then xs [M][Kb]: per token and 128-column group (BLOCK), or
-  // per token over all of K in xs[m][0] (CHANNEL, INT8): xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as
-  // act_quant_fp8 and the twin (fdlite.quant._common.act_fp8); INT8: / 127 and xq = clip(rint(x / xs), +-127)
-  // (act_int8_per_token).
-  // Done once per block, which then loops over row pairs (the launcher sizes the grid to what is resident).
+  // BYTES: x quantized (quantize_x) by this block into shared memory, once per block, which then loops over row
+  // pairs (the launcher sizes the grid to what is resident); PRE: by gemv_rows_quant_x into global memory (x), read
+  // with coherent loads (written by the kernel before: PDL)
   const int sx = K + 64;                               // bytes per token row of xq
-  const float* xsc = reinterpret_cast<const float*>(reinterpret_cast<const u8*>(xsm) + (size_t)M * sx);
+  const u8* xqb = PRE ? reinterpret_cast<const u8*>(x) : reinterpret_cast<const u8*>(xsm);
+  const float* xsc = reinterpret_cast<const float*>(xqb + (size_t)M * sx);
   const int* xsum = reinterpret_cast<const int*>(xsc + (size_t)M * Kb);   // W4: sum of a group's x codes
   const float* xsumf = xsc + (size_t)M * Kb;            // W4F: the same, of the e4m3 code values
-  if (BYTES) {
-    // Every thread converts 8 consecutive values (one 16-byte load) per chunk, a half-warp holds one group's 16
-    // chunks (K % 128 == 0: a group never straddles tokens), and QU chunks per thread are loaded before any is
-    // converted, so the block waits for about one L2 latency instead of one per group (a warp looping over groups
-    // cost 1.6 us at K = 4096 and 5.6 at 14336, most of the fp8 GEMV's gap to the bf16 one: BENCHMARKS.md).
-    constexpr int QU = 4;
-    u8* xq = reinterpret_cast<u8*>(xsm);
-    float* xs = reinterpret_cast<float*>(xq + (size_t)M * sx);
-    const int chunks = M * K / 8, rowc = K / 8;        // a multiple of 16: half-warps are wholly in or out
-    __shared__ unsigned tok_amax[8];                   // CHANNEL: |x| max per token (float bits: order-preserving)
-    // pass(quantize): the block's chunks, QU per thread at a time; f(i, values, half-warp amax) for each in range
-    auto pass = [&](auto&& f) {
-      for (int base = 32 * warp; base < chunks; base += QU * 32 * W) {
-        uint4 v[QU];
-#pragma unroll
-        for (int u = 0; u < QU; ++u) {
-          const int i = base + u * 32 * W + lane;
-          v[u] = i < chunks ? __ldca(reinterpret_cast<const uint4*>(x) + i) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < QU; ++u) {
-          const int i = base + u * 32 * W + lane;
-          float fv[8];
-          bf16x8_to_f32(v[u], fv);
-          float a = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) a = fmaxf(a, fabsf(fv[e]));
-#pragma unroll
-          for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));   // the half-warp's
-          if (i < chunks) f(i, fv, a);
-        }
-      }
-    };
-    auto store = [&](int i, const float (&fv)[8], float s) {
-      uint2 codes;
-      if (INT8 || MODE == ROWS_W4A8) {
-        int q[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) q[e] = min(max(__float2int_rn(fv[e] / s), -127), 127);
-        // W4: the evens, then the odds (the weights' registers hold k = 0, 2, 4, 6 and 1, 3, 5, 7 of each 8)
-        constexpr int P[8] = {0, W4 ? 2 : 1, W4 ? 4 : 2, W4 ? 6 : 3, W4 ? 1 : 4, W4 ? 3 : 5, W4 ? 5 : 6, 7};
-        codes.x = (q[P[0]] & 0xff) | ((q[P[1]] & 0xff) << 8) | ((q[P[2]] & 0xff) << 16) | ((unsigned)q[P[3]] << 24);
-        codes.y = (q[P[4]] & 0xff) | ((q[P[5]] & 0xff) << 8) | ((q[P[6]] & 0xff) << 16) | ((unsigned)q[P[7]] << 24);
-        if (W4) {                                      // the group's code sum: this half-warp's 16 chunks
-          int qs = q[0] + q[1] + q[2] + q[3] + q[4] + q[5] + q[6] + q[7];
-#pragma unroll
-          for (int o = 8; o > 0; o >>= 1) qs += __shfl_xor_sync(0xffffu << (lane & 16), qs, o);
-          const int m = i / rowc, col = 8 * (i - m * rowc);
-          if ((lane & 15) == 0) reinterpret_cast<int*>(xs + (size_t)M * Kb)[m * Kb + col / 128] = qs;
-        }
-      } else {
-        codes.x = f32x2_to_e4m3x2(fv[0] / s, fv[1] / s) | (f32x2_to_e4m3x2(fv[2] / s, fv[3] / s) << 16);
-        codes.y = f32x2_to_e4m3x2(fv[4] / s, fv[5] / s) | (f32x2_to_e4m3x2(fv[6] / s, fv[7] / s) << 16);
-        if (W4F) {                                     // the group's sum of code values (fp32, a fixed order)
-          float vs = 0.f;
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            vs += e4m3_to_f32((codes.x >> 8 * e) & 0xffu) + e4m3_to_f32((codes.y >> 8 * e) & 0xffu);
-#pragma unroll
-          for (int o = 8; o > 0; o >>= 1) vs += __shfl_xor_sync(0xffffu << (lane & 16), vs, o);
-          const int m = i / rowc, col = 8 * (i - m * rowc);
-          if ((lane & 15) == 0) (xs + (size_t)M * Kb)[m * Kb + col / 128] = vs;
-        }
-      }
-      const int m = i / rowc, col = 8 * (i - m * rowc);
-      *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
-      if ((lane & 15) == 0 && (GROUPS || col == 0)) xs[m * Kb + (GROUPS ? col / 128 : 0)] = s;
-    };
-    if (GROUPS) {
-      pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / QMAX); });
-    } else {
-      if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;
-      __syncthreads();
-      pass([&](int i, const float (&fv)[8], float a) {
-        if ((lane & 15) == 0) atomicMax(&tok_amax[i / rowc], __float_as_uint(a));
-      });
-      __syncthreads();
-      pass([&](int i, const float (&fv)[8], float) {
-        store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc]), 1e-10f) / QMAX);
-      });
-    }
+  auto ld = [](const auto* p) { return PRE ? __ldca(p) : *p; };
+  if (BYTES && !PRE) {
+    quantize_x<MODE, W>(x, reinterpret_cast<u8*>(xsm), M, K, 0, M * K / 8);
     __syncthreads();
   }
   // B chunks of tile kt: token g's bytes 16t and 64 + 16t of the tile (bf16 from L2, coherent: written by the kernel
   // before; e4m3 from shared memory), one tile ahead of the mma
-  const u8* xq_row = reinterpret_cast<const u8*>(xsm) + (size_t)min(g, M - 1) * sx;
+  const u8* xq_row = xqb + (size_t)min(g, M - 1) * sx;
   const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(xq_row) + (W4 ? 0 : t)
                           : reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + t;
   // W4: a tile is 256 columns of x, the lane's 32 bytes of group c at 128 c + 32 t (chunks 2c, 2c + 1)
   auto load_x = [&](int kt, uint4 (&xv)[XC]) {
 #pragma unroll
     for (int c = 0; c < (NF4 ? 0 : XC); ++c)           // NF4 loads its x inside compute (8 chunks a tile)
-      xv[c] = W4 ? xrow[kt * 16 + 8 * (c >> 1) + 2 * t + (c & 1)]
-                 : BYTES ? xrow[kt * 8 + 4 * c] : __ldca(xrow + kt * 8 + 4 * c);
+      xv[c] = W4 ? ld(xrow + kt * 16 + 8 * (c >> 1) + 2 * t + (c & 1))
+                 : BYTES ? ld(xrow + kt * 8 + 4 * c) : __ldca(xrow + kt * 8 + 4 * c);
   };
   // fp8: this lane's C columns are tokens 2t and 2t + 1 (their scales per tile)
   const float* xs0 = xsc + min(2 * t, M - 1) * Kb;
@@ -331,9 +346,9 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
       const int grp = 2 * kt + c;
       const int m0 = min(2 * t, M - 1) * Kb + grp, m1 = min(2 * t + 1, M - 1) * Kb + grp;
       // sum xq (q + 8) - 8 sum xq (W4A8 exact in int32), then the two scales
-      const float d0 = W4F ? 8.f * xsumf[m0] : 0.f, d1 = W4F ? 8.f * xsumf[m1] : 0.f;
-      const int q0 = W4F ? 0 : 8 * xsum[m0], q1 = W4F ? 0 : 8 * xsum[m1];
-      const float x0 = xs0[grp], x1 = xs1[grp];      // c0, c2: token 2t; c1, c3: token 2t + 1
+      const float d0 = W4F ? 8.f * ld(xsumf + m0) : 0.f, d1 = W4F ? 8.f * ld(xsumf + m1) : 0.f;
+      const int q0 = W4F ? 0 : 8 * ld(xsum + m0), q1 = W4F ? 0 : 8 * ld(xsum + m1);
+      const float x0 = ld(xs0 + grp), x1 = ld(xs1 + grp);   // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const float p0 = W4F ? fpart[r][0] - d0 : (float)(part[r][0] - q0);
@@ -368,7 +383,7 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
       }
     }
     if (BLOCK) {
-      const float x0 = xs0[kt], x1 = xs1[kt];          // c0, c2: token 2t; c1, c3: token 2t + 1
+      const float x0 = ld(xs0 + kt), x1 = ld(xs1 + kt);   // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         acc[r][0] = fmaf(part[r][0], sv[r][0] * x0, acc[r][0]);
@@ -477,16 +492,29 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
 #pragma unroll
         for (int o = 0; o < W; ++o) sum += red[o][v][l];
       }
-      if (MODE == ROWS_CHANNEL || INT8) sum *= xsc[m * Kb] * __ldg(ws + row);
+      if (MODE == ROWS_CHANNEL || INT8) sum *= ld(xsc + m * Kb) * __ldg(ws + row);
       y[(size_t)m * N + row] = f32_to_bf16(sum);
     }
     __syncthreads();                                   // red is rewritten by the next pairs
   }
 }
 
+// x quantized once for a PRE launch of gemv_rows: block b takes token b (grid M; a CHANNEL / INT8 scale needs the
+// token's amax over all of K, one block's barrier), writing quantize_x's layout to xq. Launched with PDL: the
+// GEMV after it starts its weight loads at once.
+template <int MODE, int W>
+__global__ void __launch_bounds__(32 * W) gemv_rows_quant_x(const bf16_t* __restrict__ x, u8* __restrict__ xq, int M,
+                                                           int K) {
+  pdl_launch();
+  x += pdl_wait();
+  quantize_x<MODE, W>(x, xq, M, K, blockIdx.x * (K / 8), (blockIdx.x + 1) * (K / 8));
+}
+
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
 #define GEMV_ROWS(MODE, R, W) \
-  template __global__ void gemv_rows<MODE, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
+  template __global__ void gemv_rows<MODE, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int); \
+  template __global__ void gemv_rows<MODE, R, W, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, \
+                                                       int);
 #define GEMV_ROWS_W(MODE) GEMV_ROWS(MODE, 1, 4) GEMV_ROWS(MODE, 1, 8) GEMV_ROWS(MODE, 1, 16) GEMV_ROWS(MODE, 2, 4) \
   GEMV_ROWS(MODE, 2, 8)
 GEMV_ROWS_W(ROWS_BF16)      // gemv_rows.py: SHAPES
@@ -496,4 +524,9 @@ GEMV_ROWS_W(ROWS_INT8)
 GEMV_ROWS_W(ROWS_W4A8)
 GEMV_ROWS_W(ROWS_W4AFP8)
 GEMV_ROWS_W(ROWS_NF4)
+template __global__ void gemv_rows_quant_x<ROWS_BLOCK, 16>(const bf16_t*, u8*, int, int);
+template __global__ void gemv_rows_quant_x<ROWS_CHANNEL, 16>(const bf16_t*, u8*, int, int);
+template __global__ void gemv_rows_quant_x<ROWS_INT8, 16>(const bf16_t*, u8*, int, int);
+template __global__ void gemv_rows_quant_x<ROWS_W4A8, 16>(const bf16_t*, u8*, int, int);
+template __global__ void gemv_rows_quant_x<ROWS_W4AFP8, 16>(const bf16_t*, u8*, int, int);
 #endif

@@ -33,6 +33,8 @@ gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):
 nf4_interleave(q) / nf4_deinterleave(q): [N, K / 2] packed nf4 codes (K % 256 == 0) <-> the kernel's order, on the
     array's module: in each 64-byte half of a 128-byte tile, the two 32-byte groups interleaved 8 bytes at a time.
 rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
+pre (the x-quantizing modes): True quantizes x once in gemv_rows_quant_x (a launch before, one block per token) and
+    the GEMV reads it from global memory; False quantizes it in every block's prologue. Default: from PRE_MIN_M rows.
 """
 from __future__ import annotations
 
@@ -65,6 +67,10 @@ def plan(N: int, K: int, qx: bool, M: int = 1) -> tuple[int, int]:
     if 2 * K >= 16384:
         return 1, 8
     return (1, 4) if N >= 6144 else (1, 8)
+
+
+PRE_MIN_M = 2            # byte modes from this many rows: x quantized once by gemv_rows_quant_x (PRE), not per block
+QUANT_WARPS = 16         # gemv_rows_quant_x's block (one per token)
 
 
 def nf4_plan(N: int, K: int) -> tuple[int, int]:
@@ -112,20 +118,21 @@ def kernel(device_id: int, name: str) -> Compiled:
 
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
     cap = 0
-    if not name.startswith(f"gemv_rows<{MODE_BF16},"):
+    if not name.startswith((f"gemv_rows<{MODE_BF16},", "gemv_rows_quant_x")) and not name.endswith("true>"):
         optin = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
         cap = fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
     return Compiled(fn, fn.num_regs, cap)
 
 
-def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
+def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None):
     import cupy as cp  # noqa: PLC0415
 
     qx = mode not in (MODE_BF16, MODE_NF4)              # a byte mode: x quantized by the kernel
     M = x.shape[0]
+    pre = qx and (M >= PRE_MIN_M if pre is None else bool(pre))
     check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
     # int4 modes: 16 warps spill (128 registers)
-    pr, pw = (1, 8) if mode in W4_MODES else nf4_plan(N, K) if mode == MODE_NF4 else plan(N, K, qx, M)
+    pr, pw = (1, 8) if mode in W4_MODES or pre else nf4_plan(N, K) if mode == MODE_NF4 else plan(N, K, qx, M)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
     check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
@@ -133,13 +140,19 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps):
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
     smem = smem_bytes(M, K, qx, mode in W4_MODES)
     dev = cp.cuda.Device()
-    k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}>")
-    check(smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, over "
-          f"the {k.smem_cap} a block may have here")
+    k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}" + (", true>" if pre else ">"))
+    check(pre or smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, "
+          f"over the {k.smem_cap} a block may have here")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
-    blocks = grid(N, rows, warps, qx, k.regs, smem, sms(dev.id))
+    if pre:                                             # x quantized once, then a block per row pairs
+        xq = cp.empty((smem,), dtype=np.uint8)
+        q = kernel(dev.id, f"gemv_rows_quant_x<{mode}, {QUANT_WARPS}>")
+        launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K)), shared_mem=0, pdl=True)
+        x, smem, blocks = xq, 0, grid(N, rows, warps, False, k.regs, 0, sms(dev.id))
+    else:
+        blocks = grid(N, rows, warps, qx, k.regs, smem, sms(dev.id))
     launch(k.fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
            pdl=True)
     return y
@@ -158,38 +171,38 @@ def gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
     return _run(x, w, ptr(None), N, K, MODE_BF16, out, rows, warps)
 
 
-def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None):
+def gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     N, K = _codes(x, q, np.uint8, 1, 128, "whole fp8 blocks")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
           f"N = {N}, K = {K}")
-    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, rows, warps)
+    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, rows, warps, pre)
 
 
-def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None):
+def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None, pre=None):
     N, K = _codes(x, q, np.uint8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps)
+    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps, pre)
 
 
-def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None):
+def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps)
+    return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps, pre)
 
 
-def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None):
+def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     N, K = _codes(x, q, np.uint8, 2, 256, "two groups of 128 a tile")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
-    return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps)
+    return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps, pre)
 
 
-def gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None):
+def gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     N, K = _codes(x, q, np.uint8, 2, 256, "two groups of 128 a tile")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
-    return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, rows, warps)
+    return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, rows, warps, pre)
 
 
 def gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):

@@ -819,8 +819,41 @@ def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
     assert np.array_equal(got[(M - 1) // 8 * 8:].view(np.uint16), last.view(np.uint16))
 
 
+@pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 14336), (136, 256)])
+@pytest.mark.parametrize("M", [1, 3, 8])
+def test_gemv_rows_pre_equals_per_block(cp, N, K, M):
+    """x quantized once by gemv_rows_quant_x (pre=True: a launch before, the GEMV a block per row pairs reading it from
+    global memory) gives every x-quantizing mode's output bit for bit as each block's own prologue (pre=False): the
+    same codes, scales and sums, the same mma order per row pair. Also within the twin's bound (w4afp8 here)."""
+    from fdlite.quant import get
+    from fdlite_kernels import gemv_rows as gr
+
+    rng = np.random.default_rng(N + K + M)
+    x = cp.asarray((rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16))
+    b8 = cp.asarray(rng.integers(0, 256, (N, K), dtype=np.uint8) & 0xF7)      # e4m3 bits without NaN / 448+
+    nib = cp.asarray(rng.integers(0, 256, (N, K // 2), dtype=np.uint8))
+    s1, s4 = cp.asarray(rng.random((N, 1), dtype=np.float32)), cp.asarray(rng.random((N, K // 128), dtype=np.float32))
+    sb = cp.asarray(rng.random((-(-N // 128), K // 128), dtype=np.float32))
+    runs = {"fp8": lambda pre: gr.gemv_rows_fp8(x, b8, sb, pre=pre),
+            "channel": lambda pre: gr.gemv_rows_fp8_channel(x, b8, s1, pre=pre),
+            "int8": lambda pre: gr.gemv_rows_int8(x, b8.view(np.int8), s1, pre=pre),
+            "w4a8": lambda pre: gr.gemv_rows_w4a8(x, nib, s4, pre=pre),
+            "w4afp8": lambda pre: gr.gemv_rows_w4afp8(x, nib, s4, pre=pre)}
+    for name, run in runs.items():
+        a, b = cp.asnumpy(run(False)), cp.asnumpy(run(True))
+        assert np.isfinite(a.astype(np.float32)).all(), name
+        assert np.array_equal(a.view(np.uint16), b.view(np.uint16)), name
+    method = get("w4afp8")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    ref = method.matmul(cp.asnumpy(x).astype(np.float32), p, np)
+    got = cp.asnumpy(gr.gemv_rows_w4afp8(x, cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"]),
+                                         pre=True)).astype(np.float32)
+    assert _rel(got, ref) < 5e-3
+
+
 def test_gemv_rows_graph_replay_equals_eager(cp):
-    """Captured (PDL launch) and replayed on new x: bit-identical to an eager launch, fp8 and bf16."""
+    """Captured (PDL launch) and replayed on new x: bit-identical to an eager launch, fp8 (3 rows: x quantized once,
+    a launch before the GEMV) and bf16."""
     from fdlite_kernels.gemv_rows import gemv_rows_bf16, gemv_rows_fp8
 
     _, p, x, _ = _fp8_case(5, 6144, 4096, 3)

@@ -435,23 +435,23 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         assert name == f"gemv_rows<0, {rows}, {warps}>" and grid == (-(-N // 16),) and smem == 0 and pdl
         assert block == (32 * warps,) and args[3] is y and y.shape == (M, N)
         y = gemv_rows.gemv_rows_fp8(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((-(-N // 128), K // 128),
-                                                                                       np.float32))
+                                                                                       np.float32), pre=False)
         name, grid, block, args, smem, pdl = calls[-1]
         rows, warps = gemv_rows.plan(N, K, True, M)
         assert name == f"gemv_rows<1, {rows}, {warps}>" and smem == M * (K + 64) + 4 * M * K // 128 and pdl
         resident = gemv_rows.resident_blocks(128, warps, smem + warps * rows * 512)
         assert grid == (min(-(-N // 16), 132 * resident),) and args[3] is y
-        y = gemv_rows.gemv_rows_fp8_channel(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((N, 1), np.float32))
+        y = gemv_rows.gemv_rows_fp8_channel(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((N, 1), np.float32), pre=False)
         assert calls[-1][0] == f"gemv_rows<2, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
-        y = gemv_rows.gemv_rows_int8(_Arr((M, K), bf16), _Arr((N, K), np.int8), _Arr((N,), np.float32))
+        y = gemv_rows.gemv_rows_int8(_Arr((M, K), bf16), _Arr((N, K), np.int8), _Arr((N,), np.float32), pre=False)
         assert calls[-1][0] == f"gemv_rows<3, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
-        y = gemv_rows.gemv_rows_w4a8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 128), np.float32))
+        y = gemv_rows.gemv_rows_w4a8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 128), np.float32), pre=False)
         w4_smem = M * (K + 64) + 8 * M * K // 128
         assert calls[-1][0] == "gemv_rows<4, 1, 8>" and calls[-1][4] == w4_smem       # 16 warps would spill
         assert calls[-1][1] == (min(-(-N // 16), 132 * gemv_rows.resident_blocks(128, 8, w4_smem + 8 * 512)),)
         w4_grid = calls[-1][1]
         y = gemv_rows.gemv_rows_w4afp8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8),
-                                       _Arr((N, K // 128), np.float32))
+                                       _Arr((N, K // 128), np.float32), pre=False)
         assert calls[-1][0] == "gemv_rows<5, 1, 8>" and calls[-1][4] == w4_smem and calls[-1][1] == w4_grid
         y = gemv_rows.gemv_rows_nf4(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 64), np.float32))
         rows, warps = gemv_rows.nf4_plan(N, K)
@@ -462,6 +462,16 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
             for a, p in zip(args, params):
                 assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     assert calls[0][1] == (1792,) and calls[1][1] == (264,)         # gate_up: 1792 pairs, fp8 2 blocks x 132 SMs
+    # pre: x quantized once (one block per token, x's codes in quantize_x's layout), then a block per row pairs
+    n = len(calls)
+    y = gemv_rows.gemv_rows_w4afp8(_Arr((3, 4096), bf16), _Arr((6144, 2048), np.uint8), _Arr((6144, 32), np.float32))
+    (qn, qg, qb, qa, qs, qp), (gn, gg, gb, ga, gs, gp) = calls[n:]
+    assert qn == f"gemv_rows_quant_x<5, {gemv_rows.QUANT_WARPS}>" and qg == (3,) and qs == 0 and qp
+    assert qa[1].shape == (gemv_rows.smem_bytes(3, 4096, True, True),) and qa[2:] == (3, 4096)
+    assert gn == "gemv_rows<5, 1, 8, true>" and gg == (384,) and gs == 0 and ga[0] is qa[1] and ga[3] is y
+    assert gemv_rows.PRE_MIN_M == 2
+    gemv_rows.gemv_rows_int8(_Arr((1, 4096), bf16), _Arr((6144, 4096), np.int8), _Arr((6144, 1), np.float32))
+    assert calls[-1][0] == "gemv_rows<3, 1, 8>"                          # one row: the block's own prologue
     with pytest.raises(ValueError, match=r"ws shape \(40, 8\), expected \(40, 4\): an absmax per row and group of 64"):
         gemv_rows.gemv_rows_nf4(_Arr((1, 256), bf16), _Arr((40, 128), np.uint8), _Arr((40, 8), np.float32))
     with pytest.raises(ValueError, match="K = 200 must be a positive multiple of 256"):
@@ -476,7 +486,10 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
     assert gemv_rows.resident_blocks(128, 4, 2048) == 4 and gemv_rows.resident_blocks(96, 8, 0) == 2
     assert gemv_rows.resident_blocks(64, 4, 120 * 1024) == 1
     with pytest.raises(ValueError, match="need 2433536 bytes of shared memory"):
-        gemv_rows.gemv_rows_fp8(_Arr((8, 294912), bf16), _Arr((16, 294912), np.uint8), _Arr((1, 2304), np.float32))
+        gemv_rows.gemv_rows_fp8(_Arr((8, 294912), bf16), _Arr((16, 294912), np.uint8), _Arr((1, 2304), np.float32),
+                                pre=False)
+    gemv_rows.gemv_rows_fp8(_Arr((8, 294912), bf16), _Arr((16, 294912), np.uint8), _Arr((1, 2304), np.float32))
+    assert calls[-1][0] == "gemv_rows<1, 1, 8, true>"          # pre: x's codes in global memory, no such limit
 
 
 def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
