@@ -281,6 +281,17 @@ for stage in "$@"; do
       T 240 env ROWS_ONLY=1 INT4_ROWS=1 PRE=1 WINT2=0 GEMV_MS=${ROWS_MS:-1,4,8} python3 benchmarks/gpu_gemv.py \
         > $OUT/gemv.log 2>&1
       grep -A80 "sum over" $OUT/gemv.log ;;
+    pre2)           # pre's bit-identity at one block shape, the byte modes' routes and models, then the 8B end to end (8 layers)
+                    # at batch 1 and 8: w4afp8, w8a8 and block_wise_fp8, each against PRE_MIN_M=9 (every block quantizes x)
+      T 200 $PT tests/test_gpu_kernels.py -k "pre_equals or graph_replay or w4a8 or w4afp8 or int8_vs" 2>&1 | tail -2
+      T 200 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | tail -2
+      for q in w4afp8 w8a8 block_wise_fp8; do
+        for AB in "" "gemv_rows.PRE_MIN_M=9"; do
+          echo "-- $q, routes changed: ${AB:-none}"
+          T 120 python3 benchmarks/route_ab.py $AB -- --quant $q --kv bf16 --batch 1,8 --gen 64 --layers 8 2>&1 \
+            | grep "^| llama"
+        done
+      done ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

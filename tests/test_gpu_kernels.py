@@ -823,8 +823,9 @@ def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
 @pytest.mark.parametrize("M", [1, 3, 8])
 def test_gemv_rows_pre_equals_per_block(cp, N, K, M):
     """x quantized once by gemv_rows_quant_x (pre=True: a launch before, the GEMV a block per row pairs reading it from
-    global memory) gives every x-quantizing mode's output bit for bit as each block's own prologue (pre=False): the
-    same codes, scales and sums, the same mma order per row pair. Also within the twin's bound (w4afp8 here)."""
+    global memory) gives every x-quantizing mode's output bit for bit as each block's own prologue (pre=False) at the
+    same block shape: the same codes, scales and sums, the same mma and summation order per row pair (the default
+    plans differ in warps, so in the fp32 order of the warps' partial sums). Also within the twin's bound (w4afp8)."""
     from fdlite.quant import get
     from fdlite_kernels import gemv_rows as gr
 
@@ -834,11 +835,11 @@ def test_gemv_rows_pre_equals_per_block(cp, N, K, M):
     nib = cp.asarray(rng.integers(0, 256, (N, K // 2), dtype=np.uint8))
     s1, s4 = cp.asarray(rng.random((N, 1), dtype=np.float32)), cp.asarray(rng.random((N, K // 128), dtype=np.float32))
     sb = cp.asarray(rng.random((-(-N // 128), K // 128), dtype=np.float32))
-    runs = {"fp8": lambda pre: gr.gemv_rows_fp8(x, b8, sb, pre=pre),
-            "channel": lambda pre: gr.gemv_rows_fp8_channel(x, b8, s1, pre=pre),
-            "int8": lambda pre: gr.gemv_rows_int8(x, b8.view(np.int8), s1, pre=pre),
-            "w4a8": lambda pre: gr.gemv_rows_w4a8(x, nib, s4, pre=pre),
-            "w4afp8": lambda pre: gr.gemv_rows_w4afp8(x, nib, s4, pre=pre)}
+    runs = {"fp8": lambda pre: gr.gemv_rows_fp8(x, b8, sb, pre=pre, rows=1, warps=8),
+            "channel": lambda pre: gr.gemv_rows_fp8_channel(x, b8, s1, pre=pre, rows=1, warps=8),
+            "int8": lambda pre: gr.gemv_rows_int8(x, b8.view(np.int8), s1, pre=pre, rows=1, warps=8),
+            "w4a8": lambda pre: gr.gemv_rows_w4a8(x, nib, s4, pre=pre, rows=1, warps=8),
+            "w4afp8": lambda pre: gr.gemv_rows_w4afp8(x, nib, s4, pre=pre, rows=1, warps=8)}
     for name, run in runs.items():
         a, b = cp.asnumpy(run(False)), cp.asnumpy(run(True))
         assert np.isfinite(a.astype(np.float32)).all(), name
