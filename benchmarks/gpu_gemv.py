@@ -9,8 +9,9 @@ layer's four projections (the issue's measure).
     times only cuBLAS and the packed int8 / int4 kernels (routed, mma_sk). ROWS_ONLY=1 times the row-major decode
     GEMV gemv_rows (bf16 and block_wise_fp8, every block shape) against mma_bf16 / gemv_bf16 / mma_sk_fp8 / cuBLAS;
     LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes; INT4_ROWS=1 (with ROWS_ONLY=1) times
-    gemv_rows' int4 modes instead (w4a8, w4afp8, nf4 and its block shapes) against wint4's gemv_packed. WINT2_ONLY=1 times the WINT2 GEMVs
-    (gemv_wint2_tc, and gemv_wint2 to 4 rows) on random CCQ tensors drawn on the device, against cuBLAS.
+    gemv_rows' int4 modes instead (w4a8, w4afp8, nf4 and its block shapes) against wint4's gemv_packed, NF4_ONLY=1
+    only nf4's, PRE=1 the x-quantizing modes with x quantized once (pre) and per block. WINT2_ONLY=1 times the WINT2
+    GEMVs (gemv_wint2_tc, and gemv_wint2 to 4 rows) on random CCQ tensors drawn on the device, against cuBLAS.
 """
 import json
 import os
@@ -165,37 +166,37 @@ def main():
                                  "GB_s": round(nb / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
                 del w2r
                 continue
-            if os.environ.get("ROWS_ONLY") == "1" and os.environ.get("INT4_ROWS") == "1" and M <= gemv_rows.MAX_M:
+            int4_rows = os.environ.get("INT4_ROWS") == "1" and M <= gemv_rows.MAX_M
+            if os.environ.get("ROWS_ONLY") == "1" and int4_rows:
                 # gemv_rows' int4 modes (the byte buffers' first half as nibbles) against wint4's gemv_packed
+                gr = gemv_rows
                 nib = [f8[i].reshape(-1)[:N * K // 2].reshape(N, K // 2) for i in range(ROT)]
                 ws4, ws64 = cp.ones((N, K // 128), np.float32), cp.ones((N, K // 64), np.float32)
+                wsf8, wsc = cp.ones((-(-N // 128), K // 128), np.float32), cp.ones((N, 1), np.float32)
                 pk = [repack(cp.random.randint(-8, 8, (N, K), dtype=np.int16), 4) for _ in range(2)] * 2
-                cands = [("wint4 packed", lambda i: gemm_packed(x, pk[i], ws4, N, 4, 128, out=y), 0.5 + 4 / 128),
-                         ("w4a8 rows", lambda i: gemv_rows.gemv_rows_w4a8(x, nib[i], ws4, out=y), 0.5 + 4 / 128),
-                         ("w4afp8 rows", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y), 0.5 + 4 / 128),
-                         ("nf4 rows", lambda i: gemv_rows.gemv_rows_nf4(x, nib[i], ws64, out=y), 0.5 + 4 / 64)]
+                b4, b64 = 0.5 + 4 / 128, 0.5 + 4 / 64                   # bytes per weight with the scales
+                cands = [("wint4 packed", lambda i: gemm_packed(x, pk[i], ws4, N, 4, 128, out=y), b4),
+                         ("w4a8 rows", lambda i: gr.gemv_rows_w4a8(x, nib[i], ws4, out=y), b4),
+                         ("w4afp8 rows", lambda i: gr.gemv_rows_w4afp8(x, nib[i], ws4, out=y), b4),
+                         ("nf4 rows", lambda i: gr.gemv_rows_nf4(x, nib[i], ws64, out=y), b64)]
                 for r, wp in ((1, 4), (1, 8), (1, 16)):
-                    cands.append((f"nf4 rows{r},{wp}", lambda i, r=r, wp=wp: gemv_rows.gemv_rows_nf4(
-                        x, nib[i], ws64, out=y, rows=r, warps=wp), 0.5 + 4 / 64))
-                cands.append(("w4afp8 rows1,4", lambda i: gemv_rows.gemv_rows_w4afp8(x, nib[i], ws4, out=y, rows=1,
-                                                                                     warps=4), 0.5 + 4 / 128))
+                    cands.append((f"nf4 rows{r},{wp}", lambda i, r=r, wp=wp: gr.gemv_rows_nf4(
+                        x, nib[i], ws64, out=y, rows=r, warps=wp), b64))
+                cands.append(("w4afp8 rows1,4", lambda i: gr.gemv_rows_w4afp8(x, nib[i], ws4, out=y, rows=1,
+                                                                              warps=4), b4))
                 if os.environ.get("PRE") == "1":                    # x quantized once (PRE) against per block
-                    wsf8, wsc = cp.ones((-(-N // 128), K // 128), np.float32), cp.ones((N, 1), np.float32)
-                    cands = [("wint4 packed", cands[0][1], cands[0][2])]
+                    cands = cands[:1]
                     for pre in (False, True):
-                        tag = "pre" if pre else "blk"
-                        cands += [(f"fp8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_fp8(x, f8[i], wsf8, out=y,
-                                                                                         pre=pre), 1),
-                                  (f"channel {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_fp8_channel(
-                                      x, f8[i], wsc, out=y, pre=pre), 1),
-                                  (f"w8a8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_int8(
-                                      x, f8[i].view(np.int8), wsc, out=y, pre=pre), 1),
-                                  (f"w4a8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_w4a8(x, nib[i], ws4, out=y,
-                                                                                           pre=pre), 0.5 + 4 / 128),
-                                  (f"w4afp8 {tag}", lambda i, pre=pre: gemv_rows.gemv_rows_w4afp8(
-                                      x, nib[i], ws4, out=y, pre=pre), 0.5 + 4 / 128)]
+                        tag, kw = "pre" if pre else "blk", {"out": y, "pre": pre}
+                        i8 = [a.view(np.int8) for a in f8]
+                        cands += [
+                            (f"fp8 {tag}", lambda i, kw=kw: gr.gemv_rows_fp8(x, f8[i], wsf8, **kw), 1),
+                            (f"channel {tag}", lambda i, kw=kw: gr.gemv_rows_fp8_channel(x, f8[i], wsc, **kw), 1),
+                            (f"w8a8 {tag}", lambda i, kw=kw: gr.gemv_rows_int8(x, i8[i], wsc, **kw), 1),
+                            (f"w4a8 {tag}", lambda i, kw=kw: gr.gemv_rows_w4a8(x, nib[i], ws4, **kw), b4),
+                            (f"w4afp8 {tag}", lambda i, kw=kw: gr.gemv_rows_w4afp8(x, nib[i], ws4, **kw), b4)]
                     for wp in (4, 16):
-                        cands.append((f"fp8 pre1,{wp}", lambda i, wp=wp: gemv_rows.gemv_rows_fp8(
+                        cands.append((f"fp8 pre1,{wp}", lambda i, wp=wp: gr.gemv_rows_fp8(
                             x, f8[i], wsf8, out=y, pre=True, rows=1, warps=wp), 1))
                 if os.environ.get("NF4_ONLY") == "1":               # wint4's kernel and the nf4 variants
                     cands = [c for c in cands if c[0].startswith(("wint4", "nf4"))]

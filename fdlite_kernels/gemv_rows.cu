@@ -34,8 +34,10 @@
 //                      y[m, n] = sum_b ws[n, b] sum_{k in b} x[m, k] bf16(NF4_LEVELS[q[n, k]])   (bf16 mma; K % 256)
 //                      Each index becomes its level's bf16 bits by four prmt lookups (two 8-byte tables per byte,
 //                      merged by a mask of index bit 3 that one more prmt spreads to whole bytes). x is bf16 from L2.
-// The byte modes quantize x in each block's prologue into shared memory: no second launch per linear, no xq round trip
-// through global memory.
+// The byte modes quantize x (quantize_x) in each block's prologue into shared memory at one token: no second launch
+// per linear, no xq round trip through global memory. From two tokens on (PRE) gemv_rows_quant_x quantizes it once
+// into global memory before the GEMV, which every block then reads: at 8 tokens the per-block prologue cost more than
+// the GEMV (BENCHMARKS.md).
 // Layout of the work: a row's weights are cut into 128-byte K tiles (64 bf16 or 128 e4m3 columns). Lane l = 4g + t of a
 // warp loads the 16-byte chunks at bytes 16t and 64 + 16t of rows g and g + 8 of its row pair (each warp load reads
 // 64 contiguous bytes of 8 rows: whole 32-byte sectors) and the same columns of x. An mma sums over k, so any
@@ -47,8 +49,9 @@
 // spends 4 loads, 4 mma and (fp8) 6 fp32 ops of scaling: no dequantization, so it is bound by memory alone.
 // Block: R row pairs x W warps that split the K tiles (interleaved) and meet in shared memory; each lane keeps its
 // next two K tiles of weights in flight in registers while it computes one (gemv_packed's register ring). A block
-// loops over row pairs (pb += gridDim.x): the fp8 launch sizes the grid to the resident blocks, so each quantizes x
-// once for many pairs (per pair it cost ~5x the K loop's instructions); bf16 launches a block per R pairs.
+// loops over row pairs (pb += gridDim.x): a byte mode's launch with the prologue sizes the grid to the resident
+// blocks, so each quantizes x once for many pairs (per pair it cost ~5x the K loop's instructions); bf16, nf4 and PRE
+// launch a block per R pairs.
 #include "common.cuh"
 
 #define ROWS_BF16 0

@@ -441,11 +441,13 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
         assert name == f"gemv_rows<1, {rows}, {warps}>" and smem == M * (K + 64) + 4 * M * K // 128 and pdl
         resident = gemv_rows.resident_blocks(128, warps, smem + warps * rows * 512)
         assert grid == (min(-(-N // 16), 132 * resident),) and args[3] is y
-        y = gemv_rows.gemv_rows_fp8_channel(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((N, 1), np.float32), pre=False)
+        y = gemv_rows.gemv_rows_fp8_channel(_Arr((M, K), bf16), _Arr((N, K), np.uint8), _Arr((N, 1), np.float32),
+                                            pre=False)
         assert calls[-1][0] == f"gemv_rows<2, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
         y = gemv_rows.gemv_rows_int8(_Arr((M, K), bf16), _Arr((N, K), np.int8), _Arr((N,), np.float32), pre=False)
         assert calls[-1][0] == f"gemv_rows<3, {rows}, {warps}>" and calls[-1][1] == grid and calls[-1][4] == smem
-        y = gemv_rows.gemv_rows_w4a8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 128), np.float32), pre=False)
+        y = gemv_rows.gemv_rows_w4a8(_Arr((M, K), bf16), _Arr((N, K // 2), np.uint8), _Arr((N, K // 128), np.float32),
+                                     pre=False)
         w4_smem = M * (K + 64) + 8 * M * K // 128
         assert calls[-1][0] == "gemv_rows<4, 1, 8>" and calls[-1][4] == w4_smem       # 16 warps would spill
         assert calls[-1][1] == (min(-(-N // 16), 132 * gemv_rows.resident_blocks(128, 8, w4_smem + 8 * 512)),)

@@ -131,8 +131,8 @@ def matmul_w4a8(x, p: Packed, xp):
 
 
 def matmul_w4afp8(x, p: Packed, xp):
-    """w4afp8 (groups of 128, fp8 activations per token and group) on gemv_rows' int4 x e4m3 mode (nibbles looked
-    up as e4m3(q + 8), corrected by the prologue's code sums), 8 rows a launch to BYTE_ROWS_MAX_M, sm_89+; None for
+    """w4afp8 (groups of 128, fp8 activations per token and group) on gemv_rows' int4 x e4m3 mode (nibbles
+    looked up as e4m3(q + 8), corrected by x's code sums), 8 rows a launch to BYTE_ROWS_MAX_M, sm_89+; None for
     other groups, a padded K that is not a multiple of 256 or an older device (the reference formula runs)."""
     q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
     Kp = q.shape[1] * 2
@@ -168,6 +168,8 @@ def matmul_nf4(x, p: Packed, xp):
     from fdlite_kernels.gemv_rows import gemv_rows_nf4  # noqa: PLC0415
 
     q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
+    if not _aligned16(s):                          # the kernel reads a row's four scales of a tile as 16 bytes
+        return None
     return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2)
 
 
@@ -181,7 +183,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
     if not (M <= BYTE_ROWS_MAX_M and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
-    if not _aligned16(xb, q, ws):
+    if not _aligned16(xb, q):
         return None
     if M <= MAX_M:
         return kernel(xb, q, ws)
