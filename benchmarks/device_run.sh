@@ -292,6 +292,12 @@ for stage in "$@"; do
             | grep "^| llama"
         done
       done ;;
+    rows16)         # gemv_rows at 9-16 rows (two token fragments): twins, routes and models, then timings
+      T 300 $PT tests/test_gpu_kernels.py -k "gemv_rows or wfp8afp8" 2>&1 | grep -E "passed|failed|Error|assert" | tail -8
+      T 150 $PT tests/test_quant_device_path.py tests/test_gpu_model.py 2>&1 | tail -2
+      T 200 env ROWS_ONLY=1 INT4_ROWS=1 ROWS16=1 WINT2=0 GEMV_MS=12,16 python3 benchmarks/gpu_gemv.py \
+        > $OUT/gemv.log 2>&1
+      grep -A40 "sum over" $OUT/gemv.log ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

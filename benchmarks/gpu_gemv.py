@@ -10,7 +10,8 @@ layer's four projections (the issue's measure).
     GEMV gemv_rows (bf16 and block_wise_fp8, every block shape) against mma_bf16 / gemv_bf16 / mma_sk_fp8 / cuBLAS;
     LM_HEAD=1 adds the 128256 x 4096 vocabulary projection to the shapes; INT4_ROWS=1 (with ROWS_ONLY=1) times
     gemv_rows' int4 modes instead (w4a8, w4afp8, nf4 and its block shapes) against wint4's gemv_packed, NF4_ONLY=1
-    only nf4's, PRE=1 the x-quantizing modes with x quantized once (pre) and per block. WINT2_ONLY=1 times the WINT2
+    only nf4's, PRE=1 the x-quantizing modes with x quantized once (pre) and per block, ROWS16=1 (GEMV_MS=12,16)
+    the 9-16 row launches (two token fragments) against cuBLAS, mma_sk_fp8 and two launches of half the rows. WINT2_ONLY=1 times the WINT2
     GEMVs (gemv_wint2_tc, and gemv_wint2 to 4 rows) on random CCQ tensors drawn on the device, against cuBLAS.
 """
 import json
@@ -166,7 +167,7 @@ def main():
                                  "GB_s": round(nb / t / 1e3, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
                 del w2r
                 continue
-            int4_rows = os.environ.get("INT4_ROWS") == "1" and M <= gemv_rows.MAX_M
+            int4_rows = os.environ.get("INT4_ROWS") == "1" and (M <= 8 or os.environ.get("ROWS16") == "1")
             if os.environ.get("ROWS_ONLY") == "1" and int4_rows:
                 # gemv_rows' int4 modes (the byte buffers' first half as nibbles) against wint4's gemv_packed
                 gr = gemv_rows
@@ -198,6 +199,23 @@ def main():
                     for wp in (4, 16):
                         cands.append((f"fp8 pre1,{wp}", lambda i, wp=wp: gr.gemv_rows_fp8(
                             x, f8[i], wsf8, out=y, pre=True, rows=1, warps=wp), 1))
+                if os.environ.get("ROWS16") == "1":                 # 9-16 rows: two token fragments a launch
+                    wb1 = [(cp.random.standard_normal((N, K), dtype=np.float32) * 0.02).astype(BF16)
+                           for _ in range(2)] * 2
+                    h = M // 2                                       # the same rows as two launches of M / 2
+
+                    def twice(f):
+                        return lambda i: (f(i, x[:h], y[:h]), f(i, x[h:], y[h:]))
+                    cands = [cands[0],
+                             ("bf16 rows", lambda i: gr.gemv_rows_bf16(x, wb1[i], out=y), 2),
+                             ("bf16 mma", lambda i: mma_bf16(x, wb1[i], out=y), 2),
+                             ("fp8 rows", lambda i: gr.gemv_rows_fp8(x, f8[i], wsf8, out=y), 1),
+                             ("fp8 sk", lambda i: mma_sk_fp8(x, f8[i], wsf8, out=y), 1),
+                             ("w8a8 rows", lambda i: gr.gemv_rows_int8(x, f8[i].view(np.int8), wsc, out=y), 1),
+                             ("w8a8 2x", twice(lambda i, xx, yy: gr.gemv_rows_int8(xx, f8[i].view(np.int8), wsc,
+                                                                                    out=yy)), 1),
+                             ("nf4 rows", lambda i: gr.gemv_rows_nf4(x, nib[i], ws64, out=y), b64),
+                             ("nf4 2x", twice(lambda i, xx, yy: gr.gemv_rows_nf4(xx, nib[i], ws64, out=yy)), b64)]
                 if os.environ.get("NF4_ONLY") == "1":               # wint4's kernel and the nf4 variants
                     cands = [c for c in cands if c[0].startswith(("wint4", "nf4"))]
                 for method, fn, bpw in [("bf16 cuBLAS*", None, 2)] + cands:

@@ -216,8 +216,10 @@ __device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq,
 // PRE (byte modes): x comes quantized, in quantize_x's layout, from gemv_rows_quant_x (passed as x): no prologue,
 // no shared memory, and a block per R row pairs. For several tokens, where each block quantizing all of x cost more
 // than the GEMV (w4a8 down_proj at 8 rows: 49.8 us against 19.2 at one).
-template <int MODE, int R, int W, bool PRE = false>
-__global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 0)
+// NB: token fragments of 8 (2: up to 16 tokens, tokens g and g + 8 of a lane; bf16, nf4 and PRE byte modes but the
+// int4 ones, whose x registers would not fit): the weights' registers feed NB mma each.
+template <int MODE, int R, int W, bool PRE = false, int NB = 1>
+__global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 && NB == 1 ? 16 / W : 0)
     gemv_rows(const bf16_t* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ ws,
               bf16_t* __restrict__ y, int M, int N, int K) {
   constexpr int RB = 3;                                // tiles per lane in registers: two in flight, one computed
@@ -226,6 +228,8 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
   constexpr bool NF4 = MODE == ROWS_NF4, W4F = MODE == ROWS_W4AFP8;
   constexpr bool W4 = MODE == ROWS_W4A8 || W4F, NIB = W4 || NF4;
   constexpr bool BYTES = MODE != ROWS_BF16 && !NF4, BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8;
+  static_assert(NB == 1 || (NB == 2 && !W4 && (PRE || !BYTES)), "16 tokens: bf16, nf4 or a PRE byte mode");
+  constexpr int RA = R * NB;                           // accumulator sets: row pair r, token fragment h at r NB + h
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int rowq = NIB ? K / 32 : BYTES ? K / 16 : K / 8;   // 16-byte chunks per weight row
@@ -238,7 +242,7 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
   constexpr int XC = W4 ? 4 : NF4 ? 1 : 2;             // 16-byte x chunks per lane and tile (NF4: loaded in compute)
   uint4 wb[RB][R][2][2];
   float sb[RB][R][SV];
-  uint4 xb[RB][XC];
+  uint4 xb[RB][NB][XC];
   // the loop-invariant addresses of R pairs from p0: rows past N read row N - 1 (outputs never stored)
   const uint4* wrow[R][2];                             // lane's chunk 0 of rows g, g + 8 of pair r, K tile 0
   const float* srow[R][2];                             // BLOCK: the pair's 128-row block of scales; W4: rows' groups
@@ -300,24 +304,32 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
   }
   // B chunks of tile kt: token g's bytes 16t and 64 + 16t of the tile (bf16 from L2, coherent: written by the kernel
   // before; e4m3 from shared memory), one tile ahead of the mma
-  const u8* xq_row = xqb + (size_t)min(g, M - 1) * sx;
-  const uint4* xrow = BYTES ? reinterpret_cast<const uint4*>(xq_row) + (W4 ? 0 : t)
-                          : reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + t;
-  // W4: a tile is 256 columns of x, the lane's 32 bytes of group c at 128 c + 32 t (chunks 2c, 2c + 1)
-  auto load_x = [&](int kt, uint4 (&xv)[XC]) {
+  const uint4* xrow[NB];                               // token g + 8h (past M: token M - 1, never stored)
+  const float* xs0[NB];                                // fp8: this lane's C columns are tokens 2t + 8h and 2t + 1 + 8h
+  const float* xs1[NB];                                // (their scales per tile)
 #pragma unroll
-    for (int c = 0; c < (NF4 ? 0 : XC); ++c)           // NF4 loads its x inside compute (8 chunks a tile)
-      xv[c] = W4 ? ld(xrow + kt * 16 + 8 * (c >> 1) + 2 * t + (c & 1))
-                 : BYTES ? ld(xrow + kt * 8 + 4 * c) : __ldca(xrow + kt * 8 + 4 * c);
+  for (int h = 0; h < NB; ++h) {
+    const int tg = min(g + 8 * h, M - 1);
+    xrow[h] = BYTES ? reinterpret_cast<const uint4*>(xqb + (size_t)tg * sx) + (W4 ? 0 : t)
+                    : reinterpret_cast<const uint4*>(x + (size_t)tg * K) + t;
+    xs0[h] = xsc + min(2 * t + 8 * h, M - 1) * Kb;
+    xs1[h] = xsc + min(2 * t + 1 + 8 * h, M - 1) * Kb;
+  }
+  // W4: a tile is 256 columns of x, the lane's 32 bytes of group c at 128 c + 32 t (chunks 2c, 2c + 1)
+  auto load_x = [&](int kt, uint4 (&xv)[NB][XC]) {
+#pragma unroll
+    for (int h = 0; h < NB; ++h)
+#pragma unroll
+      for (int c = 0; c < (NF4 ? 0 : XC); ++c)         // NF4 loads its x inside compute (8 chunks a tile)
+        xv[h][c] = W4 ? ld(xrow[h] + kt * 16 + 8 * (c >> 1) + 2 * t + (c & 1))
+                      : BYTES ? ld(xrow[h] + kt * 8 + 4 * c) : __ldca(xrow[h] + kt * 8 + 4 * c);
   };
-  // fp8: this lane's C columns are tokens 2t and 2t + 1 (their scales per tile)
-  const float* xs0 = xsc + min(2 * t, M - 1) * Kb;
-  const float* xs1 = xsc + min(2 * t + 1, M - 1) * Kb;
 
-  float acc[R][4];
-  int iacc[R][4];                                      // INT8: exact integer sums (|sum| < 127^2 K < 2^31)
+  float acc[RA][4];
+  int iacc[RA][4];                                     // INT8: exact integer sums (|sum| < 127^2 K < 2^31)
   // W4: two groups of 128 columns, four k32 steps each
-  auto compute_w4 = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
+  auto compute_w4 = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xw4)[NB][XC]) {
+    const uint4 (&xv)[XC] = xw4[0];                  // NB == 1
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       int part[R][4];
@@ -351,7 +363,7 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
       // sum xq (q + 8) - 8 sum xq (W4A8 exact in int32), then the two scales
       const float d0 = W4F ? 8.f * ld(xsumf + m0) : 0.f, d1 = W4F ? 8.f * ld(xsumf + m1) : 0.f;
       const int q0 = W4F ? 0 : 8 * ld(xsum + m0), q1 = W4F ? 0 : 8 * ld(xsum + m1);
-      const float x0 = ld(xs0 + grp), x1 = ld(xs1 + grp);   // c0, c2: token 2t; c1, c3: token 2t + 1
+      const float x0 = ld(xs0[0] + grp), x1 = ld(xs1[0] + grp);   // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const float p0 = W4F ? fpart[r][0] - d0 : (float)(part[r][0] - q0);
@@ -366,10 +378,10 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
     }
   };
   // the byte modes and bf16: four k steps over the tile's two 64-byte chunks
-  auto compute_bytes = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
-    float part[R][4];                                  // BLOCK: this tile's (one scale group's) unscaled sums
+  auto compute_bytes = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[NB][XC]) {
+    float part[RA][4];                                 // BLOCK: this tile's (one scale group's) unscaled sums
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < RA; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c) part[r][c] = 0.f;
 #pragma unroll
@@ -379,37 +391,50 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
       for (int r = 0; r < R; ++r) {
         const unsigned a[4] = {word_of(wv[r][0][c], i), word_of(wv[r][1][c], i), word_of(wv[r][0][c], i + 1),
                                word_of(wv[r][1][c], i + 1)};
-        if (BLOCK) mma_16832_e4m3(part[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
-        else if (INT8) mma_16832_s8(iacc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
-        else if (BYTES) mma_16832_e4m3(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
-        else mma_16816(acc[r], a, word_of(xv[c], i), word_of(xv[c], i + 1));
+#pragma unroll
+        for (int h = 0; h < NB; ++h) {
+          const int ra = r * NB + h;
+          const unsigned b0 = word_of(xv[h][c], i), b1 = word_of(xv[h][c], i + 1);
+          if (BLOCK) mma_16832_e4m3(part[ra], a, b0, b1);
+          else if (INT8) mma_16832_s8(iacc[ra], a, b0, b1);
+          else if (BYTES) mma_16832_e4m3(acc[ra], a, b0, b1);
+          else mma_16816(acc[ra], a, b0, b1);
+        }
       }
     }
     if (BLOCK) {
-      const float x0 = ld(xs0 + kt), x1 = ld(xs1 + kt);   // c0, c2: token 2t; c1, c3: token 2t + 1
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        acc[r][0] = fmaf(part[r][0], sv[r][0] * x0, acc[r][0]);
-        acc[r][1] = fmaf(part[r][1], sv[r][0] * x1, acc[r][1]);
-        acc[r][2] = fmaf(part[r][2], sv[r][0] * x0, acc[r][2]);
-        acc[r][3] = fmaf(part[r][3], sv[r][0] * x1, acc[r][3]);
+      for (int h = 0; h < NB; ++h) {
+        const float x0 = ld(xs0[h] + kt), x1 = ld(xs1[h] + kt);   // c0, c2: token 2t + 8h; c1, c3: 2t + 1 + 8h
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const int ra = r * NB + h;
+          acc[ra][0] = fmaf(part[ra][0], sv[r][0] * x0, acc[ra][0]);
+          acc[ra][1] = fmaf(part[ra][1], sv[r][0] * x1, acc[ra][1]);
+          acc[ra][2] = fmaf(part[ra][2], sv[r][0] * x0, acc[ra][2]);
+          acc[ra][3] = fmaf(part[ra][3], sv[r][0] * x1, acc[ra][3]);
+        }
       }
     }
   };
   // NF4: lane t's 16 bytes of half c hold 8 bytes of group 2c (words 0, 1) and 8 of group 2c + 1 (words 2, 3): word
   // i's codes are k 128 c + 64 s + 16 t + 8 p + 0..7 (s = i >> 1, p = i & 1), x's 16 bytes at that k
-  const uint4* xnf = reinterpret_cast<const uint4*>(x + (size_t)min(g, M - 1) * K) + 2 * t;
+  const uint4* xnf[NB];
+#pragma unroll
+  for (int h = 0; h < NB; ++h) xnf[h] = reinterpret_cast<const uint4*>(x + (size_t)min(g + 8 * h, M - 1) * K) + 2 * t;
   auto compute_nf4 = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV]) {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      uint4 xv[4];
+      uint4 xv[NB][4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) xv[i] = __ldca(xnf + kt * 32 + 16 * c + 8 * (i >> 1) + (i & 1));
+      for (int h = 0; h < NB; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xv[h][i] = __ldca(xnf[h] + kt * 32 + 16 * c + 8 * (i >> 1) + (i & 1));
 #pragma unroll
       for (int sg = 0; sg < 2; ++sg) {
-        float part[R][4];
+        float part[RA][4];
 #pragma unroll
-        for (int r = 0; r < R; ++r)
+        for (int r = 0; r < RA; ++r)
 #pragma unroll
           for (int e = 0; e < 4; ++e) part[r][e] = 0.f;
 #pragma unroll
@@ -421,22 +446,26 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
             nf4_bf16x8(word_of(wv[r][0][c], i), lg);
             nf4_bf16x8(word_of(wv[r][1][c], i), lh);
             const unsigned a0[4] = {lg[0], lh[0], lg[1], lh[1]}, a1[4] = {lg[2], lh[2], lg[3], lh[3]};
-            mma_16816(part[r], a0, xv[i].x, xv[i].y);
-            mma_16816(part[r], a1, xv[i].z, xv[i].w);
+#pragma unroll
+            for (int h = 0; h < NB; ++h) {
+              mma_16816(part[r * NB + h], a0, xv[h][i].x, xv[h][i].y);
+              mma_16816(part[r * NB + h], a1, xv[h][i].z, xv[h][i].w);
+            }
           }
         }
         const int gi = 2 * c + sg;                   // the tile's group (of 4); c0, c1: row g; c2, c3: row g + 8
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          acc[r][0] = fmaf(part[r][0], sv[r][gi], acc[r][0]);
-          acc[r][1] = fmaf(part[r][1], sv[r][gi], acc[r][1]);
-          acc[r][2] = fmaf(part[r][2], sv[r][4 + gi], acc[r][2]);
-          acc[r][3] = fmaf(part[r][3], sv[r][4 + gi], acc[r][3]);
+        for (int ra = 0; ra < RA; ++ra) {
+          const int r = ra / NB;
+          acc[ra][0] = fmaf(part[ra][0], sv[r][gi], acc[ra][0]);
+          acc[ra][1] = fmaf(part[ra][1], sv[r][gi], acc[ra][1]);
+          acc[ra][2] = fmaf(part[ra][2], sv[r][4 + gi], acc[ra][2]);
+          acc[ra][3] = fmaf(part[ra][3], sv[r][4 + gi], acc[ra][3]);
         }
       }
     }
   };
-  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[XC]) {
+  auto compute = [&](int kt, const uint4 (&wv)[R][2][2], const float (&sv)[R][SV], const uint4 (&xv)[NB][XC]) {
     if constexpr (W4) compute_w4(kt, wv, sv, xv);
     else if constexpr (NF4) compute_nf4(kt, wv, sv);
     else compute_bytes(kt, wv, sv, xv);
@@ -449,12 +478,12 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
     compute(kt, wb[u], sb[u], xb[u]);
   };
 
-  constexpr int V = R * 4;
+  constexpr int V = RA * 4;
   __shared__ float red[W][V][32];
   for (int pb = blockIdx.x; pb < blocks; pb += gridDim.x) {   // this block's pairs, their first tiles in flight
     const int p0 = pb * R;
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < RA; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[r][c] = 0.f, iacc[r][c] = 0;
     if (warp < ktiles) load_x(warp, xb[0]);
@@ -475,14 +504,14 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 ? 16 / W : 
     }
     // warps -> shared memory, lane-major (conflict-free); then one thread per (r, c, lane) sums the warps in order
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < RA; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c) red[warp][r * 4 + c][lane] = INT8 ? __int_as_float(iacc[r][c]) : acc[r][c];
     __syncthreads();
     for (int i = threadIdx.x; i < V * 32; i += 32 * W) {
       const int v = i / 32, l = i % 32;
-      const int r = v / 4, c = v % 4;
-      const int m = 2 * (l & 3) + (c & 1);                         // C columns 2t, 2t + 1 = tokens
+      const int r = v / 4 / NB, c = v % 4;
+      const int m = 2 * (l & 3) + (c & 1) + 8 * (v / 4 % NB);      // C columns 2t, 2t + 1 = tokens (+ 8h)
       const int row = 16 * (p0 + r) + (l >> 2) + 8 * (c >> 1);    // C rows g, g + 8
       if (m >= M || row >= N) continue;
       float sum = 0.f;
@@ -518,6 +547,9 @@ __global__ void __launch_bounds__(32 * W) gemv_rows_quant_x(const bf16_t* __rest
   template __global__ void gemv_rows<MODE, R, W>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int); \
   template __global__ void gemv_rows<MODE, R, W, true>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, \
                                                        int);
+#define GEMV_ROWS16(MODE, PRE) \
+  template __global__ void gemv_rows<MODE, 1, 8, PRE, 2>(const bf16_t*, const uint4*, const float*, bf16_t*, int, \
+                                                         int, int);
 #define GEMV_ROWS_W(MODE) GEMV_ROWS(MODE, 1, 4) GEMV_ROWS(MODE, 1, 8) GEMV_ROWS(MODE, 1, 16) GEMV_ROWS(MODE, 2, 4) \
   GEMV_ROWS(MODE, 2, 8)
 GEMV_ROWS_W(ROWS_BF16)      // gemv_rows.py: SHAPES
@@ -527,6 +559,11 @@ GEMV_ROWS_W(ROWS_INT8)
 GEMV_ROWS_W(ROWS_W4A8)
 GEMV_ROWS_W(ROWS_W4AFP8)
 GEMV_ROWS_W(ROWS_NF4)
+GEMV_ROWS16(ROWS_BF16, false)      // 9-16 tokens (gemv_rows.py: SHAPES16)
+GEMV_ROWS16(ROWS_NF4, false)
+GEMV_ROWS16(ROWS_BLOCK, true)
+GEMV_ROWS16(ROWS_CHANNEL, true)
+GEMV_ROWS16(ROWS_INT8, true)
 template __global__ void gemv_rows_quant_x<ROWS_BLOCK, 16>(const bf16_t*, u8*, int, int);
 template __global__ void gemv_rows_quant_x<ROWS_CHANNEL, 16>(const bf16_t*, u8*, int, int);
 template __global__ void gemv_rows_quant_x<ROWS_INT8, 16>(const bf16_t*, u8*, int, int);

@@ -46,8 +46,10 @@ import numpy as np
 from . import load
 from ._launch import BF16, check, expect, launch, sms
 
-MAX_M = 8                      # one B fragment of 8 tokens
+MAX_M = 16                     # two B fragments of 8 tokens (9-16: NB = 2, block shape (1, 8))
+MAX_M_INT4 = 8                 # w4a8, w4afp8: one fragment (their x registers leave no room for a second)
 SHAPES = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8))   # (row pairs, warps) a block may have (gemv_rows.cu has them)
+SHAPES16 = ((1, 8),)           # ... with two token fragments
 SMEM_MAX = 227 * 1024          # bytes of shared memory a block may have (H100 / sm_90; sm_89: 99 KiB, checked)
 
 
@@ -118,7 +120,7 @@ def kernel(device_id: int, name: str) -> Compiled:
 
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
     cap = 0
-    if not name.startswith((f"gemv_rows<{MODE_BF16},", "gemv_rows_quant_x")) and not name.endswith("true>"):
+    if not name.startswith((f"gemv_rows<{MODE_BF16},", "gemv_rows_quant_x")) and ", true" not in name:
         optin = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
         cap = fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
     return Compiled(fn, fn.num_regs, cap)
@@ -129,18 +131,23 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None):
 
     qx = mode not in (MODE_BF16, MODE_NF4)              # a byte mode: x quantized by the kernel
     M = x.shape[0]
+    top = MAX_M_INT4 if mode in W4_MODES else MAX_M
+    check(1 <= M <= top, f"gemv_rows takes 1..{top} rows here, got M = {M} (use mma_sk / cuBLAS, or launch per 8)")
+    nb = 2 if M > 8 else 1                              # token fragments of 8
+    check(nb == 1 or pre is not False, f"{M} rows (two token fragments) take pre=True: x quantized once")
     pre = qx and (M >= PRE_MIN_M if pre is None else bool(pre))
-    check(1 <= M <= MAX_M, f"gemv_rows takes 1..{MAX_M} rows, got M = {M} (use mma_sk / cuBLAS)")
-    # int4 modes: 16 warps spill (128 registers)
-    pr, pw = (1, 8) if mode in W4_MODES or pre else nf4_plan(N, K) if mode == MODE_NF4 else plan(N, K, qx, M)
+    # two fragments, pre and the int4 modes (16 warps spill there): (1, 8)
+    pr, pw = (1, 8) if nb == 2 or mode in W4_MODES or pre else nf4_plan(N, K) if mode == MODE_NF4 else plan(N, K, qx, M)
     rows = pr if rows is None else rows
     warps = pw if warps is None else warps
-    check((rows, warps) in SHAPES, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {SHAPES}")
+    shapes = SHAPES if nb == 1 else SHAPES16
+    check((rows, warps) in shapes, f"rows = {rows}, warps = {warps}: (rows, warps) must be one of {shapes} for {M} rows")
     check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
           f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel reads 16-byte chunks")
     smem = smem_bytes(M, K, qx, mode in W4_MODES)
     dev = cp.cuda.Device()
-    k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}" + (", true>" if pre else ">"))
+    k = kernel(dev.id, f"gemv_rows<{mode}, {rows}, {warps}" + (", true>" if pre else ">") if nb == 1
+               else f"gemv_rows<{mode}, {rows}, {warps}, {'true' if pre else 'false'}, 2>")
     check(pre or smem <= k.smem_cap, f"{M} rows of K = {K} need {smem} bytes of shared memory for the quantized x, "
           f"over the {k.smem_cap} a block may have here")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)

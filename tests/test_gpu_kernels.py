@@ -616,7 +616,7 @@ ROWS_SHAPES = [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 1024), (136, 25
 
 
 @pytest.mark.parametrize("N,K", ROWS_SHAPES + [(96, 192)])
-@pytest.mark.parametrize("M", [1, 2, 5, 8])
+@pytest.mark.parametrize("M", [1, 2, 5, 8, 12, 16])
 def test_gemv_rows_bf16_vs_twin(cp, N, K, M):
     """Dense bf16 decode GEMV over the row-major weight (gemv_rows.cu) against the float32 product: ragged N
     (rows past N read row N - 1 and are not stored), output poisoned, every compiled block shape on one shape."""
@@ -627,7 +627,7 @@ def test_gemv_rows_bf16_vs_twin(cp, N, K, M):
     w = (rng.standard_normal((N, K)) * 0.02).astype(BF16)
     ref = x.astype(np.float32) @ w.astype(np.float32).T
     xd, wd = cp.asarray(x), cp.asarray(w)
-    for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+    for rows, warps in SHAPES if (N, K) == (1000, 1024) and M <= 8 else [(None, None)]:
         y = cp.full((M, N), np.nan, dtype=BF16)
         gemv_rows_bf16(xd, wd, out=y, rows=rows, warps=warps)
         got = cp.asnumpy(y).astype(np.float32)
@@ -635,7 +635,7 @@ def test_gemv_rows_bf16_vs_twin(cp, N, K, M):
 
 
 @pytest.mark.parametrize("N,K", ROWS_SHAPES + [(28672, 4096)])
-@pytest.mark.parametrize("M", [1, 3, 8])
+@pytest.mark.parametrize("M", [1, 3, 8, 16])
 def test_gemv_rows_fp8_vs_twin(cp, N, K, M):
     """block_wise_fp8 decode GEMV (e4m3 mma over the stored weight, x quantized in the kernel's prologue) against
     the method's NumPy matmul, and against mma_sk_fp8 (act_quant_fp8's codes, the same products: only the fp32
@@ -649,7 +649,7 @@ def test_gemv_rows_fp8_vs_twin(cp, N, K, M):
     xd = cp.asarray(x)
     q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale_inv"])
     sk = cp.asnumpy(mma_sk_fp8(xd, q, ws)).astype(np.float32)
-    for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+    for rows, warps in SHAPES if (N, K) == (1000, 1024) and M <= 8 else [(None, None)]:
         y = cp.full((M, N), np.nan, dtype=BF16)
         gemv_rows_fp8(xd, q, ws, out=y, rows=rows, warps=warps)
         got = cp.asnumpy(y).astype(np.float32)
@@ -658,7 +658,7 @@ def test_gemv_rows_fp8_vs_twin(cp, N, K, M):
 
 
 @pytest.mark.parametrize("N,K", ROWS_SHAPES)
-@pytest.mark.parametrize("M", [1, 3, 8])
+@pytest.mark.parametrize("M", [1, 3, 8, 12])
 def test_gemv_rows_fp8_channel_vs_twin(cp, N, K, M):
     """wfp8afp8 decode (e4m3 mma over the stored weight, x quantized per token over all of K in the prologue)
     against the method's NumPy matmul, output poisoned; the routed matmul (fdlite.quant._gpu) takes the kernel."""
@@ -672,7 +672,7 @@ def test_gemv_rows_fp8_channel_vs_twin(cp, N, K, M):
     ref = method.matmul(x.astype(np.float32), p, np)
     xd = cp.asarray(x)
     q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
-    for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+    for rows, warps in SHAPES if (N, K) == (1000, 1024) and M <= 8 else [(None, None)]:
         y = cp.full((M, N), np.nan, dtype=BF16)
         gemv_rows_fp8_channel(xd, q, ws, out=y, rows=rows, warps=warps)
         got = cp.asnumpy(y).astype(np.float32)
@@ -684,7 +684,7 @@ def test_gemv_rows_fp8_channel_vs_twin(cp, N, K, M):
 
 
 @pytest.mark.parametrize("N,K", ROWS_SHAPES)
-@pytest.mark.parametrize("M", [1, 3, 8, 20])
+@pytest.mark.parametrize("M", [1, 3, 8, 16, 20])
 def test_gemv_rows_int8_vs_twin(cp, N, K, M):
     """w8a8 (dynamic) decode on gemv_rows' int8 mode (integer mma over the stored weight, x quantized per token in
     the prologue) against the method's NumPy matmul, output poisoned, every block shape on one shape; the routed
@@ -700,7 +700,7 @@ def test_gemv_rows_int8_vs_twin(cp, N, K, M):
     xd = cp.asarray(x)
     q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
     if M <= MAX_M:
-        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) and M <= 8 else [(None, None)]:
             y = cp.full((M, N), np.nan, dtype=BF16)
             gemv_rows_int8(xd, q, ws, out=y, rows=rows, warps=warps)
             got = cp.asnumpy(y).astype(np.float32)
@@ -717,7 +717,7 @@ def test_gemv_rows_w4a8_vs_twin(cp, N, K, M):
     nibbles enter the s8 mma as q + 8 and the prologue's code sums take 8 sum xq back out; a K padded to the packed
     256 (K = 200), a per-token scale spread and 20 rows (three launches) through the routed matmul."""
     from fdlite.quant import get
-    from fdlite_kernels.gemv_rows import MAX_M, gemv_rows_w4a8
+    from fdlite_kernels.gemv_rows import MAX_M_INT4 as MAX_M, gemv_rows_w4a8
 
     rng = np.random.default_rng(N + 17 * K + M)
     method = get("w4a8")()
@@ -743,7 +743,7 @@ def test_gemv_rows_w4afp8_vs_twin(cp, N, K, M):
     the method's NumPy matmul: nibbles looked up as e4m3(q + 8), the prologue's sums of code values taking 8 sum x
     back out; every block shape on one shape, a K padded to 256 (K = 200) and 20 rows through the routed matmul."""
     from fdlite.quant import get
-    from fdlite_kernels.gemv_rows import MAX_M, SHAPES, gemv_rows_w4afp8
+    from fdlite_kernels.gemv_rows import MAX_M_INT4 as MAX_M, SHAPES, gemv_rows_w4afp8
 
     rng = np.random.default_rng(N + 19 * K + M)
     method = get("w4afp8")()
@@ -752,7 +752,7 @@ def test_gemv_rows_w4afp8_vs_twin(cp, N, K, M):
     ref = method.matmul(x.astype(np.float32), p, np)
     q, ws = cp.asarray(p.arrays["quant_weight"]), cp.asarray(p.arrays["weight_scale"])
     if M <= MAX_M and q.shape[1] * 2 == K:
-        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) and M <= 8 else [(None, None)]:
             y = cp.full((M, N), np.nan, dtype=BF16)
             gemv_rows_w4afp8(cp.asarray(x), q, ws, out=y, rows=rows, warps=warps)
             got = cp.asnumpy(y).astype(np.float32)
@@ -763,7 +763,7 @@ def test_gemv_rows_w4afp8_vs_twin(cp, N, K, M):
 
 
 @pytest.mark.parametrize("N,K", [(4096, 4096), (6144, 4096), (4096, 14336), (1000, 1024), (136, 256), (48, 200)])
-@pytest.mark.parametrize("M", [1, 3, 8, 20])
+@pytest.mark.parametrize("M", [1, 3, 8, 16, 20])
 def test_gemv_rows_nf4_vs_twin(cp, N, K, M):
     """nf4 (weight-only, groups of 64) on gemv_rows' nf4 mode against the method's NumPy matmul (the levels as bf16:
     2^-9 relative each): the codes permuted by prepare() on a GPU backend, output poisoned, every block shape on one
@@ -780,7 +780,7 @@ def test_gemv_rows_nf4_vs_twin(cp, N, K, M):
     assert dev.meta["gpu"] == "rows_nf4"
     q, ws = dev.arrays["quant_weight"], dev.arrays["weight_scale"]
     if M <= MAX_M and q.shape[1] * 2 == K:
-        for rows, warps in SHAPES if (N, K) == (1000, 1024) else [(None, None)]:
+        for rows, warps in SHAPES if (N, K) == (1000, 1024) and M <= 8 else [(None, None)]:
             y = cp.full((M, N), np.nan, dtype=BF16)
             gemv_rows_nf4(cp.asarray(x), q, ws, out=y, rows=rows, warps=warps)
             got = cp.asnumpy(y).astype(np.float32)
@@ -800,9 +800,9 @@ def test_gemv_rows_nf4_vs_twin(cp, N, K, M):
 
 
 @pytest.mark.parametrize("M", [9, 20, 64])
-def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
-    """wfp8afp8 at 9-64 rows (batched decode): gemv_rows per 8 rows against the twin, and each chunk equal to a
-    launch on those rows alone (per-token quantization: the chunks are exact)."""
+def test_wfp8afp8_rows_above_16_take_gemv_rows_per_16(cp, M):
+    """wfp8afp8 at 9-64 rows (batched decode): gemv_rows per 16 rows (two token fragments) against the twin, and
+    each chunk equal to a launch on those rows alone (per-token quantization: the chunks are exact)."""
     from fdlite.quant import get
     from fdlite_kernels.gemv_rows import gemv_rows_fp8_channel
 
@@ -814,9 +814,9 @@ def test_wfp8afp8_rows_above_8_take_gemv_rows_per_8(cp, M):
     dev = type(p)(p.method, p.shape, {k: cp.asarray(v) for k, v in p.arrays.items()}, p.meta)
     got = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp))
     assert _rel(got.astype(np.float32), ref) < 1e-2
-    last = cp.asnumpy(gemv_rows_fp8_channel(cp.asarray(x[(M - 1) // 8 * 8:]), dev.arrays["quant_weight"],
+    last = cp.asnumpy(gemv_rows_fp8_channel(cp.asarray(x[(M - 1) // 16 * 16:]), dev.arrays["quant_weight"],
                                             dev.arrays["weight_scale"]))
-    assert np.array_equal(got[(M - 1) // 8 * 8:].view(np.uint16), last.view(np.uint16))
+    assert np.array_equal(got[(M - 1) // 16 * 16:].view(np.uint16), last.view(np.uint16))
 
 
 @pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 14336), (136, 256)])
@@ -881,8 +881,8 @@ def test_gemv_rows_errors(cp):
 
     with pytest.raises(ValueError, match="K = 96 must be a positive multiple of 64"):
         gemv_rows_bf16(cp.zeros((1, 96), dtype=BF16), cp.zeros((8, 96), dtype=BF16))
-    with pytest.raises(ValueError, match="1..8 rows, got M = 9"):
-        gemv_rows_bf16(cp.zeros((9, 64), dtype=BF16), cp.zeros((8, 64), dtype=BF16))
+    with pytest.raises(ValueError, match="1..16 rows here, got M = 17"):
+        gemv_rows_bf16(cp.zeros((17, 64), dtype=BF16), cp.zeros((8, 64), dtype=BF16))
     with pytest.raises(ValueError, match="K = 192 must be a positive multiple of 128"):
         gemv_rows_fp8(cp.zeros((1, 192), dtype=BF16), cp.zeros((8, 192), np.uint8), cp.ones((1, 1), np.float32))
     with pytest.raises(ValueError, match=r"ws shape \(1, 1\), expected \(2, 2\) for N = 200, K = 256"):

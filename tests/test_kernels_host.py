@@ -492,6 +492,21 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
                                 pre=False)
     gemv_rows.gemv_rows_fp8(_Arr((8, 294912), bf16), _Arr((16, 294912), np.uint8), _Arr((1, 2304), np.float32))
     assert calls[-1][0] == "gemv_rows<1, 1, 8, true>"          # pre: x's codes in global memory, no such limit
+    # 9-16 rows: two token fragments, (1, 8); the byte modes with pre, the int4 ones not at all
+    gemv_rows.gemv_rows_bf16(_Arr((12, 4096), bf16), _Arr((6144, 4096), bf16))
+    assert calls[-1][0] == "gemv_rows<0, 1, 8, false, 2>" and calls[-1][1] == (384,)
+    gemv_rows.gemv_rows_nf4(_Arr((16, 4096), bf16), _Arr((6144, 2048), np.uint8), _Arr((6144, 64), np.float32))
+    assert calls[-1][0] == "gemv_rows<6, 1, 8, false, 2>"
+    gemv_rows.gemv_rows_int8(_Arr((16, 4096), bf16), _Arr((6144, 4096), np.int8), _Arr((6144, 1), np.float32))
+    assert calls[-2][0] == "gemv_rows_quant_x<3, 16>" and calls[-2][1] == (16,)
+    assert calls[-1][0] == "gemv_rows<3, 1, 8, true, 2>" and calls[-1][4] == 0
+    with pytest.raises(ValueError, match="12 rows \\(two token fragments\\) take pre=True"):
+        gemv_rows.gemv_rows_fp8(_Arr((12, 4096), bf16), _Arr((6144, 4096), np.uint8), _Arr((48, 32), np.float32),
+                                pre=False)
+    with pytest.raises(ValueError, match="1..8 rows here, got M = 12"):
+        gemv_rows.gemv_rows_w4a8(_Arr((12, 4096), bf16), _Arr((6144, 2048), np.uint8), _Arr((6144, 32), np.float32))
+    with pytest.raises(ValueError, match="must be one of \\(\\(1, 8\\),\\) for 12 rows"):
+        gemv_rows.gemv_rows_bf16(_Arr((12, 4096), bf16), _Arr((6144, 4096), bf16), rows=1, warps=4)
 
 
 def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
@@ -538,8 +553,9 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
                                       "weight_scale": _Arr((6144, 1), np.float32)})
     assert _gpu.matmul_fp8_channel(_Arr((8, 4096), bf16), p, xp) == "rows" and seen[-1] == ("channel", (8, 4096))
     xp.empty = lambda shape, dtype=None: _Arr(shape, dtype)
-    y = _gpu.matmul_fp8_channel(_Arr((20, 4096), bf16), p, xp)                    # 8 + 8 + 4 rows, three launches
-    assert y.shape == (20, 6144) and seen[-3:] == [("channel", (20, 4096))] * 3   # (_Arr slices are itself)
+    y = _gpu.matmul_fp8_channel(_Arr((20, 4096), bf16), p, xp)                    # 16 + 4 rows, two launches
+    assert y.shape == (20, 6144) and seen[-2:] == [("channel", (20, 4096))] * 2   # (_Arr slices are itself)
+    assert seen[-3] != ("channel", (20, 4096))
     assert _gpu.matmul_fp8_channel(_Arr((65, 4096), bf16), p, xp) is None           # the reference formula
     monkeypatch.setattr(gemv_rows, "gemv_rows_int8",
                         lambda x, q, ws, out=None: seen.append(("int8", x.shape)) or "rows")

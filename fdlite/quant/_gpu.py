@@ -7,8 +7,8 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
-| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 8 rows to 64 | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
-| nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 8 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
+| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows to 64 (w4a8, w4afp8: per 8) | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
+| nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 16 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
@@ -95,7 +95,7 @@ def matmul_block_fp8(method, x, p: Packed, xp):
 
 def matmul_fp8_channel(x, p: Packed, xp):
     """wfp8afp8 on gemv_rows (e4m3 mma over the stored weight, x quantized per token in its prologue), K % 128 == 0
-    on sm_89+: one launch for 1-8 rows, one per 8 rows up to BYTE_ROWS_MAX_M (each rereads the weights, still far
+    on sm_89+: one launch for 1-16 rows, one per 16 rows up to BYTE_ROWS_MAX_M (each rereads the weights, still far
     cheaper than the reference's per-call float32 expansion, and capturable; per-token quantization makes the
     chunks exact). None elsewhere: the caller runs the reference formula on the device."""
     if _cc(xp) < 89:
@@ -127,7 +127,7 @@ def matmul_w4a8(x, p: Packed, xp):
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4a8  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_w4a8, x, q, s, xp, K_pad=Kp)
+    return _per_channel_rows(gemv_rows_w4a8, x, q, s, xp, K_pad=Kp, step=8)
 
 
 def matmul_w4afp8(x, p: Packed, xp):
@@ -140,7 +140,7 @@ def matmul_w4afp8(x, p: Packed, xp):
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4afp8  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_w4afp8, x, q, s, xp, K_pad=Kp)
+    return _per_channel_rows(gemv_rows_w4afp8, x, q, s, xp, K_pad=Kp, step=8)
 
 
 def nf4_rows_supported(method, p: Packed) -> bool:
@@ -161,7 +161,7 @@ def prepare_nf4(p: Packed) -> Packed:
 
 def matmul_nf4(x, p: Packed, xp):
     """nf4 (weight-only, groups of 64) on gemv_rows' nf4 mode (levels looked up as bf16 in registers, bf16 mma,
-    fp32 group sums): 8 rows a launch to BYTE_ROWS_MAX_M; None for a weight prepare() left as stored or more rows
+    fp32 group sums): 16 rows a launch to BYTE_ROWS_MAX_M; None for a weight prepare() left as stored or more rows
     (the reference formula runs)."""
     if p.meta.get("gpu") != "rows_nf4":
         return None
@@ -173,11 +173,13 @@ def matmul_nf4(x, p: Packed, xp):
     return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2)
 
 
-def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
+def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None):
+    """kernel on x's rows, `step` rows a launch (default gemv_rows.MAX_M; the int4 x int8 / e4m3 modes take 8)."""
     import ml_dtypes  # noqa: PLC0415
 
     from fdlite_kernels.gemv_rows import MAX_M  # noqa: PLC0415
 
+    step = MAX_M if step is None else step
     M, K = x.shape
     K = K if K_pad is None else K_pad              # w4a8: x zero-padded to the packed K (as the twin pads)
     if not (M <= BYTE_ROWS_MAX_M and K % 128 == 0):
@@ -185,15 +187,15 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None):
     xb = _bf16_padded(x, K, xp)
     if not _aligned16(xb, q):
         return None
-    if M <= MAX_M:
+    if M <= step:
         return kernel(xb, q, ws)
     y = xp.empty((M, q.shape[0]), dtype=np.dtype(ml_dtypes.bfloat16))
-    for i in range(0, M, MAX_M):                   # row slices of C-contiguous arrays: contiguous, 16-byte aligned
-        kernel(xb[i:i + MAX_M], q, ws, out=y[i:i + MAX_M])
+    for i in range(0, M, step):                    # row slices of C-contiguous arrays: contiguous, 16-byte aligned
+        kernel(xb[i:i + step], q, ws, out=y[i:i + step])
     return y
 
 
-# wfp8afp8 / w8a8 rows taken by gemv_rows (8 a launch); prefill above runs the reference formula (stop-gap)
+# wfp8afp8 / w8a8 / w4a8 / w4afp8 / nf4 rows taken by gemv_rows (16 a launch; int4 x int8 / e4m3: 8); prefill above runs the reference formula (stop-gap)
 BYTE_ROWS_MAX_M = 64
 
 
