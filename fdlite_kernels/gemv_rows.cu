@@ -138,7 +138,7 @@ __device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq,
   constexpr int QU = 4;
   const int sx = K + 64, Kb = K / 128, rowc = K / 8;   // rowc: a multiple of 16, half-warps wholly in or out
   float* xs = reinterpret_cast<float*>(xq + (size_t)M * sx);
-  __shared__ unsigned tok_amax[8];                   // CHANNEL: |x| max per token (float bits: order-preserving)
+  __shared__ unsigned tok_amax[8];   // CHANNEL / INT8: |x| max of the block's tokens from c0 (float bits: ordered)
   // pass(quantize): the block's chunks, QU per thread at a time; f(i, values, half-warp amax) for each in range
   auto pass = [&](auto&& f) {
     for (int base = c0 + 32 * warp; base < c1; base += QU * 32 * W) {
@@ -203,11 +203,11 @@ __device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq,
     if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;
     __syncthreads();
     pass([&](int i, const float (&fv)[8], float a) {
-      if ((lane & 15) == 0) atomicMax(&tok_amax[i / rowc], __float_as_uint(a));
+      if ((lane & 15) == 0) atomicMax(&tok_amax[i / rowc - c0 / rowc], __float_as_uint(a));
     });
     __syncthreads();
     pass([&](int i, const float (&fv)[8], float) {
-      store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc]), 1e-10f) / QMAX);
+      store(i, fv, fmaxf(__uint_as_float(tok_amax[i / rowc - c0 / rowc]), 1e-10f) / QMAX);
     });
   }
 }
