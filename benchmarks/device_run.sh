@@ -298,6 +298,16 @@ for stage in "$@"; do
       T 200 env ROWS_ONLY=1 INT4_ROWS=1 ROWS16=1 WINT2=0 GEMV_MS=12,16 python3 benchmarks/gpu_gemv.py \
         > $OUT/gemv.log 2>&1
       grep -A40 "sum over" $OUT/gemv.log ;;
+    rows16e2e)      # the 8B end to end at batch 16 with 16 rows a gemv_rows launch, against 8 (the routes before)
+      for spec in "dense 0 fdlite.quant._gpu.DENSE_ROWS_MAX_M=8" "block_wise_fp8 8 fdlite.quant._gpu.FP8_ROWS_MAX_M=8" \
+                  "w8a8 8 gemv_rows.MAX_M=8"; do
+        set -- $spec
+        for AB in "" "$3"; do
+          echo "-- $1, routes changed: ${AB:-none}"
+          T 120 python3 benchmarks/route_ab.py $AB -- --quant $1 --kv bf16 --batch 16 --gen 64 --layers $2 2>&1 \
+            | grep "^| llama"
+        done
+      done ;;
     final11)        # the eleventh session's last checks: attention after v_dequant was shared by both tails, the first WINT2
                     # kernel's tests (host-quantized shapes: slow), the models and device quantization, ERNIE end to end
       T 300 $PT tests/test_gpu_attention.py 2>&1 | tail -2

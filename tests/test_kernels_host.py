@@ -510,7 +510,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
 
 
 def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
-    """fdlite.quant._gpu sends 1..8 rows of a dense bf16 linear (K % 64 == 0, a vocabulary too), of
+    """fdlite.quant._gpu sends 1..16 rows of a dense bf16 linear (K % 64 == 0, a vocabulary too), of
     block_wise_fp8 and of wfp8afp8 (K % 128 == 0, sm_89+) to gemv_rows; more rows, another K or an unaligned view
     do not."""
     import ml_dtypes
@@ -530,23 +530,23 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     xp = types.SimpleNamespace(ascontiguousarray=lambda a: a, cuda=types.SimpleNamespace(
         get_current_stream=lambda: stream, Device=lambda *a: types.SimpleNamespace(compute_capability="90")))
     bf16 = np.dtype(ml_dtypes.bfloat16)
-    for M in (1, 8):
+    for M in (1, 8, 16):
         assert _gpu.matmul_dense(_Arr((M, 4096), bf16), _Arr((6144, 4096), bf16), xp) == "rows"
     assert _gpu.matmul_dense(_Arr((1, 4096), bf16), _Arr((128256, 4096), bf16), xp) == "rows"
     assert _gpu.matmul_dense(_Arr((1, 4000), bf16), _Arr((128256, 4000), bf16), xp) == "gemv"  # K % 64 != 0
     assert _gpu.matmul_dense(_Arr((1, 96), bf16), _Arr((64, 96), bf16), xp) == "mma"      # K % 64 != 0
-    assert _gpu.matmul_dense(_Arr((9, 4096), bf16), _Arr((6144, 4096), bf16), xp) is None  # cuBLAS
+    assert _gpu.matmul_dense(_Arr((17, 4096), bf16), _Arr((6144, 4096), bf16), xp) is None  # cuBLAS
     odd = _Arr((1, 4096), bf16)
     odd.data = types.SimpleNamespace(ptr=264)
     assert _gpu.matmul_dense(odd, _Arr((6144, 4096), bf16), xp) == "mma"
-    assert seen == [("bf16", (1, 4096)), ("bf16", (8, 4096)), ("bf16", (1, 4096))]
+    assert seen == [("bf16", (1, 4096)), ("bf16", (8, 4096)), ("bf16", (16, 4096)), ("bf16", (1, 4096))]
     method = get("block_wise_fp8")()
     monkeypatch.setattr(_gpu, "_bf16_padded", lambda x, K, xp: x)
     p = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),
                                       "weight_scale_inv": _Arr((48, 32), np.float32)})
-    assert _gpu.matmul_block_fp8(method, _Arr((8, 4096), bf16), p, xp) == "rows"
-    assert _gpu.matmul_block_fp8(method, _Arr((9, 4096), bf16), p, xp) == "sk"
-    assert seen[-1] == ("fp8", (8, 4096))
+    assert _gpu.matmul_block_fp8(method, _Arr((16, 4096), bf16), p, xp) == "rows"
+    assert _gpu.matmul_block_fp8(method, _Arr((17, 4096), bf16), p, xp) == "sk"
+    assert seen[-1] == ("fp8", (16, 4096))
     monkeypatch.setattr(gemv_rows, "gemv_rows_fp8_channel",
                         lambda x, q, ws, out=None: seen.append(("channel", x.shape)) or "rows")
     p = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),

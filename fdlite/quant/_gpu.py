@@ -9,8 +9,8 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
 | wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows to 64 (w4a8, w4afp8: per 8) | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
 | nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 16 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
-| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue; M <= 8, K % 128 == 0, sm_89+), mma_sk_fp8 (same conditions) to 16 rows, else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
-| dense (bf16) | as stored | M <= 8: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
+| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue, from 2 rows once by gemv_rows_quant_x; M <= 16, K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
+| dense (bf16) | as stored | M <= 16: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
 from __future__ import annotations
 
@@ -200,7 +200,8 @@ BYTE_ROWS_MAX_M = 64
 
 
 # gemv_rows (e4m3 tensor cores, the weights streamed into registers as stored, x quantized in its prologue) to here
-FP8_ROWS_MAX_M = 8
+FP8_ROWS_MAX_M = 16     # (9-16 rows, two token fragments: 124 us over the four 8B projections against
+                        # mma_sk_fp8's 139-143; H100, BENCHMARKS.md)
 # mma_sk_fp8 (e4m3 tensor cores) up to here, and for any captured row count; the H100 sums over the four 8B
 # projections (BENCHMARKS.md): M = 1 131 us vs gemv_block_fp8's 173, M = 16 145 vs 1037, M = 256 889 vs the
 # stop-gap's 2223 (mma_bf16); eager prefill above keeps the stop-gap, whose cuBLAS GEMM is faster there (M = 4096:
@@ -276,7 +277,7 @@ def _bf16_padded(x, K_pad: int, xp):
 def matmul_dense(x, w, xp):
     """x: (M, K) bf16, w: (N, K) bf16 on the GPU -> (M, N); None when cuBLAS (the caller's x @ w.T) should run.
 
-    1-8 rows, K % 64 == 0: gemv_rows (H100, one row: 2.5-2.9 TB/s on the 8B layer shapes, 155.6 us for the four
+    1-16 rows, K % 64 == 0: gemv_rows (H100, one row: 2.5-2.9 TB/s on the 8B layer shapes, 155.6 us for the four
     against cuBLAS' 165.5 and mma_bf16's 174.5; lm_head 340 us, 3.09 TB/s, against gemv_bf16's 353). Other one-row
     shapes: gemv_bf16 for a vocabulary-sized N or K % 32 != 0, else mma_bf16. More rows: cuBLAS when eager; inside
     a graph capture (where CuPy refuses cuBLAS) mma_bf16, the tensor-core kernel reading w as stored."""
@@ -304,6 +305,7 @@ def matmul_dense(x, w, xp):
 # Eager steps above one row take cuBLAS (faster at every M measured on the H100, BENCHMARKS.md); mma_bf16 is the
 # graph's kernel. Raise this if a measurement shows mma_bf16 ahead at small M.
 DENSE_MMA_MAX_M = 1
-DENSE_ROWS_MAX_M = 8    # gemv_rows (the weights streamed into registers as stored) to here, eager or captured,
-                        # any N (BENCHMARKS.md: 157-165 us at 4 and 8 rows against cuBLAS' 166-167)
+DENSE_ROWS_MAX_M = 16   # gemv_rows (the weights streamed into registers as stored) to here, eager or captured,
+                        # any N (BENCHMARKS.md: 157-165 us at 4 and 8 rows against cuBLAS' 166-167; 158-159 at 12
+                        # and 16, two token fragments a launch, against cuBLAS' 165-166 and mma_bf16's 186-196)
 GEMV_MIN_N = 65536      # one row of a vocabulary projection that gemv_rows does not take (K % 64): gemv_bf16
