@@ -1,4 +1,4 @@
-// Decode GEMV (M <= 8 rows) on the tensor cores over weights stored ROW-MAJOR, as checkpoints hold them: dense bf16
+// Decode GEMV (M <= 16 rows) on the tensor cores over weights stored ROW-MAJOR, as checkpoints hold them: dense bf16
 // w [N, K], block_wise_fp8's and wfp8afp8's e4m3 bits q [N, K]. No repack and no second copy: mma_sk_fp8, mma_bf16
 // and cuBLAS read the same bytes for more rows.
 //   MODE = ROWS_BF16:  y[m, n] = sum_k x[m, k] w[n, k]                            (mma m16n8k16 bf16; K % 64 == 0)

@@ -1,19 +1,19 @@
-"""Launchers for gemv_rows.cu — decode GEMV (M <= 8) on the tensor cores over row-major weights, read as stored.
+"""Launchers for gemv_rows.cu — decode GEMV (M <= 16) on the tensor cores over row-major weights, read as stored.
 
 gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
-    x: bf16 [M, K], M <= 8; w: bf16 [N, K] C-contiguous, K % 64 == 0 -> y bf16 [M, N] = x @ w.T (fp32 sums).
+    x: bf16 [M, K], M <= 16; w: bf16 [N, K] C-contiguous, K % 64 == 0 -> y bf16 [M, N] = x @ w.T (fp32 sums).
     Twin: the float32 product (fdlite.quant.dense's reference matmul).
 gemv_rows_fp8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     block_wise_fp8 (128 x 128 weight blocks, fp8 activations per token and 128 columns, quantized by the kernel):
-    x: bf16 [M, K], M <= 8; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [ceil(N / 128), K / 128]
+    x: bf16 [M, K], M <= 16; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [ceil(N / 128), K / 128]
     (weight_scale_inv) -> y bf16 [M, N]. sm_89+ (e4m3 tensor cores). Twin: fdlite.quant.block_wise_fp8.Method.matmul.
 gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None, pre=None):
     wfp8afp8 (e4m3 weights per output channel, fp8 activations per token over all of K, quantized by the kernel):
-    x: bf16 [M, K], M <= 8; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [N, 1] or [N] (weight_scale)
+    x: bf16 [M, K], M <= 16; q: uint8 [N, K] e4m3fn bits, K % 128 == 0; ws: float32 [N, 1] or [N] (weight_scale)
     -> y bf16 [M, N] = xs[m] ws[n] (xq[m] . q[n]). sm_89+. Twin: fdlite.quant.wfp8afp8.Method.matmul.
 gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     w8a8 with dynamic activations (int8 weights per output channel, x quantized to int8 per token over all of K by
-    the kernel: s = max(amax, 1e-10) / 127, rint, +-127): x: bf16 [M, K], M <= 8; q: int8 [N, K], K % 128 == 0;
+    the kernel: s = max(amax, 1e-10) / 127, rint, +-127): x: bf16 [M, K], M <= 16; q: int8 [N, K], K % 128 == 0;
     ws: float32 [N, 1] or [N] -> y bf16 [M, N] = xs[m] ws[n] (xq[m] . q[n]) with exact int32 sums. sm_80+.
     Twin: fdlite.quant.w8a8.Method.matmul.
 gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None, pre=None):
@@ -26,7 +26,7 @@ gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None, pre=None):
     y bf16 [M, N] = sum over groups b of xs[m, b] ws[n, b] (e4m3(xq[m, b]) . q[n, b]). sm_89+ (e4m3 tensor cores).
     Twin: fdlite.quant.w4afp8.Method.matmul.
 gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):
-    nf4, weight-only, groups of 64: x: bf16 [M, K], M <= 8, K % 256 == 0 (the padded K); q: uint8 [N, K / 2] level
+    nf4, weight-only, groups of 64: x: bf16 [M, K], M <= 16, K % 256 == 0 (the padded K); q: uint8 [N, K / 2] level
     indices (low nibble = even k) in nf4_interleave's order; ws: float32 [N, K / 64] absmax, 16-byte aligned ->
     y bf16 [M, N] = x @ (bf16(NF4_LEVELS[q]) * ws).T with fp32 sums per group. sm_80+.
     Twin: fdlite.quant.nf4.Method.matmul (the levels rounded to bf16: relative 2^-9 per weight).
