@@ -147,7 +147,8 @@ def nf4_rows_supported(method, p: Packed) -> bool:
     """gemv_rows' nf4 mode takes weight-only nf4 in groups of 64 whose packed K is a multiple of 256."""
     q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
     Kp = q.shape[1] * 2
-    return method.activation == "bf16" and p.meta.get("group_size") == 64 and Kp % 256 == 0 and s.shape[1] == Kp // 64
+    return (method.activation == "bf16" and p.meta.get("group_size") == 64 and Kp % 256 == 0
+            and s.shape[1] == Kp // 64)
 
 
 def prepare_nf4(p: Packed) -> Packed:
@@ -195,7 +196,8 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None):
     return y
 
 
-# wfp8afp8 / w8a8 / w4a8 / w4afp8 / nf4 rows taken by gemv_rows (16 a launch; int4 x int8 / e4m3: 8); prefill above runs the reference formula (stop-gap)
+# wfp8afp8 / w8a8 / w4a8 / w4afp8 / nf4 rows taken by gemv_rows (16 a launch; int4 x int8 / e4m3: 8); prefill
+# above runs the reference formula (stop-gap)
 BYTE_ROWS_MAX_M = 64
 
 
