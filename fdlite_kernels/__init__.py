@@ -9,6 +9,7 @@ it can be tested and benchmarked alone; the NumPy twins that define what each ke
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 _HERE = resources.files(__package__)
@@ -22,6 +23,10 @@ def source(name: str) -> str:
     return _inline(f"{name}.cu", set())
 
 
+# a local include, a trailing // comment allowed (left out, NVRTC would not find the file at run time)
+_LOCAL_INCLUDE = re.compile(r'\s*#\s*include\s+"([^"]+)"\s*(?://.*)?$')
+
+
 def _inline(fname: str, seen: set[str]) -> str:
     # NVRTC has no include path into package data, so local "x.cuh" includes are inlined here.
     if fname in seen:
@@ -29,9 +34,9 @@ def _inline(fname: str, seen: set[str]) -> str:
     seen.add(fname)
     out = [f'#line 1 "{fname}"']
     for i, line in enumerate(_HERE.joinpath(fname).read_text().splitlines(), start=1):
-        s = line.strip()
-        if s.startswith('#include "') and s.endswith('"'):
-            out.append(_inline(s[len('#include "'):-1], seen))
+        m = _LOCAL_INCLUDE.match(line)
+        if m:
+            out.append(_inline(m.group(1), seen))
             out.append(f'#line {i + 1} "{fname}"')
         else:
             out.append(line)

@@ -41,6 +41,14 @@ def test_source_inlines_includes_with_line_markers():
     assert "f32_to_bf16" in src
     with pytest.raises(FileNotFoundError, match="no nope.cu"):
         fdlite_kernels.source("nope")
+    assert fdlite_kernels._LOCAL_INCLUDE.match('#include "x.cuh"   // why').group(1) == "x.cuh"
+    assert fdlite_kernels._LOCAL_INCLUDE.match('  #include "x.cuh"').group(1) == "x.cuh"
+    assert fdlite_kernels._LOCAL_INCLUDE.match("#include <cuda_fp16.h>") is None
+    for cu in fdlite_kernels._HERE.iterdir():             # every kernel file reaches NVRTC with no local include left
+        if cu.name.endswith(".cu"):
+            src = fdlite_kernels.source(cu.name[:-3])
+            assert '#include "' not in src, cu.name
+    assert '#line 1 "gemv_rows_codes.cuh"' in fdlite_kernels.source("gemv_rows")
 
 
 @settings(max_examples=20, deadline=None)
