@@ -242,3 +242,34 @@ def test_gpu_gate_up_swiglu_pads_x_once_and_falls_back_to_two_kernels(monkeypatc
     (f, xf, wf), (g, xg, wg), (s, gu) = seen
     assert (f, g, s, gu) == ("fused", "gemm", "silu", "gu") and wf == wg == ("qp", "s", 32, 4, 32)
     assert xg is xf and xf.shape == (40, 128) and xf.dtype == ml_dtypes.bfloat16
+
+
+_NF4 = quant.get("nf4").levels
+_MIDS = ((_NF4[:-1].astype(np.float64) + _NF4[1:]) / 2).astype(np.float32)      # ties, rounded to float32
+
+
+@given(st.lists(st.one_of(st.floats(-1.5, 1.5, width=32), st.sampled_from([float(v) for v in _NF4]),
+                          st.sampled_from([float(v) for v in _MIDS]),
+                          st.sampled_from([float(np.nextafter(m, d)) for m in _MIDS for d in (-2.0, 2.0)])),
+                min_size=1, max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_nearest_level_is_argmin_exactly(ts):
+    """nf4's code search (searchsorted, then the two neighbours) gives argmin(|t - level|) in float32 bit for bit,
+    first index on a tie: on levels, on the float32 midpoints between them, one ulp either side, and outside +-1."""
+    from fdlite.quant._common import nearest_level
+
+    t = np.array(ts, np.float32)
+    want = np.abs(t[:, None] - _NF4).argmin(-1)
+    assert np.array_equal(nearest_level(t, _NF4), want)
+    assert np.array_equal(nearest_level(t.reshape(-1, 1, 1), _NF4).reshape(-1), want)   # any shape
+
+
+def test_nf4_codes_match_the_argmin_definition_on_a_layer():
+    """A whole weight through nf4.quantize: the codes are argmin |w / absmax - level| (the definition) everywhere."""
+    w = np.random.default_rng(5).standard_normal((64, 1000)).astype(np.float32)
+    m = _q("nf4")
+    q = m.unpack(m.quantize(w))[:, :1000].astype(np.int64)
+    wp = np.pad(w, ((0, 0), (0, 24))).reshape(64, -1, 64)
+    amax = np.abs(wp).max(-1, keepdims=True)
+    t = (wp / np.where(amax > 0, amax, np.float32(1))).astype(np.float32) * np.float32(1)
+    assert np.array_equal(q, np.abs(t[..., None] - _NF4).argmin(-1).reshape(64, -1)[:, :1000])

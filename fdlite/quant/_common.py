@@ -40,6 +40,16 @@ def round_half_away(x, xp=np):
     return xp.sign(x) * xp.floor(xp.abs(x) + 0.5)
 
 
+def nearest_level(t, levels, xp=np):
+    """Index of the level nearest each t, the first on a tie: exactly argmin(|t - levels|, -1) in float32 for sorted
+    levels (|t - L[j]|, each difference rounded, falls then rises along j, so the minimum is L[c - 1] or L[c] for c =
+    the first level >= t), without argmin's (..., len(levels)) temporary: two differences per value, not 16."""
+    lv = xp.asarray(levels, dtype=xp.float32)
+    c = xp.clip(xp.searchsorted(lv, t), 1, lv.shape[0] - 1)                 # (...): candidates c - 1 and c
+    lo = c - 1
+    return xp.where(xp.abs(t - lv[lo]) <= xp.abs(t - lv[c]), lo, c)
+
+
 def pad_cols(w: np.ndarray, multiple: int) -> np.ndarray:
     """Zero-pad the K axis up to a multiple (partial last group/block: zeros do not move an absmax)."""
     pad = -w.shape[1] % multiple

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..errors import ConfigError
-from ._common import check_weight, pack_nibbles, round_half_away, unpack_nibbles
+from ._common import check_weight, nearest_level, pack_nibbles, round_half_away, unpack_nibbles
 from . import _gpu
 from .base import Packed, QuantMethod
 
@@ -65,7 +65,7 @@ class Grouped(QuantMethod):
         t *= xp.float32(self.qmax)                        # in place: one float32 temporary, not two
         if self.levels is None:
             return xp.clip(round_half_away(t, xp), self.qmin, self.qmax).astype(xp.int8)
-        return xp.abs(t[..., None] - xp.asarray(self.levels)).argmin(-1).astype(xp.int8)
+        return nearest_level(t, self.levels, xp).astype(xp.int8)               # argmin |t - level|, exactly
 
     def values(self, q, s, xp=np):
         """codes (N, ..., c) and scales broadcastable to them -> float32 values."""

@@ -27,7 +27,9 @@ class Method(Grouped):
     qmin, qmax = 0, 1
     levels = NF4_LEVELS
     default_group = 64
-    quantizes_on_device = False   # the argmin over 16 levels holds an (N, K, 16) float32 temporary: host only
+    # host only: the nearest-level search no longer holds an (N, K, 16) temporary (_common.nearest_level), but its
+    # CuPy run has not yet been checked against NumPy's codes on a GPU
+    quantizes_on_device = False
 
     def __init__(self, group_size: int | None = None, activation: str = "bf16", **unknown):
         super().__init__(group_size, **unknown)
