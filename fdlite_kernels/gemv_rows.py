@@ -199,17 +199,21 @@ def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None, pre=None):
 
 
 def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None, pre=None):
-    N, K = _codes(x, q, np.uint8, 2, 256, "two groups of 128 a tile")
-    expect(ws, "ws", np.float32, 2)
-    check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
+    N, K = _int4_groups(x, q, ws)
     return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps, pre)
 
 
 def gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None, pre=None):
+    N, K = _int4_groups(x, q, ws)
+    return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, rows, warps, pre)
+
+
+def _int4_groups(x, q, ws) -> tuple[int, int]:
+    """The int4 x int8 / e4m3 modes' checks: nibbles [N, K / 2], K % 256 == 0, ws [N, K / 128] -> (N, K)."""
     N, K = _codes(x, q, np.uint8, 2, 256, "two groups of 128 a tile")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (N, K // 128), f"ws shape {ws.shape}, expected {(N, K // 128)}: a scale per row and group of 128")
-    return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, rows, warps, pre)
+    return N, K
 
 
 def gemv_rows_nf4(x, q, ws, out=None, rows=None, warps=None):

@@ -121,26 +121,34 @@ def matmul_w4a8(x, p: Packed, xp):
     """w4a8 with dynamic activations and groups of 128 on gemv_rows' int4 x int8 mode (s8 mma, nibbles as q + 8
     corrected by the prologue's code sums), 8 rows a launch to BYTE_ROWS_MAX_M; None for a static activation
     scale, other groups or a padded K that is not a multiple of 256 (the reference formula runs)."""
-    q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
-    Kp = q.shape[1] * 2
-    if "activation_scale" in p.arrays or p.meta.get("group_size") != 128 or Kp % 256 or s.shape[1] != Kp // 128:
+    if "activation_scale" in p.arrays or not _int4_group128(p):
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4a8  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_w4a8, x, q, s, xp, K_pad=Kp, step=8)
+    return _int4_rows(gemv_rows_w4a8, x, p, xp)
 
 
 def matmul_w4afp8(x, p: Packed, xp):
     """w4afp8 (groups of 128, fp8 activations per token and group) on gemv_rows' int4 x e4m3 mode (nibbles
     looked up as e4m3(q + 8), corrected by x's code sums), 8 rows a launch to BYTE_ROWS_MAX_M, sm_89+; None for
     other groups, a padded K that is not a multiple of 256 or an older device (the reference formula runs)."""
-    q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
-    Kp = q.shape[1] * 2
-    if p.meta.get("group_size") != 128 or Kp % 256 or s.shape[1] != Kp // 128 or _cc(xp) < 89:
+    if not _int4_group128(p) or _cc(xp) < 89:
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4afp8  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_w4afp8, x, q, s, xp, K_pad=Kp, step=8)
+    return _int4_rows(gemv_rows_w4afp8, x, p, xp)
+
+
+def _int4_group128(p: Packed) -> bool:
+    """int4 nibbles in groups of 128 whose packed K is a multiple of 256: what gemv_rows' int4 modes read."""
+    Kp = p.arrays["quant_weight"].shape[1] * 2
+    return p.meta.get("group_size") == 128 and Kp % 256 == 0 and p.arrays["weight_scale"].shape[1] == Kp // 128
+
+
+def _int4_rows(kernel, x, p: Packed, xp):
+    """An int4 x int8 / e4m3 mode, x zero-padded to the packed K, 8 rows a launch (one token fragment)."""
+    q = p.arrays["quant_weight"]
+    return _per_channel_rows(kernel, x, q, p.arrays["weight_scale"], xp, K_pad=q.shape[1] * 2, step=8)
 
 
 def nf4_rows_supported(method, p: Packed) -> bool:
