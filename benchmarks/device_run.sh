@@ -489,6 +489,15 @@ for stage in "$@"; do
       grep -A60 "sum over" $OUT/gemv.log ;;
     sampler1)       # the review's one-branch GPU sampler: its tests and the models that sample through it
       T 200 $PT tests/test_gpu_sampling.py tests/test_gpu_model.py 2>&1 | grep -E "^FAILED|passed|failed" | head ;;
-    *) echo "unknown stage $stage (tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
+    q8)             # the prefill GEMM of the x-quantizing methods (mma_q8) against its twins, the routes it changed, then
+                    # its timings (every pipeline depth / unroll) against the decode kernels, mma_sk_fp8 and cuBLAS
+      T 300 $PT tests/test_gpu_prefill.py > $OUT/q8.log 2>&1; grep -E "^FAILED|Error|error" $OUT/q8.log | head -20
+      tail -1 $OUT/q8.log
+      T 200 $PT tests/test_gpu_kernels.py -k "gemv_rows_pre or wfp8afp8_rows or block_fp8_above or int8_vs_twin or w4a8_vs_twin or w4afp8_vs_twin or gemv_rows_graph" \
+        > $OUT/q8b.log 2>&1; grep -E "^FAILED" $OUT/q8b.log | head; tail -1 $OUT/q8b.log
+      T 280 env PREFILL_VARIANTS=${PREFILL_VARIANTS:-1} PREFILL_MS=${PREFILL_MS:-16,32,64,128,256,1024,4096} \
+        python3 benchmarks/gpu_prefill.py > $OUT/prefill.log 2>&1
+      grep -A200 "sum over" $OUT/prefill.log; tail -3 $OUT/prefill.log ;;
+    *) echo "unknown stage $stage (q8 tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
   esac
 done

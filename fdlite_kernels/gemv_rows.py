@@ -154,15 +154,26 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None):
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     if pre:                                             # x quantized once, then a block per row pairs
-        xq = cp.empty((smem,), dtype=np.uint8)
-        q = kernel(dev.id, f"gemv_rows_quant_x<{mode}, {QUANT_WARPS}>")
-        launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K)), shared_mem=0, pdl=True)
-        x, smem, blocks = xq, 0, grid(N, rows, warps, False, k.regs, 0, sms(dev.id))
+        x, smem, blocks = quantized_x(x, mode), 0, grid(N, rows, warps, False, k.regs, 0, sms(dev.id))
     else:
         blocks = grid(N, rows, warps, qx, k.regs, smem, sms(dev.id))
     launch(k.fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
            pdl=True)
     return y
+
+
+def quantized_x(x, mode: int):
+    """x bf16 [M, K] (K % 128 == 0; checked by the callers) quantized for a byte mode by gemv_rows_quant_x (one block
+    per token, launched with PDL) -> uint8 [smem_bytes(M, K, True, w4)] in quantize_x's layout: codes [M][K + 64],
+    scales [M][K / 128] (per token: [m][0]), then for the int4 modes the groups' code sums. Read by a PRE GEMV and by
+    mma_q8 (prefill)."""
+    import cupy as cp  # noqa: PLC0415
+
+    M, K = x.shape
+    xq = cp.empty((smem_bytes(M, K, True, mode in W4_MODES),), dtype=np.uint8)
+    q = kernel(cp.cuda.Device().id, f"gemv_rows_quant_x<{mode}, {QUANT_WARPS}>")
+    launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K)), shared_mem=0, pdl=True)
+    return xq
 
 
 def gemv_rows_bf16(x, w, out=None, rows=None, warps=None):

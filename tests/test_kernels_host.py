@@ -564,12 +564,27 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     y = _gpu.matmul_fp8_channel(_Arr((20, 4096), bf16), p, xp)                    # 16 + 4 rows, two launches
     assert y.shape == (20, 6144) and seen[-2:] == [("channel", (20, 4096))] * 2   # (_Arr slices are itself)
     assert seen[-3] != ("channel", (20, 4096))
-    assert _gpu.matmul_fp8_channel(_Arr((65, 4096), bf16), p, xp) is None           # the reference formula
+    # from Q8_MIN_M rows (block_wise_fp8: Q8_FP8_MIN_M) the prefill GEMM, any number of rows, one launch
+    for fn in ("mma_q8_fp8", "mma_q8_fp8_channel", "mma_q8_int8", "mma_q8_w4a8", "mma_q8_w4afp8"):
+        monkeypatch.setattr(f"fdlite_kernels.mma_q8.{fn}", lambda x, q, ws, fn=fn: seen.append((fn, x.shape)) or "q8")
+    assert _gpu.Q8_MIN_M == 33 and _gpu.Q8_FP8_MIN_M == 65
+    assert _gpu.matmul_fp8_channel(_Arr((32, 4096), bf16), p, xp).shape == (32, 6144)     # gemv_rows, 2 x 16
+    for M in (33, 65, 4096):
+        assert _gpu.matmul_fp8_channel(_Arr((M, 4096), bf16), p, xp) == "q8"
+        assert seen[-1] == ("mma_q8_fp8_channel", (M, 4096))
+    assert _gpu.matmul_fp8_channel(_Arr((65, 4000), bf16), p, xp) is None           # K % 128: the reference formula
+    pb = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),
+                                       "weight_scale_inv": _Arr((48, 32), np.float32)})
+    assert _gpu.matmul_block_fp8(method, _Arr((64, 4096), bf16), pb, xp) == "sk"
+    for M in (65, 300, 8192):
+        assert _gpu.matmul_block_fp8(method, _Arr((M, 4096), bf16), pb, xp) == "q8"
+        assert seen[-1] == ("mma_q8_fp8", (M, 4096))
     monkeypatch.setattr(gemv_rows, "gemv_rows_int8",
                         lambda x, q, ws, out=None: seen.append(("int8", x.shape)) or "rows")
     p8 = Packed("w8a8", (6144, 4096), {"quant_weight": _Arr((6144, 4096), np.int8),
                                         "weight_scale": _Arr((6144, 1), np.float32)}, {})
     assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), p8, xp) == "rows" and seen[-1] == ("int8", (3, 4096))
+    assert _gpu.matmul_w8a8(_Arr((100, 4096), bf16), p8, xp) == "q8" and seen[-1] == ("mma_q8_int8", (100, 4096))
     static = Packed("w8a8", (6144, 4096), {**p8.arrays, "activation_scale": _Arr((1,), np.float32)}, {})
     grouped = Packed("w8a8", (6144, 4096), {"quant_weight": _Arr((6144, 4096), np.int8),
                                             "weight_scale": _Arr((6144, 32), np.float32)}, {})
@@ -580,6 +595,7 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     p4 = Packed("w4a8", (6144, 4000), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                         "weight_scale": _Arr((6144, 32), np.float32)}, {"group_size": 128})
     assert _gpu.matmul_w4a8(_Arr((2, 4000), bf16), p4, xp) == "rows" and seen[-1] == ("w4a8", (2, 4000))
+    assert _gpu.matmul_w4a8(_Arr((40, 4000), bf16), p4, xp) == "q8" and seen[-1] == ("mma_q8_w4a8", (40, 4000))
     p4c = Packed("w4a8", (6144, 4096), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                          "weight_scale": _Arr((6144, 1), np.float32)}, {"group_size": 4096})
     assert _gpu.matmul_w4a8(_Arr((2, 4096), bf16), p4c, xp) is None              # per channel: the reference
@@ -593,6 +609,7 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
                         lambda x, q, ws, out=None: seen.append(("w4afp8", x.shape)) or "rows")
     pf = Packed("w4afp8", (6144, 4000), p4.arrays, {"group_size": 128})
     assert _gpu.matmul_w4afp8(_Arr((2, 4000), bf16), pf, xp) == "rows" and seen[-1] == ("w4afp8", (2, 4000))
+    assert _gpu.matmul_w4afp8(_Arr((512, 4000), bf16), pf, xp) == "q8" and seen[-1] == ("mma_q8_w4afp8", (512, 4000))
     assert _gpu.matmul_w4afp8(_Arr((2, 4096), bf16), Packed("w4afp8", (6144, 4096), p4c.arrays, {"group_size": 4096}),
                               xp) is None                                        # per channel: the reference
     monkeypatch.setattr(gemv_rows, "gemv_rows_nf4", lambda x, q, ws, out=None: seen.append(("nf4", x.shape)) or "rows")
@@ -702,10 +719,10 @@ def test_gemv_wint2_tc_launch_and_route(monkeypatch):
 
 # ------------------------------------------------- gemv_rows' 4-bit lookups, emulated from the .cu's own constants
 
-def _cu_constants(names):
+def _cu_constants(names, name="gemv_rows"):
     import re
 
-    src = fdlite_kernels.source("gemv_rows")
+    src = fdlite_kernels.source(name)
     return {n: int(re.search(rf"#define {n} (0x[0-9A-Fa-f]+)u", src).group(1), 16) for n in names}
 
 
@@ -797,3 +814,79 @@ def test_nf4_interleave_puts_each_group_in_its_lanes(n, tiles, seed):
                     assert np.array_equal(got, q[:, k0 // 2:k0 // 2 + 4])
     with pytest.raises(ValueError, match="codes of 64 bytes a row"):
         nf4_interleave(q[:, :64])
+
+
+# ------------------------------------------------- mma_q8 (the prefill GEMM): its 4-bit expansions and launches
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=64))
+def test_mma_q8_int4_expansions_give_the_signed_codes(words):
+    """mma_q8.cu's w4_e4m3s and w4_s8x4, step by step on the .cu's constants and prmt's / __vsub4's semantics: half
+    h of a packed word gives, byte by byte, e4m3fn(q) of nibbles 4h..4h+3 (w4afp8: x's codes in k order) or the int8 q
+    of the even (h = 0) or odd (h = 1) nibbles (w4a8: x's codes stored evens-then-odds), q the two's-complement
+    nibble."""
+    import ml_dtypes
+
+    c = _cu_constants(["E4M3_U0", "E4M3_U1", "E4M3_N0", "E4M3_N1"], "mma_q8")
+    w = np.array(words, np.int64)
+    q = [((v ^ 8) - 8) for v in _nibbles(w)]                                    # -8..7
+    e4m3 = lambda v: np.asarray(v, np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8).astype(np.int64)
+    for h in (0, 1):
+        s = w >> 16 if h else w & 0xFFFFFFFF
+        hi = _prmt((s << 4) & 0xFFFFFFFF, s, 0xD9C8)
+        got = _prmt(c["E4M3_U0"], c["E4M3_U1"], s) | (_prmt(c["E4M3_N0"], c["E4M3_N1"], s & 0x7777) & hi)
+        for n in range(4):
+            assert np.array_equal((got >> (8 * n)) & 0xFF, e4m3(q[4 * h + n])), (h, n)
+        v = ((w >> 4) if h else w) & 0x0F0F0F0F
+        v ^= 0x08080808
+        sub = sum(((((v >> (8 * n)) & 0xFF) - 8) & 0xFF) << (8 * n) for n in range(4))   # __vsub4: bytewise
+        for n in range(4):
+            assert np.array_equal(((sub >> (8 * n)) & 0xFF).astype(np.uint8).view(np.int8), np.asarray(q[2 * n + h],
+                                                                                                       np.int8)), (h, n)
+
+
+def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
+    """Each mma_q8 launcher quantizes x once (gemv_rows_quant_x, a block per token) and launches a block per 128 rows
+    x 128 columns with the kernel's arguments, the pipeline depth that fits the device's shared memory, and PDL."""
+    import ml_dtypes
+
+    from fdlite_kernels import gemv_rows, mma_q8
+
+    _stand_in_cupy(monkeypatch)
+    calls = []
+    monkeypatch.setattr(gemv_rows, "kernel", lambda dev, name: gemv_rows.Compiled(
+        types.SimpleNamespace(name=name), 128, 0))
+    record = lambda fn, grid, block, args, shared_mem, pdl: calls.append((fn.name, grid, block, args, shared_mem, pdl))
+    monkeypatch.setattr(gemv_rows, "launch", record)
+    monkeypatch.setattr(mma_q8, "launch", record)
+    monkeypatch.setattr(mma_q8, "kernel", lambda dev, mode, stages, unroll: types.SimpleNamespace(
+        name=(mode, stages, unroll)))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    params = _kernel_params("mma_q8", "mma_q8")
+    M, N, K = 300, 1000, 1024
+    runs = [(mma_q8.mma_q8_fp8, _Arr((N, K), np.uint8), _Arr((8, 8), np.float32), 1),
+            (mma_q8.mma_q8_fp8_channel, _Arr((N, K), np.uint8), _Arr((N, 1), np.float32), 2),
+            (mma_q8.mma_q8_int8, _Arr((N, K), np.int8), _Arr((N,), np.float32), 3),
+            (mma_q8.mma_q8_w4a8, _Arr((N, K // 2), np.uint8), _Arr((N, 8), np.float32), 4),
+            (mma_q8.mma_q8_w4afp8, _Arr((N, K // 2), np.uint8), _Arr((N, 8), np.float32), 5)]
+    for fn, q, ws, mode in runs:
+        y = fn(_Arr((M, K), bf16), q, ws)
+        (qn, qg, _, qa, _, qp), (kn, kg, kb, ka, ks, kp) = calls[-2:]
+        assert qn == f"gemv_rows_quant_x<{mode}, {gemv_rows.QUANT_WARPS}>" and qg == (M,) and qp
+        assert qa[1].shape == (gemv_rows.smem_bytes(M, K, True, mode in (4, 5)),)
+        assert kn == (mode, 4, mma_q8.UNROLL[mode]) and kg == (3, 8) and kb == (256,) and kp
+        assert ks == mma_q8.smem_bytes(mode, 4) <= 227 * 1024 and ka[0] is qa[1] and ka[3] is y and y.shape == (M, N)
+        assert len(ka) == len(params)
+        for a, p in zip(ka, params):
+            assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
+        assert ka[4:] == (M, N, K)
+    assert mma_q8.smem_bytes(1, 4) == 4 * (16384 + 16384 + 1024) and mma_q8.smem_bytes(2, 3) == 3 * 32768
+    assert mma_q8.smem_bytes(4, 4) == 4 * (16384 + 8192 + 1024)
+    # a device with 99 KiB a block (sm_89) gets three stages of the 8-bit tiles
+    monkeypatch.setattr(mma_q8, "_optin", lambda dev: 101376)
+    mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2])
+    assert calls[-1][0][1] == 3 and calls[-1][4] == 3 * 33792
+    with pytest.raises(ValueError, match="4 stages take 135168 bytes of shared memory, over this device's 101376"):
+        mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2], stages=4)
+    with pytest.raises(ValueError, match=r"ws shape \(1000, 4\), expected \(1000, 8\)"):
+        mma_q8.mma_q8_w4a8(_Arr((M, K), bf16), runs[3][1], _Arr((N, 4), np.float32))

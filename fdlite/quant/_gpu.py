@@ -84,6 +84,10 @@ def matmul_block_fp8(method, x, p: Packed, xp):
         from fdlite_kernels.gemv_rows import gemv_rows_fp8  # noqa: PLC0415
 
         return gemv_rows_fp8(xb, p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
+    if sk and M >= Q8_FP8_MIN_M and _aligned16(xb, p.arrays["quant_weight"]):
+        from fdlite_kernels.mma_q8 import mma_q8_fp8  # noqa: PLC0415
+
+        return mma_q8_fp8(xb, p.arrays["quant_weight"], p.arrays["weight_scale_inv"])
     if sk and (M <= FP8_SK_MAX_M or xp.cuda.get_current_stream().is_capturing()):
         from fdlite_kernels.mma_sk import mma_sk_fp8  # noqa: PLC0415
 
@@ -101,8 +105,10 @@ def matmul_fp8_channel(x, p: Packed, xp):
     if _cc(xp) < 89:
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_fp8_channel  # noqa: PLC0415
+    from fdlite_kernels.mma_q8 import mma_q8_fp8_channel  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_fp8_channel, x, p.arrays["quant_weight"], p.arrays["weight_scale"], xp)
+    return _per_channel_rows(gemv_rows_fp8_channel, x, p.arrays["quant_weight"], p.arrays["weight_scale"], xp,
+                             prefill=mma_q8_fp8_channel)
 
 
 def matmul_w8a8(x, p: Packed, xp):
@@ -113,8 +119,9 @@ def matmul_w8a8(x, p: Packed, xp):
     if "activation_scale" in p.arrays or s.shape[1] != 1 or q.shape[1] != p.shape[1]:
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_int8  # noqa: PLC0415
+    from fdlite_kernels.mma_q8 import mma_q8_int8  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_int8, x, q, s, xp)
+    return _per_channel_rows(gemv_rows_int8, x, q, s, xp, prefill=mma_q8_int8)
 
 
 def matmul_w4a8(x, p: Packed, xp):
@@ -124,8 +131,9 @@ def matmul_w4a8(x, p: Packed, xp):
     if "activation_scale" in p.arrays or not _int4_group128(p):
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4a8  # noqa: PLC0415
+    from fdlite_kernels.mma_q8 import mma_q8_w4a8  # noqa: PLC0415
 
-    return _int4_rows(gemv_rows_w4a8, x, p, xp)
+    return _int4_rows(gemv_rows_w4a8, x, p, xp, mma_q8_w4a8)
 
 
 def matmul_w4afp8(x, p: Packed, xp):
@@ -135,8 +143,9 @@ def matmul_w4afp8(x, p: Packed, xp):
     if not _int4_group128(p) or _cc(xp) < 89:
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4afp8  # noqa: PLC0415
+    from fdlite_kernels.mma_q8 import mma_q8_w4afp8  # noqa: PLC0415
 
-    return _int4_rows(gemv_rows_w4afp8, x, p, xp)
+    return _int4_rows(gemv_rows_w4afp8, x, p, xp, mma_q8_w4afp8)
 
 
 def _int4_group128(p: Packed) -> bool:
@@ -145,10 +154,11 @@ def _int4_group128(p: Packed) -> bool:
     return p.meta.get("group_size") == 128 and Kp % 256 == 0 and p.arrays["weight_scale"].shape[1] == Kp // 128
 
 
-def _int4_rows(kernel, x, p: Packed, xp):
+def _int4_rows(kernel, x, p: Packed, xp, prefill):
     """An int4 x int8 / e4m3 mode, x zero-padded to the packed K, 8 rows a launch (one token fragment)."""
     q = p.arrays["quant_weight"]
-    return _per_channel_rows(kernel, x, q, p.arrays["weight_scale"], xp, K_pad=q.shape[1] * 2, step=8)
+    return _per_channel_rows(kernel, x, q, p.arrays["weight_scale"], xp, K_pad=q.shape[1] * 2, step=8,
+                             prefill=prefill)
 
 
 def nf4_rows_supported(method, p: Packed) -> bool:
@@ -182,8 +192,9 @@ def matmul_nf4(x, p: Packed, xp):
     return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2)
 
 
-def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None):
-    """kernel on x's rows, `step` rows a launch (default gemv_rows.MAX_M; the int4 x int8 / e4m3 modes take 8)."""
+def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None):
+    """kernel on x's rows, `step` rows a launch (default gemv_rows.MAX_M; the int4 x int8 / e4m3 modes take 8); from
+    Q8_MIN_M rows the prefill GEMM (mma_q8: every weight tile read once per 128 rows)."""
     import ml_dtypes  # noqa: PLC0415
 
     from fdlite_kernels.gemv_rows import MAX_M  # noqa: PLC0415
@@ -191,11 +202,14 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None):
     step = MAX_M if step is None else step
     M, K = x.shape
     K = K if K_pad is None else K_pad              # w4a8: x zero-padded to the packed K (as the twin pads)
-    if not (M <= BYTE_ROWS_MAX_M and K % 128 == 0):
+    big = prefill is not None and M >= Q8_MIN_M
+    if not ((M <= BYTE_ROWS_MAX_M or big) and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
     if not _aligned16(xb, q):
         return None
+    if big:
+        return prefill(xb, q, ws)
     if M <= step:
         return kernel(xb, q, ws)
     y = xp.empty((M, q.shape[0]), dtype=np.dtype(ml_dtypes.bfloat16))
@@ -204,9 +218,12 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None):
     return y
 
 
-# wfp8afp8 / w8a8 / w4a8 / w4afp8 / nf4 rows taken by gemv_rows (16 a launch; int4 x int8 / e4m3: 8); prefill
-# above runs the reference formula (stop-gap)
+# wfp8afp8 / w8a8 / w4a8 / w4afp8 / nf4 rows taken by gemv_rows (16 a launch; int4 x int8 / e4m3: 8) below Q8_MIN_M;
+# nf4's prefill above runs the reference formula (stop-gap)
 BYTE_ROWS_MAX_M = 64
+# wfp8afp8 / w8a8 / w4a8 / w4afp8 from this many rows, and block_wise_fp8 from Q8_FP8_MIN_M: mma_q8, the prefill GEMM
+Q8_MIN_M = 33
+Q8_FP8_MIN_M = 65
 
 
 # gemv_rows (e4m3 tensor cores, the weights streamed into registers as stored, x quantized in its prologue) to here

@@ -1,0 +1,116 @@
+"""Launchers for mma_q8.cu — the prefill tensor-core GEMM of the methods that quantize x (8-bit codes on both sides).
+
+Each takes x bf16 [M, K] (any M >= 1), quantizes it once (gemv_rows_quant_x, as the decode kernels' pre path does)
+and multiplies on the tensor cores, 128 x 128 outputs a block, every weight tile read once per 128 rows of x:
+mma_q8_fp8(x, q, ws, out=None):
+    block_wise_fp8: q uint8 [N, K] e4m3fn bits, K % 128 == 0; ws float32 [ceil(N / 128), K / 128] -> y bf16 [M, N];
+    x to e4m3 per token and 128 columns. sm_89+. Twin: fdlite.quant.block_wise_fp8.Method.matmul.
+mma_q8_fp8_channel(x, q, ws, out=None):
+    wfp8afp8: q uint8 [N, K] e4m3fn bits, K % 128 == 0; ws float32 [N, 1] or [N]; x to e4m3 per token over all of K.
+    sm_89+. Twin: fdlite.quant.wfp8afp8.Method.matmul.
+mma_q8_int8(x, q, ws, out=None):
+    w8a8 (dynamic): q int8 [N, K], K % 128 == 0; ws float32 [N, 1] or [N]; x to int8 per token; exact int32 sums.
+    sm_80+. Twin: fdlite.quant.w8a8.Method.matmul.
+mma_q8_w4a8(x, q, ws, out=None):
+    w4a8 (dynamic, groups of 128): q uint8 [N, K / 2] two's-complement nibbles (low = even k), K % 256 == 0 (the
+    packed K); ws float32 [N, K / 128]; x to int8 per token and group. sm_80+. Twin: fdlite.quant.w4a8.Method.matmul.
+mma_q8_w4afp8(x, q, ws, out=None):
+    w4afp8 (groups of 128): q and ws as w4a8; x to e4m3 per token and group. sm_89+.
+    Twin: fdlite.quant.w4afp8.Method.matmul.
+stages: the cp.async pipeline depth (3 or 4; default: 4 where a block's shared memory allows it);
+unroll: the four k32 steps of a tile unrolled (True) or looped (False: fewer registers; default: per mode, from the
+H100 sweep in BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import load
+from ._launch import BF16, check, launch
+from .gemv_rows import (MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8, MODE_W4AFP8, W4_MODES, _codes, _e4m3,
+                        _int4_groups, _per_channel, quantized_x)
+
+BM = BN = 128               # rows of x and output columns per block (mma_q8.cu: Q8_BM, Q8_BN)
+THREADS = 256
+UNROLL = {MODE_BLOCK: True, MODE_CHANNEL: False, MODE_INT8: True, MODE_W4A8: True, MODE_W4AFP8: True}
+
+
+def smem_bytes(mode: int, stages: int) -> int:
+    """Per stage: x [128][128 B], weights [128][128 B] (int4: 64 B a row) and, per-group modes, 256 scales."""
+    tiled = mode in (MODE_BLOCK,) + W4_MODES
+    return stages * (BM * 128 + BN * (64 if mode in W4_MODES else 128) + (2 * BM * 4 if tiled else 0))
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(device_id: int, mode: int, stages: int, unroll: bool):
+    name = f"mma_q8<{mode}, {stages}, {'true' if unroll else 'false'}>"
+    fn = load("mma_q8", name_expressions=(name,)).get_function(name)
+    fn.max_dynamic_shared_size_bytes = smem_bytes(mode, stages)      # above the 48 KiB default
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _optin(device_id: int) -> int:
+    import cupy as cp  # noqa: PLC0415
+
+    return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
+
+
+def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll):
+    import cupy as cp  # noqa: PLC0415
+
+    M = x.shape[0]
+    dev = cp.cuda.Device().id
+    if stages is None:
+        stages = 4 if smem_bytes(mode, 4) <= _optin(dev) else 3
+    check(stages in (3, 4), f"stages = {stages}, expected 3 or 4")
+    smem = smem_bytes(mode, stages)
+    check(smem <= _optin(dev), f"{stages} stages take {smem} bytes of shared memory, over this device's "
+                               f"{_optin(dev)} a block")
+    y = out if out is not None else cp.empty((M, N), dtype=BF16)
+    check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
+          f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
+    check(x.data.ptr % 16 == 0 and w.data.ptr % 16 == 0, f"x (address {x.data.ptr:#x}) and the weight (address "
+          f"{w.data.ptr:#x}) must be 16-byte aligned: the kernel copies 16-byte chunks")
+    check(-(-N // BN) <= 65535, f"N = {N} needs {-(-N // BN)} column blocks, over the grid's 65535")
+    if M == 0:
+        return y
+    xq = quantized_x(x, mode)
+    fn = kernel(dev, mode, stages, UNROLL[mode] if unroll is None else bool(unroll))
+    launch(fn, (-(-M // BM), -(-N // BN)), (THREADS,), (xq, w, ws, y, np.int32(M), np.int32(N), np.int32(K)),
+           shared_mem=smem, pdl=True)
+    return y
+
+
+def mma_q8_fp8(x, q, ws, out=None, stages=None, unroll=None):
+    from ._launch import expect  # noqa: PLC0415
+
+    N, K = _codes(x, q, np.uint8, 1, 128, "whole fp8 blocks")
+    expect(ws, "ws", np.float32, 2)
+    check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
+          f"N = {N}, K = {K}")
+    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, stages, unroll)
+
+
+def mma_q8_fp8_channel(x, q, ws, out=None, stages=None, unroll=None):
+    N, K = _codes(x, q, np.uint8, 1, 128, "128-column tiles")
+    _per_channel(ws, N)
+    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, stages, unroll)
+
+
+def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None):
+    N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
+    _per_channel(ws, N)
+    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll)
+
+
+def mma_q8_w4a8(x, q, ws, out=None, stages=None, unroll=None):
+    N, K = _int4_groups(x, q, ws)
+    return _run(x, q, ws, N, K, MODE_W4A8, out, stages, unroll)
+
+
+def mma_q8_w4afp8(x, q, ws, out=None, stages=None, unroll=None):
+    N, K = _int4_groups(x, q, ws)
+    return _run(x, q, ws, N, K, _e4m3(MODE_W4AFP8), out, stages, unroll)
