@@ -19,7 +19,9 @@ mma_q8_w4afp8(x, q, ws, out=None):
     Twin: fdlite.quant.w4afp8.Method.matmul.
 stages: the cp.async pipeline depth (3 or 4; default: 4 where a block's shared memory allows it);
 unroll: the four k32 steps of a tile unrolled (True) or looped (False: fewer registers; default: per mode, from the
-H100 sweep in BENCHMARKS.md).
+H100 sweep in BENCHMARKS.md);
+wgmma: the 8-bit-weight modes (fp8, fp8_channel, int8) on Hopper's warpgroup tensor cores (wgmma_q8.cu: the same
+inputs and math; sm_90 only). Default: on sm_90 (WGMMA), where mma.sync has no e4m3 form in hardware.
 """
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ from .gemv_rows import (MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8, MODE_W4A
 
 BM = BN = 128               # rows of x and output columns per block (mma_q8.cu: Q8_BM, Q8_BN)
 THREADS = 256
-UNROLL = {MODE_BLOCK: True, MODE_CHANNEL: False, MODE_INT8: True, MODE_W4A8: True, MODE_W4AFP8: True}
+# from the H100 sweep at 128 and 4096 rows (BENCHMARKS.md: results_prefill_h100_2026-11-25.jsonl)
+UNROLL = {MODE_BLOCK: True, MODE_CHANNEL: False, MODE_INT8: True, MODE_W4A8: True, MODE_W4AFP8: False}
+WGMMA = True                # sm_90: the 8-bit-weight modes on wgmma_q8 (route_ab.py can turn it off for an A/B)
+WGMMA_MODES = (MODE_BLOCK, MODE_CHANNEL, MODE_INT8)
 
 
 def smem_bytes(mode: int, stages: int) -> int:
@@ -51,6 +56,19 @@ def kernel(device_id: int, mode: int, stages: int, unroll: bool):
     return fn
 
 
+def wgmma_smem_bytes(stages: int) -> int:
+    """Per stage x and weights [128][128 B] and 1 KiB of scales, plus 1 KiB to put the tiles on 1024-byte bounds."""
+    return stages * (BM * 128 + BN * 128 + 1024) + 1024
+
+
+@functools.lru_cache(maxsize=None)
+def wgmma_kernel(device_id: int, mode: int, stages: int):
+    name = f"wgmma_q8<{mode}, {stages}>"
+    fn = load("wgmma_q8", name_expressions=(name,)).get_function(name)
+    fn.max_dynamic_shared_size_bytes = wgmma_smem_bytes(stages)
+    return fn
+
+
 @functools.lru_cache(maxsize=None)
 def _optin(device_id: int) -> int:
     import cupy as cp  # noqa: PLC0415
@@ -58,15 +76,20 @@ def _optin(device_id: int) -> int:
     return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
 
 
-def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll):
+def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None):
     import cupy as cp  # noqa: PLC0415
 
     M = x.shape[0]
     dev = cp.cuda.Device().id
+    sm90 = int(cp.cuda.Device().compute_capability) == 90
+    wgmma = (WGMMA and sm90 and mode in WGMMA_MODES) if wgmma is None else bool(wgmma)
+    check(not wgmma or (sm90 and mode in WGMMA_MODES), f"wgmma_q8 takes the 8-bit-weight modes on sm_90 (mode {mode}, "
+          f"compute capability {cp.cuda.Device().compute_capability})")
+    size = wgmma_smem_bytes if wgmma else functools.partial(smem_bytes, mode)
     if stages is None:
-        stages = 4 if smem_bytes(mode, 4) <= _optin(dev) else 3
+        stages = 4 if size(4) <= _optin(dev) else 3
     check(stages in (3, 4), f"stages = {stages}, expected 3 or 4")
-    smem = smem_bytes(mode, stages)
+    smem = size(stages)
     check(smem <= _optin(dev), f"{stages} stages take {smem} bytes of shared memory, over this device's "
                                f"{_optin(dev)} a block")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
@@ -78,32 +101,33 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll):
     if M == 0:
         return y
     xq = quantized_x(x, mode)
-    fn = kernel(dev, mode, stages, UNROLL[mode] if unroll is None else bool(unroll))
+    fn = wgmma_kernel(dev, mode, stages) if wgmma else kernel(dev, mode, stages,
+                                                              UNROLL[mode] if unroll is None else bool(unroll))
     launch(fn, (-(-M // BM), -(-N // BN)), (THREADS,), (xq, w, ws, y, np.int32(M), np.int32(N), np.int32(K)),
            shared_mem=smem, pdl=True)
     return y
 
 
-def mma_q8_fp8(x, q, ws, out=None, stages=None, unroll=None):
+def mma_q8_fp8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None):
     from ._launch import expect  # noqa: PLC0415
 
     N, K = _codes(x, q, np.uint8, 1, 128, "whole fp8 blocks")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
           f"N = {N}, K = {K}")
-    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, stages, unroll)
+    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, stages, unroll, wgmma)
 
 
-def mma_q8_fp8_channel(x, q, ws, out=None, stages=None, unroll=None):
+def mma_q8_fp8_channel(x, q, ws, out=None, stages=None, unroll=None, wgmma=None):
     N, K = _codes(x, q, np.uint8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, stages, unroll)
+    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, stages, unroll, wgmma)
 
 
-def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None):
+def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None):
     N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll)
+    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll, wgmma)
 
 
 def mma_q8_w4a8(x, q, ws, out=None, stages=None, unroll=None):

@@ -44,12 +44,16 @@ def test_mma_q8_vs_twin(cp, name, N, K, M):
     xd = cp.asarray(x)
     if q.shape[1] * (2 if name in ("w4a8", "w4afp8") else 1) != K:
         pytest.skip("a padded K: the routed matmul pads x (test_prefill_routes_take_mma_q8)")
-    variants = [(s, u) for s in (3, 4) for u in (False, True)] if (N, K, M) == (1000, 1024, 130) else [(None, None)]
-    for stages, unroll in variants:
+    wg = name in ("block_wise_fp8", "wfp8afp8", "w8a8") and cp.cuda.Device().compute_capability == "90"
+    variants = [{}]
+    if (N, K) == (1000, 1024) or (N, K, M) == (4096, 14336, 300):      # every pipeline depth, unroll and kernel
+        variants += [{"stages": s, "unroll": u} | ({"wgmma": False} if wg else {}) for s in (3, 4) for u in (0, 1)]
+        variants += [{"stages": s, "wgmma": True} for s in (3, 4)] if wg else []
+    for kw in variants:
         y = cp.full((M, N), np.nan, dtype=BF16)
-        getattr(q8, fn_name)(xd, q, ws, out=y, stages=stages, unroll=unroll)
+        getattr(q8, fn_name)(xd, q, ws, out=y, **kw)
         got = cp.asnumpy(y).astype(np.float32)
-        assert np.isfinite(got).all() and _rel(got, ref) < tol, (stages, unroll, _rel(got, ref))
+        assert np.isfinite(got).all() and _rel(got, ref) < tol, (kw, _rel(got, ref))
 
 
 @pytest.mark.parametrize("name", list(METHODS))

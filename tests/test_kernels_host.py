@@ -567,9 +567,9 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     # from Q8_MIN_M rows (block_wise_fp8: Q8_FP8_MIN_M) the prefill GEMM, any number of rows, one launch
     for fn in ("mma_q8_fp8", "mma_q8_fp8_channel", "mma_q8_int8", "mma_q8_w4a8", "mma_q8_w4afp8"):
         monkeypatch.setattr(f"fdlite_kernels.mma_q8.{fn}", lambda x, q, ws, fn=fn: seen.append((fn, x.shape)) or "q8")
-    assert _gpu.Q8_MIN_M == 33 and _gpu.Q8_FP8_MIN_M == 65
-    assert _gpu.matmul_fp8_channel(_Arr((32, 4096), bf16), p, xp).shape == (32, 6144)     # gemv_rows, 2 x 16
-    for M in (33, 65, 4096):
+    assert _gpu.Q8_MIN_M == 65 and _gpu.Q8_FP8_MIN_M == 65
+    assert _gpu.matmul_fp8_channel(_Arr((64, 4096), bf16), p, xp).shape == (64, 6144)     # gemv_rows, 4 x 16
+    for M in (65, 4096):
         assert _gpu.matmul_fp8_channel(_Arr((M, 4096), bf16), p, xp) == "q8"
         assert seen[-1] == ("mma_q8_fp8_channel", (M, 4096))
     assert _gpu.matmul_fp8_channel(_Arr((65, 4000), bf16), p, xp) is None           # K % 128: the reference formula
@@ -595,7 +595,7 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     p4 = Packed("w4a8", (6144, 4000), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                         "weight_scale": _Arr((6144, 32), np.float32)}, {"group_size": 128})
     assert _gpu.matmul_w4a8(_Arr((2, 4000), bf16), p4, xp) == "rows" and seen[-1] == ("w4a8", (2, 4000))
-    assert _gpu.matmul_w4a8(_Arr((40, 4000), bf16), p4, xp) == "q8" and seen[-1] == ("mma_q8_w4a8", (40, 4000))
+    assert _gpu.matmul_w4a8(_Arr((70, 4000), bf16), p4, xp) == "q8" and seen[-1] == ("mma_q8_w4a8", (70, 4000))
     p4c = Packed("w4a8", (6144, 4096), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                          "weight_scale": _Arr((6144, 1), np.float32)}, {"group_size": 4096})
     assert _gpu.matmul_w4a8(_Arr((2, 4096), bf16), p4c, xp) is None              # per channel: the reference
@@ -861,6 +861,8 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr(mma_q8, "launch", record)
     monkeypatch.setattr(mma_q8, "kernel", lambda dev, mode, stages, unroll: types.SimpleNamespace(
         name=(mode, stages, unroll)))
+    monkeypatch.setattr(mma_q8, "wgmma_kernel", lambda dev, mode, stages: types.SimpleNamespace(
+        name=("wgmma", mode, stages)))
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("mma_q8", "mma_q8")
     M, N, K = 300, 1000, 1024
@@ -874,19 +876,24 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
         (qn, qg, _, qa, _, qp), (kn, kg, kb, ka, ks, kp) = calls[-2:]
         assert qn == f"gemv_rows_quant_x<{mode}, {gemv_rows.QUANT_WARPS}>" and qg == (M,) and qp
         assert qa[1].shape == (gemv_rows.smem_bytes(M, K, True, mode in (4, 5)),)
-        assert kn == (mode, 4, mma_q8.UNROLL[mode]) and kg == (3, 8) and kb == (256,) and kp
-        assert ks == mma_q8.smem_bytes(mode, 4) <= 227 * 1024 and ka[0] is qa[1] and ka[3] is y and y.shape == (M, N)
-        assert len(ka) == len(params)
+        wg = mode in mma_q8.WGMMA_MODES                    # sm_90 (the stand-in device): the 8-bit weights on wgmma
+        assert kn == (("wgmma", mode, 4) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8) and kb == (256,)
+        assert ks == (mma_q8.wgmma_smem_bytes(4) if wg else mma_q8.smem_bytes(mode, 4)) <= 227 * 1024 and kp
+        assert ka[0] is qa[1] and ka[3] is y and y.shape == (M, N) and len(ka) == len(params)
+        assert len(_kernel_params("wgmma_q8", "wgmma_q8")) == len(params)
         for a, p in zip(ka, params):
             assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
         assert ka[4:] == (M, N, K)
     assert mma_q8.smem_bytes(1, 4) == 4 * (16384 + 16384 + 1024) and mma_q8.smem_bytes(2, 3) == 3 * 32768
     assert mma_q8.smem_bytes(4, 4) == 4 * (16384 + 8192 + 1024)
     # a device with 99 KiB a block (sm_89) gets three stages of the 8-bit tiles
+    assert mma_q8.wgmma_smem_bytes(4) == 4 * 33792 + 1024
     monkeypatch.setattr(mma_q8, "_optin", lambda dev: 101376)
-    mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2])
-    assert calls[-1][0][1] == 3 and calls[-1][4] == 3 * 33792
+    mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2], wgmma=False)
+    assert calls[-1][0] == (1, 3, True) and calls[-1][4] == 3 * 33792
     with pytest.raises(ValueError, match="4 stages take 135168 bytes of shared memory, over this device's 101376"):
-        mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2], stages=4)
+        mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2], stages=4, wgmma=False)
+    with pytest.raises(ValueError, match="wgmma_q8 takes the 8-bit-weight modes on sm_90 \\(mode 4"):
+        mma_q8._run(_Arr((M, K), bf16), runs[3][1], runs[3][2], N, K, 4, None, None, None, wgmma=True)
     with pytest.raises(ValueError, match=r"ws shape \(1000, 4\), expected \(1000, 8\)"):
         mma_q8.mma_q8_w4a8(_Arr((M, K), bf16), runs[3][1], _Arr((N, 4), np.float32))

@@ -222,7 +222,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None)
 # nf4's prefill above runs the reference formula (stop-gap)
 BYTE_ROWS_MAX_M = 64
 # wfp8afp8 / w8a8 / w4a8 / w4afp8 from this many rows, and block_wise_fp8 from Q8_FP8_MIN_M: mma_q8, the prefill GEMM
-Q8_MIN_M = 33
+Q8_MIN_M = 65
 Q8_FP8_MIN_M = 65
 
 
