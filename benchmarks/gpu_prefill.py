@@ -75,7 +75,7 @@ def main():
                 cands += [("fp8 q8 mma", lambda i: q8.mma_q8_fp8(x, b8[i], wsb, out=y, wgmma=False)),
                           ("channel q8 mma", lambda i: q8.mma_q8_fp8_channel(x, b8[i], wsc, out=y, wgmma=False)),
                           ("w8a8 q8 mma", lambda i: q8.mma_q8_int8(x, i8[i], wsc, out=y, wgmma=False))]
-                cands += [(f"{n} q8 s3", lambda i, f=f, w=w: f(x, w[i], s, out=y, stages=3)) for n, f, w, s in (
+                cands += [(f"{n} q8 s3", lambda i, f=f, w=w, s=s: f(x, w[i], s, out=y, stages=3)) for n, f, w, s in (
                     ("fp8", q8.mma_q8_fp8, b8, wsb), ("channel", q8.mma_q8_fp8_channel, b8, wsc),
                     ("w8a8", q8.mma_q8_int8, i8, wsc))]
             if variants and M in (128, 4096):
