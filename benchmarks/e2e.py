@@ -53,7 +53,7 @@ def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
     m.generate(prompts, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
     runner = m.engine.runner
     r0, e0 = runner.num_replays, runner.num_eager
-    t = time.perf_counter()
+    t, t_wall = time.perf_counter(), time.time()
     outs = m.generate(prompts, sp, use_tqdm=False)
     m.backend.synchronize()
     total = time.perf_counter() - t
@@ -65,6 +65,8 @@ def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
     row = {"model": name, "quant": quant, "kv": kv, "batch": batch, "prompt": prompt, "gen": gen,
            "load_to_first_token_s": round(ttft, 2), "total_s": round(total, 3),
            "decode_tok_s": round(batch * steps / decode_s, 1), "ms_per_step": round(1e3 * decode_s / steps, 3),
+           # until every prompt has its first token: the batch's prefill (chunks of the engine's token budget)
+           "prefill_s": round(max(firsts) - t_wall, 4), "prefill_tok_s": round(batch * prompt / (max(firsts) - t_wall), 1),
            "e2e_tok_s": round(ntok / total, 1), "gpu_mem_gib": round(pool.total_bytes() / 2**30, 2),
            "weights_gib": round(m.memory_report()["weights_bytes"] / 2**30, 2),
            "graphs": runner.enabled, "graph_reason": runner.reason, "replays": runner.num_replays - r0,
@@ -74,7 +76,8 @@ def case(m, name, quant, kv, batch, prompt, gen, ttft, over):
         ranks = [(row["gpu_mem_gib"], row["weights_gib"])] + workers.call(_rank_memory)
         row.update(tp=len(ranks), rank_gpu_mem_gib=[r[0] for r in ranks], rank_weights_gib=[r[1] for r in ranks])
     print(f"| {name} | {quant} | {kv} | {batch} | {row['decode_tok_s']} | {row['ms_per_step']} | "
-          f"{row['load_to_first_token_s']} | {row.get('rank_gpu_mem_gib', row['gpu_mem_gib'])} | graphs={row['graphs']} "
+          f"{row['load_to_first_token_s']} | {row.get('rank_gpu_mem_gib', row['gpu_mem_gib'])} | "
+          f"prefill {row['prefill_s']} s ({row['prefill_tok_s']} tok/s) | graphs={row['graphs']} "
           f"({row['replays']} replays, {row['eager_steps']} eager) |", flush=True)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "e2e.jsonl"), "a") as f:

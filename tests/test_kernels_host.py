@@ -567,16 +567,16 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     # from Q8_MIN_M rows (block_wise_fp8: Q8_FP8_MIN_M) the prefill GEMM, any number of rows, one launch
     for fn in ("mma_q8_fp8", "mma_q8_fp8_channel", "mma_q8_int8", "mma_q8_w4a8", "mma_q8_w4afp8"):
         monkeypatch.setattr(f"fdlite_kernels.mma_q8.{fn}", lambda x, q, ws, fn=fn: seen.append((fn, x.shape)) or "q8")
-    assert _gpu.Q8_MIN_M == 65 and _gpu.Q8_FP8_MIN_M == 65
-    assert _gpu.matmul_fp8_channel(_Arr((64, 4096), bf16), p, xp).shape == (64, 6144)     # gemv_rows, 4 x 16
-    for M in (65, 4096):
+    assert (_gpu.Q8_MIN_M, _gpu.Q8_INT4_MIN_M, _gpu.Q8_FP8_MIN_M) == (33, 49, 64)
+    assert _gpu.matmul_fp8_channel(_Arr((32, 4096), bf16), p, xp).shape == (32, 6144)     # gemv_rows, 2 x 16
+    for M in (33, 65, 4096):
         assert _gpu.matmul_fp8_channel(_Arr((M, 4096), bf16), p, xp) == "q8"
         assert seen[-1] == ("mma_q8_fp8_channel", (M, 4096))
     assert _gpu.matmul_fp8_channel(_Arr((65, 4000), bf16), p, xp) is None           # K % 128: the reference formula
     pb = types.SimpleNamespace(arrays={"quant_weight": _Arr((6144, 4096), np.uint8),
                                        "weight_scale_inv": _Arr((48, 32), np.float32)})
-    assert _gpu.matmul_block_fp8(method, _Arr((64, 4096), bf16), pb, xp) == "sk"
-    for M in (65, 300, 8192):
+    assert _gpu.matmul_block_fp8(method, _Arr((63, 4096), bf16), pb, xp) == "sk"
+    for M in (64, 300, 8192):
         assert _gpu.matmul_block_fp8(method, _Arr((M, 4096), bf16), pb, xp) == "q8"
         assert seen[-1] == ("mma_q8_fp8", (M, 4096))
     monkeypatch.setattr(gemv_rows, "gemv_rows_int8",
@@ -595,7 +595,8 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     p4 = Packed("w4a8", (6144, 4000), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                         "weight_scale": _Arr((6144, 32), np.float32)}, {"group_size": 128})
     assert _gpu.matmul_w4a8(_Arr((2, 4000), bf16), p4, xp) == "rows" and seen[-1] == ("w4a8", (2, 4000))
-    assert _gpu.matmul_w4a8(_Arr((70, 4000), bf16), p4, xp) == "q8" and seen[-1] == ("mma_q8_w4a8", (70, 4000))
+    assert _gpu.matmul_w4a8(_Arr((49, 4000), bf16), p4, xp) == "q8" and seen[-1] == ("mma_q8_w4a8", (49, 4000))
+    assert _gpu.matmul_w4a8(_Arr((48, 4000), bf16), p4, xp).shape == (48, 6144)               # gemv_rows, 6 x 8
     p4c = Packed("w4a8", (6144, 4096), {"quant_weight": _Arr((6144, 2048), np.uint8),
                                          "weight_scale": _Arr((6144, 1), np.float32)}, {"group_size": 4096})
     assert _gpu.matmul_w4a8(_Arr((2, 4096), bf16), p4c, xp) is None              # per channel: the reference
@@ -877,8 +878,8 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
         assert qn == f"gemv_rows_quant_x<{mode}, {gemv_rows.QUANT_WARPS}>" and qg == (M,) and qp
         assert qa[1].shape == (gemv_rows.smem_bytes(M, K, True, mode in (4, 5)),)
         wg = mode in mma_q8.WGMMA_MODES                    # sm_90 (the stand-in device): the 8-bit weights on wgmma
-        assert kn == (("wgmma", mode, 4) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8) and kb == (256,)
-        assert ks == (mma_q8.wgmma_smem_bytes(4) if wg else mma_q8.smem_bytes(mode, 4)) <= 227 * 1024 and kp
+        assert kn == (("wgmma", mode, 3) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8) and kb == (256,)
+        assert ks == (mma_q8.wgmma_smem_bytes(3) if wg else mma_q8.smem_bytes(mode, 4)) <= 227 * 1024 and kp
         assert ka[0] is qa[1] and ka[3] is y and y.shape == (M, N) and len(ka) == len(params)
         assert len(_kernel_params("wgmma_q8", "wgmma_q8")) == len(params)
         for a, p in zip(ka, params):

@@ -7,9 +7,9 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
-| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows to 64 (w4a8, w4afp8: per 8) | prefill above 64 rows: the twin formula on CuPy (stop-gap) |
+| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows (w4a8, w4afp8: per 8) below Q8_MIN_M (int4: Q8_INT4_MIN_M); from there mma_q8, the prefill GEMM (x quantized once, 128 x 128 tiles; on sm_90 wgmma_q8 for the 8-bit weights) | static activation scales, group-wise w8a8: the twin formula on CuPy (stop-gap) |
 | nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 16 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
-| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue, from 2 rows once by gemv_rows_quant_x; M <= 16, K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 up to 256 rows and in graphs | eager prefill above 256 rows (or K % 128 != 0): a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
+| block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue, from 2 rows once by gemv_rows_quant_x; M <= 16, K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 below Q8_FP8_MIN_M rows, mma_q8 (wgmma_q8 on sm_90) from there, any M, graphs too | K % 128 != 0 above 16 rows, or before sm_89: a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 16: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _int4_rows(kernel, x, p: Packed, xp, prefill):
     """An int4 x int8 / e4m3 mode, x zero-padded to the packed K, 8 rows a launch (one token fragment)."""
     q = p.arrays["quant_weight"]
     return _per_channel_rows(kernel, x, q, p.arrays["weight_scale"], xp, K_pad=q.shape[1] * 2, step=8,
-                             prefill=prefill)
+                             prefill=prefill, int4=True)
 
 
 def nf4_rows_supported(method, p: Packed) -> bool:
@@ -192,9 +192,9 @@ def matmul_nf4(x, p: Packed, xp):
     return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2)
 
 
-def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None):
+def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None, int4=False):
     """kernel on x's rows, `step` rows a launch (default gemv_rows.MAX_M; the int4 x int8 / e4m3 modes take 8); from
-    Q8_MIN_M rows the prefill GEMM (mma_q8: every weight tile read once per 128 rows)."""
+    Q8_MIN_M rows (int4 weights: Q8_INT4_MIN_M) the prefill GEMM (mma_q8: every weight tile read once per 128 rows)."""
     import ml_dtypes  # noqa: PLC0415
 
     from fdlite_kernels.gemv_rows import MAX_M  # noqa: PLC0415
@@ -202,7 +202,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None)
     step = MAX_M if step is None else step
     M, K = x.shape
     K = K if K_pad is None else K_pad              # w4a8: x zero-padded to the packed K (as the twin pads)
-    big = prefill is not None and M >= Q8_MIN_M
+    big = prefill is not None and M >= (Q8_INT4_MIN_M if int4 else Q8_MIN_M)
     if not ((M <= BYTE_ROWS_MAX_M or big) and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
@@ -221,9 +221,13 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None)
 # wfp8afp8 / w8a8 / w4a8 / w4afp8 / nf4 rows taken by gemv_rows (16 a launch; int4 x int8 / e4m3: 8) below Q8_MIN_M;
 # nf4's prefill above runs the reference formula (stop-gap)
 BYTE_ROWS_MAX_M = 64
-# wfp8afp8 / w8a8 / w4a8 / w4afp8 from this many rows, and block_wise_fp8 from Q8_FP8_MIN_M: mma_q8, the prefill GEMM
-Q8_MIN_M = 65
-Q8_FP8_MIN_M = 65
+# mma_q8 (the prefill GEMM; on sm_90 wgmma_q8 for 8-bit weights) from this many rows: wfp8afp8 and w8a8, w4a8 and
+# w4afp8, block_wise_fp8. The H100 sums over the four 8B projections (BENCHMARKS.md): at 64 rows wfp8afp8 260 us
+# against gemv_rows' 469 (4 launches), w8a8 267 / 396, w4a8 452 / 606, w4afp8 674 / 778, block_wise_fp8 274 against
+# mma_sk_fp8's 283; at 32 rows gemv_rows' two launches win (w8a8 202, wfp8afp8 239; w4a8 309 against 441).
+Q8_MIN_M = 33
+Q8_INT4_MIN_M = 49
+Q8_FP8_MIN_M = 64
 
 
 # gemv_rows (e4m3 tensor cores, the weights streamed into registers as stored, x quantized in its prologue) to here
