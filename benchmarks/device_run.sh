@@ -498,6 +498,20 @@ for stage in "$@"; do
       T 280 env PREFILL_VARIANTS=${PREFILL_VARIANTS:-1} PREFILL_MS=${PREFILL_MS:-16,32,64,128,256,1024,4096} \
         python3 benchmarks/gpu_prefill.py > $OUT/prefill.log 2>&1
       grep -A200 "sum over" $OUT/prefill.log; tail -3 $OUT/prefill.log ;;
-    *) echo "unknown stage $stage (q8 tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
+    q8tests)        # the prefill routes in whole models: the GPU model, device-quantization and MoE files, the prefill twins
+      T 300 $PT tests/test_gpu_prefill.py > $OUT/q8.log 2>&1; grep -E "^FAILED" $OUT/q8.log | head; tail -1 $OUT/q8.log
+      T 280 $PT tests/test_gpu_model.py tests/test_quant_device_path.py tests/test_moe_gpu_path.py > $OUT/q8m.log 2>&1
+      grep -E "^FAILED" $OUT/q8m.log | head; tail -1 $OUT/q8m.log ;;
+    q8e2e)          # the 8B shape (8 layers), 1024-token prompts at batch 1 and 4: prefill time with mma_q8, then without
+                    # (the routes before: gemv_rows per 16 rows to 64, above them the reference formula / bf16 stop-gap)
+      OFF="fdlite.quant._gpu.Q8_MIN_M=1000000 fdlite.quant._gpu.Q8_INT4_MIN_M=1000000 fdlite.quant._gpu.Q8_FP8_MIN_M=1000000"
+      for q in ${Q8_QUANTS:-w8a8 block_wise_fp8 w4afp8 wfp8afp8}; do
+        for AB in "" "$OFF"; do
+          echo "-- $q, routes changed: ${AB:-none}"
+          T 150 python3 benchmarks/route_ab.py $AB -- --quant $q --kv bf16 --batch 1,4 --prompt 1024 --gen 16 \
+            --layers 8 2>&1 | grep "^|"
+        done
+      done ;;
+    *) echo "unknown stage $stage (q8 q8tests q8e2e tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
   esac
 done
