@@ -35,6 +35,8 @@ nf4_interleave(q) / nf4_deinterleave(q): [N, K / 2] packed nf4 codes (K % 256 ==
 rows: row pairs (16 output rows each) per block, 1 or 2; warps: 4, 8 or 16 (they split the K tiles). Defaults: plan.
 pre (the x-quantizing modes): True quantizes x once in gemv_rows_quant_x (a launch before, one block per token) and
     the GEMV reads it from global memory; False quantizes it in every block's prologue. Default: from PRE_MIN_M rows.
+static (gemv_rows_int8, gemv_rows_w4a8): a checkpoint's static activation scale, float32 [1] = static_scale(A), for
+    every token and group instead of their amax (codes clipped to +-127); implies pre.
 """
 from __future__ import annotations
 
@@ -126,11 +128,14 @@ def kernel(device_id: int, name: str) -> Compiled:
     return Compiled(fn, fn.num_regs, cap)
 
 
-def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None):
+def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None, static=None):
     import cupy as cp  # noqa: PLC0415
 
     qx = mode not in (MODE_BF16, MODE_NF4)              # a byte mode: x quantized by the kernel
     M = x.shape[0]
+    if static is not None:                              # a static scale: only gemv_rows_quant_x takes it
+        check(pre is not False, "a static activation scale takes pre=True: x quantized once by gemv_rows_quant_x")
+        pre = True
     top = MAX_M_INT4 if mode in W4_MODES else MAX_M
     check(1 <= M <= top, f"gemv_rows takes 1..{top} rows here, got M = {M} (use mma_sk / cuBLAS, or launch per 8)")
     nb = 2 if M > 8 else 1                              # token fragments of 8
@@ -154,7 +159,7 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None):
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     if pre:                                             # x quantized once, then a block per row pairs
-        x, smem, blocks = quantized_x(x, mode), 0, grid(N, rows, warps, False, k.regs, 0, sms(dev.id))
+        x, smem, blocks = quantized_x(x, mode, static), 0, grid(N, rows, warps, False, k.regs, 0, sms(dev.id))
     else:
         blocks = grid(N, rows, warps, qx, k.regs, smem, sms(dev.id))
     launch(k.fn, (blocks,), (32 * warps,), (x, w, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem,
@@ -162,18 +167,34 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, rows, warps, pre=None):
     return y
 
 
-def quantized_x(x, mode: int):
+def quantized_x(x, mode: int, static=None):
     """x bf16 [M, K] (K % 128 == 0; checked by the callers) quantized for a byte mode by gemv_rows_quant_x (one block
     per token, launched with PDL) -> uint8 [smem_bytes(M, K, True, w4)] in quantize_x's layout: codes [M][K + 64],
     scales [M][K / 128] (per token: [m][0]), then for the int4 modes the groups' code sums. Read by a PRE GEMV and by
-    mma_q8 (prefill)."""
+    mma_q8 (prefill). static: None (dynamic scales), or for the int8 modes (w8a8, w4a8) a float32 [1] device array
+    holding a checkpoint's static scale as the twin forms it, float32(A / 127) (static_scale)."""
     import cupy as cp  # noqa: PLC0415
 
+    from ._launch import ptr  # noqa: PLC0415
+
+    if static is not None:
+        check(mode in (MODE_INT8, MODE_W4A8), f"a static activation scale is for the int8 modes (w8a8, w4a8), not "
+                                               f"mode {mode}")
+        expect(static, "static", np.float32, 1)
+        check(static.shape == (1,), f"static: shape {static.shape}, expected (1,): one scale per tensor")
     M, K = x.shape
     xq = cp.empty((smem_bytes(M, K, True, mode in W4_MODES),), dtype=np.uint8)
     q = kernel(cp.cuda.Device().id, f"gemv_rows_quant_x<{mode}, {QUANT_WARPS}>")
-    launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K)), shared_mem=0, pdl=True)
+    launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K), ptr(static)), shared_mem=0, pdl=True)
     return xq
+
+
+def static_scale(activation_scale) -> np.ndarray:
+    """A checkpoint's static activation abs-max A (any array of one value) -> float32 [1] holding A / 127 rounded
+    once to float32, the scale act_int8_per_token's static branch forms (on the host; upload it once)."""
+    A = float(np.asarray(activation_scale.get() if hasattr(activation_scale, "get") else activation_scale).reshape(-1)[0])
+    check(np.isfinite(A) and A > 0, f"activation_scale = {A}: a static activation abs-max must be finite and > 0")
+    return np.array([A / 127.0], np.float32)
 
 
 def gemv_rows_bf16(x, w, out=None, rows=None, warps=None):
@@ -203,15 +224,15 @@ def gemv_rows_fp8_channel(x, q, ws, out=None, rows=None, warps=None, pre=None):
     return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, rows, warps, pre)
 
 
-def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None, pre=None):
+def gemv_rows_int8(x, q, ws, out=None, rows=None, warps=None, pre=None, static=None):
     N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps, pre)
+    return _run(x, q, ws, N, K, MODE_INT8, out, rows, warps, pre, static)
 
 
-def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None, pre=None):
+def gemv_rows_w4a8(x, q, ws, out=None, rows=None, warps=None, pre=None, static=None):
     N, K = _int4_groups(x, q, ws)
-    return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps, pre)
+    return _run(x, q, ws, N, K, MODE_W4A8, out, rows, warps, pre, static)
 
 
 def gemv_rows_w4afp8(x, q, ws, out=None, rows=None, warps=None, pre=None):

@@ -75,9 +75,12 @@ __device__ __forceinline__ void nf4_bf16x8(unsigned w, unsigned (&r)[4]) {
 // (GROUPS) or per token over all of K in xs[m][0] (CHANNEL, INT8), then (W4) [M][K / 128] code sums: the layout
 // gemv_rows reads. xs = max(amax, 1e-10) / 448, xq = e4m3_rne(x / xs), as act_quant_fp8 and the twin
 // (fdlite.quant._common.act_fp8); INT8 / W4A8: / 127 and xq = clip(rint(x / xs), +-127) (act_int8_per_token).
-// Every thread of the block takes part (barriers).
+// static_s (INT8 / W4A8, a checkpoint's static per-tensor activation scale): every token and group takes the scale
+// *static_s = float32(A / 127) instead of its amax, the codes clip(rint(x / s), +-127) as act_int8_per_token's static
+// branch. Every thread of the block takes part (barriers).
 template <int MODE, int W>
-__device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq, int M, int K, int c0, int c1) {
+__device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq, int M, int K, int c0, int c1,
+                                           const float* __restrict__ static_s = nullptr) {
   constexpr bool W4F = MODE == ROWS_W4AFP8, W4 = MODE == ROWS_W4A8 || W4F;
   constexpr bool BLOCK = MODE == ROWS_BLOCK, INT8 = MODE == ROWS_INT8, GROUPS = BLOCK || W4;
   constexpr float QMAX = INT8 || MODE == ROWS_W4A8 ? 127.f : 448.f;
@@ -148,7 +151,10 @@ __device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq,
     *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
     if ((lane & 15) == 0 && (GROUPS || col == 0)) xs[m * Kb + (GROUPS ? col / 128 : 0)] = s;
   };
-  if (GROUPS) {
+  if (static_s != nullptr) {
+    const float st = __ldg(static_s);
+    pass([&](int i, const float (&fv)[8], float) { store(i, fv, st); });
+  } else if (GROUPS) {
     pass([&](int i, const float (&fv)[8], float a) { store(i, fv, fmaxf(a, 1e-10f) / QMAX); });
   } else {
     if (threadIdx.x < 8) tok_amax[threadIdx.x] = 0u;

@@ -20,6 +20,7 @@ mma_q8_w4afp8(x, q, ws, out=None):
 stages: the cp.async pipeline depth (3 or 4; default: 4 where a block's shared memory allows it);
 unroll: the four k32 steps of a tile unrolled (True) or looped (False: fewer registers; default: per mode, from the
 H100 sweep in BENCHMARKS.md);
+static (mma_q8_int8, mma_q8_w4a8): a checkpoint's static activation scale, gemv_rows.static_scale(A);
 wgmma: the 8-bit-weight modes (fp8, fp8_channel, int8) on Hopper's warpgroup tensor cores (wgmma_q8.cu: the same
 inputs and math; sm_90 only). Default: on sm_90 (WGMMA), where mma.sync has no e4m3 form in hardware.
 """
@@ -76,7 +77,7 @@ def _optin(device_id: int) -> int:
     return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
 
 
-def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None):
+def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, static=None):
     import cupy as cp  # noqa: PLC0415
 
     M = x.shape[0]
@@ -100,7 +101,7 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None):
     check(-(-N // BN) <= 65535, f"N = {N} needs {-(-N // BN)} column blocks, over the grid's 65535")
     if M == 0:
         return y
-    xq = quantized_x(x, mode)
+    xq = quantized_x(x, mode, static)
     fn = wgmma_kernel(dev, mode, stages) if wgmma else kernel(dev, mode, stages,
                                                               UNROLL[mode] if unroll is None else bool(unroll))
     launch(fn, (-(-M // BM), -(-N // BN)), (THREADS,), (xq, w, ws, y, np.int32(M), np.int32(N), np.int32(K)),
@@ -124,15 +125,15 @@ def mma_q8_fp8_channel(x, q, ws, out=None, stages=None, unroll=None, wgmma=None)
     return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, stages, unroll, wgmma)
 
 
-def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None):
+def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None, static=None):
     N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll, wgmma)
+    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll, wgmma, static)
 
 
-def mma_q8_w4a8(x, q, ws, out=None, stages=None, unroll=None):
+def mma_q8_w4a8(x, q, ws, out=None, stages=None, unroll=None, static=None):
     N, K = _int4_groups(x, q, ws)
-    return _run(x, q, ws, N, K, MODE_W4A8, out, stages, unroll)
+    return _run(x, q, ws, N, K, MODE_W4A8, out, stages, unroll, static=static)
 
 
 def mma_q8_w4afp8(x, q, ws, out=None, stages=None, unroll=None):

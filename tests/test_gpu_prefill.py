@@ -138,3 +138,27 @@ def test_mma_q8_errors(cp):
         mma_q8_w4a8(cp.zeros((3, 256), dtype=BF16), cp.zeros((8, 128), np.uint8), cp.ones((8, 1), np.float32))
     with pytest.raises(ValueError, match="stages = 5, expected 3 or 4"):
         mma_q8_int8(cp.zeros((3, 256), dtype=BF16), cp.zeros((8, 256), np.int8), cp.ones((8, 1), np.float32), stages=5)
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a8"])
+@pytest.mark.parametrize("M", [1, 3, 20, 300])
+def test_static_activation_scale(cp, name, M):
+    """A checkpoint's static activation scale (activation_scale, the abs-max A; here below x's largest values, so
+    codes clip): prepare() gives the kernels float32(A / 127) and the routed matmul (gemv_rows with x quantized once,
+    mma_q8 from Q8_MIN_M rows) matches the twin's static branch; at 3 rows bit for bit the direct launch."""
+    from fdlite.backend import get_backend
+    from fdlite_kernels import gemv_rows
+
+    method, p, x, _ = _case(name, 1000, 1024, M, 7 * M)
+    A = float(np.abs(x.astype(np.float32)).max()) * 0.8
+    p.arrays["activation_scale"] = np.array([A], np.float32)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    gp = method.prepare(p, get_backend("cuda"))
+    assert cp.asnumpy(gp.arrays["act_static"]).tolist() == [np.float32(A / 127.0)]
+    got = cp.asnumpy(method.matmul(cp.asarray(x), gp, cp))
+    assert np.isfinite(got.astype(np.float32)).all() and _rel(got.astype(np.float32), ref) < 1e-2
+    if M == 3:
+        run = gemv_rows.gemv_rows_int8 if name == "w8a8" else gemv_rows.gemv_rows_w4a8
+        direct = cp.asnumpy(run(cp.asarray(x), gp.arrays["quant_weight"], gp.arrays["weight_scale"],
+                                static=gp.arrays["act_static"]))
+        assert np.array_equal(direct.view(np.uint16), got.view(np.uint16))

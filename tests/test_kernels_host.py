@@ -477,7 +477,8 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
     y = gemv_rows.gemv_rows_w4afp8(_Arr((3, 4096), bf16), _Arr((6144, 2048), np.uint8), _Arr((6144, 32), np.float32))
     (qn, qg, qb, qa, qs, qp), (gn, gg, gb, ga, gs, gp) = calls[n:]
     assert qn == f"gemv_rows_quant_x<5, {gemv_rows.QUANT_WARPS}>" and qg == (3,) and qs == 0 and qp
-    assert qa[1].shape == (gemv_rows.smem_bytes(3, 4096, True, True),) and qa[2:] == (3, 4096)
+    assert qa[1].shape == (gemv_rows.smem_bytes(3, 4096, True, True),) and qa[2:4] == (3, 4096)
+    assert len(qa) == len(_kernel_params("gemv_rows", "gemv_rows_quant_x")) and qa[4].shape == (1,)   # no static
     assert gn == "gemv_rows<5, 1, 8, true>" and gg == (384,) and gs == 0 and ga[0] is qa[1] and ga[3] is y
     assert gemv_rows.PRE_MIN_M == 2
     gemv_rows.gemv_rows_int8(_Arr((1, 4096), bf16), _Arr((6144, 4096), np.int8), _Arr((6144, 1), np.float32))
@@ -585,10 +586,21 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
                                         "weight_scale": _Arr((6144, 1), np.float32)}, {})
     assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), p8, xp) == "rows" and seen[-1] == ("int8", (3, 4096))
     assert _gpu.matmul_w8a8(_Arr((100, 4096), bf16), p8, xp) == "q8" and seen[-1] == ("mma_q8_int8", (100, 4096))
-    static = Packed("w8a8", (6144, 4096), {**p8.arrays, "activation_scale": _Arr((1,), np.float32)}, {})
+    static = Packed("w8a8", (6144, 4096), {**p8.arrays, "activation_scale": np.array([2.0], np.float32)}, {})
     grouped = Packed("w8a8", (6144, 4096), {"quant_weight": _Arr((6144, 4096), np.int8),
                                             "weight_scale": _Arr((6144, 32), np.float32)}, {})
-    assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), static, xp) is None           # static scale: the reference
+    assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), static, xp) is None           # static, not prepared: the reference
+    prepared = _gpu.with_static_scale(static, types.SimpleNamespace(asarray=lambda a: a))
+    assert prepared.arrays["act_static"].dtype == np.float32 and prepared.arrays["act_static"].shape == (1,)
+    monkeypatch.setattr(gemv_rows, "gemv_rows_int8", lambda x, q, ws, out=None, static=None: seen.append(
+        ("int8 static", x.shape, static)) or "rows")
+    st = prepared.arrays["act_static"]
+    assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), prepared, xp) == "rows" and seen[-1] == ("int8 static", (3, 4096), st)
+    monkeypatch.setattr("fdlite_kernels.mma_q8.mma_q8_int8", lambda x, q, ws, static=None: seen.append(
+        ("q8 static", x.shape, static)) or "q8")
+    assert _gpu.matmul_w8a8(_Arr((300, 4096), bf16), prepared, xp) == "q8" and seen[-1] == ("q8 static", (300, 4096), st)
+    monkeypatch.setattr(gemv_rows, "gemv_rows_int8",
+                        lambda x, q, ws, out=None: seen.append(("int8", x.shape)) or "rows")
     assert _gpu.matmul_w8a8(_Arr((3, 4096), bf16), grouped, xp) is None          # group-wise weights
     monkeypatch.setattr(gemv_rows, "gemv_rows_w4a8",
                         lambda x, q, ws, out=None: seen.append(("w4a8", x.shape)) or "rows")
@@ -864,6 +876,7 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
         name=(mode, stages, unroll)))
     monkeypatch.setattr(mma_q8, "wgmma_kernel", lambda dev, mode, stages: types.SimpleNamespace(
         name=("wgmma", mode, stages)))
+    monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: _Arr((1,), np.float32) if a is None else a)
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("mma_q8", "mma_q8")
     M, N, K = 300, 1000, 1024
@@ -898,3 +911,14 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
         mma_q8._run(_Arr((M, K), bf16), runs[3][1], runs[3][2], N, K, 4, None, None, None, wgmma=True)
     with pytest.raises(ValueError, match=r"ws shape \(1000, 4\), expected \(1000, 8\)"):
         mma_q8.mma_q8_w4a8(_Arr((M, K), bf16), runs[3][1], _Arr((N, 4), np.float32))
+    # a static activation scale rides to gemv_rows_quant_x (its last argument), for the int8 modes only
+    st = _Arr((1,), np.float32)
+    mma_q8.mma_q8_w4a8(_Arr((M, K), bf16), runs[3][1], runs[3][2], static=st)
+    assert calls[-2][0] == f"gemv_rows_quant_x<4, {gemv_rows.QUANT_WARPS}>" and calls[-2][3][4] is st
+    with pytest.raises(ValueError, match="a static activation scale is for the int8 modes"):
+        gemv_rows.quantized_x(_Arr((M, K), bf16), 5, st)
+    with pytest.raises(ValueError, match=r"static: shape \(2,\), expected \(1,\)"):
+        mma_q8.mma_q8_int8(_Arr((M, K), bf16), runs[2][1], runs[2][2], static=_Arr((2,), np.float32), wgmma=False)
+    assert gemv_rows.static_scale(np.array([3.5], np.float32)).tolist() == [np.float32(3.5 / 127.0)]
+    with pytest.raises(ValueError, match="activation_scale = 0.0: a static activation abs-max must be finite and > 0"):
+        gemv_rows.static_scale(np.zeros(1, np.float32))

@@ -7,7 +7,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 |---|---|---|---|---|
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
-| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows (w4a8, w4afp8: per 8) below Q8_MIN_M (int4: Q8_INT4_MIN_M); from there mma_q8, the prefill GEMM (x quantized once, 128 x 128 tiles; on sm_90 wgmma_q8 for the 8-bit weights) | static activation scales, group-wise w8a8: the twin formula on CuPy (stop-gap) |
+| wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows (w4a8, w4afp8: per 8) below Q8_MIN_M (int4: Q8_INT4_MIN_M); from there mma_q8, the prefill GEMM (x quantized once, 128 x 128 tiles; on sm_90 wgmma_q8 for the 8-bit weights) | group-wise w8a8: the twin formula on CuPy (stop-gap); static activation scales (w8a8, w4a8) take the same kernels, x quantized once with the prepared scale |
 | nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 16 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue, from 2 rows once by gemv_rows_quant_x; M <= 16, K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 below Q8_FP8_MIN_M rows, mma_q8 (wgmma_q8 on sm_90) from there, any M, graphs too | K % 128 != 0 above 16 rows, or before sm_89: a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 16: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
@@ -112,28 +112,55 @@ def matmul_fp8_channel(x, p: Packed, xp):
 
 
 def matmul_w8a8(x, p: Packed, xp):
-    """w8a8 with dynamic per-token activations and per-channel weights on gemv_rows' int8 mode (integer mma, the
-    activation quantized in the prologue), as wfp8afp8 above; None for a static activation scale, group-wise
-    weights or another K (the reference formula runs)."""
+    """w8a8 with per-channel weights on gemv_rows' int8 mode (integer mma, the activation quantized in the prologue,
+    or once before with a static scale), as wfp8afp8 above; None for group-wise weights, another K or a static scale
+    that prepare() did not turn into the kernels' (the reference formula runs)."""
     q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
-    if "activation_scale" in p.arrays or s.shape[1] != 1 or q.shape[1] != p.shape[1]:
+    if s.shape[1] != 1 or q.shape[1] != p.shape[1]:
+        return None
+    static = _static(p)
+    if static is False:
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_int8  # noqa: PLC0415
     from fdlite_kernels.mma_q8 import mma_q8_int8  # noqa: PLC0415
 
-    return _per_channel_rows(gemv_rows_int8, x, q, s, xp, prefill=mma_q8_int8)
+    return _per_channel_rows(_given(gemv_rows_int8, static), x, q, s, xp, prefill=_given(mma_q8_int8, static))
 
 
 def matmul_w4a8(x, p: Packed, xp):
-    """w4a8 with dynamic activations and groups of 128 on gemv_rows' int4 x int8 mode (s8 mma, nibbles as q + 8
-    corrected by the prologue's code sums), 8 rows a launch to BYTE_ROWS_MAX_M; None for a static activation
-    scale, other groups or a padded K that is not a multiple of 256 (the reference formula runs)."""
-    if "activation_scale" in p.arrays or not _int4_group128(p):
+    """w4a8 with groups of 128 on gemv_rows' int4 x int8 mode (s8 mma, nibbles as q + 8 corrected by the prologue's
+    code sums), 8 rows a launch, mma_q8 from Q8_INT4_MIN_M rows; activations dynamic per token and group, or a static
+    scale (prepared, as w8a8's). None for other groups or a padded K that is not a multiple of 256."""
+    static = _static(p)
+    if static is False or not _int4_group128(p):
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_w4a8  # noqa: PLC0415
     from fdlite_kernels.mma_q8 import mma_q8_w4a8  # noqa: PLC0415
 
-    return _int4_rows(gemv_rows_w4a8, x, p, xp, mma_q8_w4a8)
+    return _int4_rows(_given(gemv_rows_w4a8, static), x, p, xp, _given(mma_q8_w4a8, static))
+
+
+def with_static_scale(p: Packed, backend) -> Packed:
+    """A prepared w8a8 / w4a8 weight with a static activation scale (FastDeploy's activation_scale, the abs-max A)
+    gains act_static: float32 [1] = float32(A / 127) on the device, the scale the kernels quantize x with."""
+    from fdlite_kernels.gemv_rows import static_scale  # noqa: PLC0415
+
+    return Packed(p.method, p.shape, {**p.arrays, "act_static": backend.asarray(static_scale(p.arrays["activation_scale"]))},
+                  dict(p.meta))
+
+
+def _static(p: Packed):
+    """None: dynamic activations; the device scale of a static one; False: static but not prepared (no kernel)."""
+    if "activation_scale" not in p.arrays:
+        return None
+    return p.arrays.get("act_static", False)
+
+
+def _given(fn, static):
+    """fn, or fn with its static activation scale bound."""
+    import functools  # noqa: PLC0415
+
+    return fn if static is None else functools.partial(fn, static=static)
 
 
 def matmul_w4afp8(x, p: Packed, xp):

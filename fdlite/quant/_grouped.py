@@ -126,7 +126,10 @@ class Grouped(QuantMethod):
     def prepare(self, p: Packed, backend) -> Packed:
         if backend.is_gpu and type(self).act is Grouped.act and _gpu.grouped_supported(self, p):
             return _gpu.prepare_grouped(self, p, backend)        # weight-only int8/int4: repack for the kernels
-        return super().prepare(p, backend)
+        q = super().prepare(p, backend)
+        if backend.is_gpu and "activation_scale" in p.arrays:    # w8a8 / w4a8 static: the kernels' float32 scale
+            return _gpu.with_static_scale(q, backend)
+        return q
 
     # an activation-quantized method's decode kernel on the GPU: the name of a fdlite.quant._gpu function
     # (x, p, xp) -> y, or None where it does not apply (then the reference formula runs on the device)
