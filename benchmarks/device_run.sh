@@ -512,6 +512,17 @@ for stage in "$@"; do
             --layers 8 2>&1 | grep "^|"
         done
       done ;;
-    *) echo "unknown stage $stage (q8 q8tests q8e2e tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
+    nf4q)           # nf4's prefill GEMM (mma_nf4) and the static activation scales: twins, the touched routes and models,
+                    # then mma_nf4's timings against gemv_rows per 16 rows and cuBLAS
+      T 200 $PT tests/test_gpu_prefill.py -k "nf4 or static" > $OUT/nf4q.log 2>&1; grep -E "^FAILED" $OUT/nf4q.log | head
+      tail -1 $OUT/nf4q.log
+      T 200 $PT tests/test_gpu_kernels.py -k "nf4 or int8_vs_twin or w4a8_vs_twin or gemv_rows_pre or gemv_rows_graph" \
+        > $OUT/nf4k.log 2>&1; grep -E "^FAILED" $OUT/nf4k.log | head; tail -1 $OUT/nf4k.log
+      T 150 $PT tests/test_gpu_model.py tests/test_quant_device_path.py > $OUT/nf4m.log 2>&1
+      grep -E "^FAILED" $OUT/nf4m.log | head; tail -1 $OUT/nf4m.log
+      T 150 env PREFILL_NF4=1 PREFILL_MS=16,32,64,128,256,1024,4096 python3 benchmarks/gpu_prefill.py \
+        > $OUT/prefill.log 2>&1
+      grep -A60 "sum over" $OUT/prefill.log; tail -3 $OUT/prefill.log ;;
+    *) echo "unknown stage $stage (q8 q8tests q8e2e nf4q tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
   esac
 done

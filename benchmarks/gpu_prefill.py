@@ -2,7 +2,8 @@
 decode kernels launched per 16 (int4: 8) rows, mma_sk_fp8, block_wise_fp8's bf16 stop-gap and cuBLAS bf16.
 
     PREFILL_MS=16,32,64,128,256,1024,4096 python benchmarks/gpu_prefill.py   (JSON lines to $OUT/prefill.jsonl)
-    PREFILL_VARIANTS=1 also times every (stages, unroll) of mma_q8 at 128 and 4096 rows.
+    PREFILL_VARIANTS=1 also times every (stages, unroll) of mma_q8 at 128 and 4096 rows; PREFILL_NF4=1 only nf4's
+    mma_nf4 (both pipeline depths) and gemv_rows per 16 rows.
 Graph-captured kernels are timed as gpu_gemv.bench does (20 calls in a graph, weights rotated through 4 buffers);
 the stop-gap (cuBLAS through CuPy, which a graph cannot capture) and cuBLAS itself (through torch, in a graph) are
 the references. Each row: µs, TFLOP/s (2 M N K / t) and the ratio to cuBLAS bf16.
@@ -17,6 +18,7 @@ import numpy as np
 from fdlite_kernels import gemv_rows as gr
 from fdlite_kernels import mma_q8 as q8
 from fdlite_kernels.dequant_block_fp8 import dequant_w, dequant_x
+from fdlite_kernels.mma_nf4 import mma_nf4
 from fdlite_kernels.mma_sk import mma_sk_fp8
 
 import gpu_gemv
@@ -61,6 +63,8 @@ def main():
         wsb = cp.random.random((-(-N // 128), K // 128), dtype=np.float32)
         wsc = cp.random.random((N, 1), dtype=np.float32)
         ws4 = cp.random.random((N, K // 128), dtype=np.float32)
+        ws64 = cp.random.random((N, K // 64), dtype=np.float32)
+        only_nf4 = os.environ.get("PREFILL_NF4") == "1"
         for M in ms:
             x = (cp.random.standard_normal((M, K), dtype=np.float32)).astype(BF16)
             y = cp.empty((M, N), dtype=BF16)
@@ -71,7 +75,12 @@ def main():
                      ("w8a8 q8", lambda i: q8.mma_q8_int8(x, i8[i], wsc, out=y)),
                      ("w4a8 q8", lambda i: q8.mma_q8_w4a8(x, nib[i], ws4, out=y)),
                      ("w4afp8 q8", lambda i: q8.mma_q8_w4afp8(x, nib[i], ws4, out=y))]
-            if M in (128, 4096):                                  # the mma.sync kernel beside wgmma's (sm_90)
+            cands.append(("nf4 mma_nf4", lambda i: mma_nf4(x, nib[i], ws64, out=y)))
+            if only_nf4:
+                cands = cands[-1:] + [("nf4 mma_nf4 s3", lambda i: mma_nf4(x, nib[i], ws64, out=y, stages=3))]
+                if M <= 64:
+                    cands.append(("nf4 rows", chunks(lambda i, a, b: gr.gemv_rows_nf4(a, nib[i], ws64, out=b), x, y, 16)))
+            if M in (128, 4096) and not only_nf4:               # the mma.sync kernel beside wgmma's (sm_90)
                 cands += [("fp8 q8 mma", lambda i: q8.mma_q8_fp8(x, b8[i], wsb, out=y, wgmma=False)),
                           ("channel q8 mma", lambda i: q8.mma_q8_fp8_channel(x, b8[i], wsc, out=y, wgmma=False)),
                           ("w8a8 q8 mma", lambda i: q8.mma_q8_int8(x, i8[i], wsc, out=y, wgmma=False))]
@@ -89,19 +98,19 @@ def main():
                                   (f"w4a8 q8 s{s}u{int(u)}", lambda i, kw=kw: q8.mma_q8_w4a8(x, nib[i], ws4, out=y, **kw)),
                                   (f"w4afp8 q8 s{s}u{int(u)}",
                                    lambda i, kw=kw: q8.mma_q8_w4afp8(x, nib[i], ws4, out=y, **kw))]
-            if M <= 64:                                          # the decode kernels, per 16 (int4: 8) rows
+            if M <= 64 and not only_nf4:                         # the decode kernels, per 16 (int4: 8) rows
                 cands += [("channel rows", chunks(lambda i, a, b: gr.gemv_rows_fp8_channel(a, b8[i], wsc, out=b),
                                                   x, y, 16)),
                           ("w8a8 rows", chunks(lambda i, a, b: gr.gemv_rows_int8(a, i8[i], wsc, out=b), x, y, 16)),
                           ("w4a8 rows", chunks(lambda i, a, b: gr.gemv_rows_w4a8(a, nib[i], ws4, out=b), x, y, 8)),
                           ("w4afp8 rows", chunks(lambda i, a, b: gr.gemv_rows_w4afp8(a, nib[i], ws4, out=b), x, y, 8))]
-            if M <= 256:
+            if M <= 256 and not only_nf4:
                 cands.append(("fp8 sk", lambda i: mma_sk_fp8(x, b8[i], wsb, out=y)))
             for method, fn in cands:
                 t = gpu_gemv.bench(fn, calls=20 if M <= 1024 else 5, reps=10 if M <= 1024 else 5)
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                              "TFLOPs": round(flop / t / 1e6, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
-            if M >= 64:                                           # block_wise_fp8's stop-gap: bf16 expansion + cuBLAS
+            if M >= 64 and not only_nf4:                          # block_wise_fp8's stop-gap: bf16 expansion + cuBLAS
                 t = bench_eager(lambda i: dequant_x(x) @ dequant_w(b8[i], wsb).T)
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": "fp8 stop-gap", "us": round(t, 2),
                              "TFLOPs": round(flop / t / 1e6, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})

@@ -162,3 +162,39 @@ def test_static_activation_scale(cp, name, M):
         direct = cp.asnumpy(run(cp.asarray(x), gp.arrays["quant_weight"], gp.arrays["weight_scale"],
                                 static=gp.arrays["act_static"]))
         assert np.array_equal(direct.view(np.uint16), got.view(np.uint16))
+
+
+@pytest.mark.parametrize("N,K", [(4096, 4096), (4096, 14336), (1000, 1024), (1001, 512), (136, 256), (96, 200)])
+@pytest.mark.parametrize("M", [1, 17, 130, 300])
+def test_mma_nf4_vs_twin(cp, N, K, M):
+    """nf4's prefill GEMM on the codes prepare() permuted for the decode kernel (one device copy), output poisoned,
+    both pipeline depths on one shape, a K padded to 256 (K = 200) through the routed matmul; one-hot x reads single
+    decoded weights back as bf16(bf16(level) * absmax), bit for bit."""
+    import types
+
+    from fdlite.quant import get
+    from fdlite_kernels.mma_nf4 import mma_nf4
+
+    rng = np.random.default_rng(N + 29 * K + M)
+    method = get("nf4")()
+    p = method.quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
+    x = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal((M, 1)))).astype(BF16)
+    ref = method.matmul(x.astype(np.float32), p, np)
+    dev = method.prepare(p, types.SimpleNamespace(is_gpu=True, asarray=cp.asarray))
+    q, ws = dev.arrays["quant_weight"], dev.arrays["weight_scale"]
+    if q.shape[1] * 2 == K:
+        for stages in (3, 4) if (N, K) == (1000, 1024) else (None,):
+            y = cp.full((M, N), np.nan, dtype=BF16)
+            mma_nf4(cp.asarray(x), q, ws, out=y, stages=stages)
+            got = cp.asnumpy(y).astype(np.float32)
+            assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, stages
+        if M == 130:                                   # x[m] = e_k: y[m, n] = bf16(bf16(level) * absmax), exactly
+            ks = rng.choice(K, 130, replace=True)
+            e = np.zeros((130, K), BF16)
+            e[np.arange(130), ks] = 1
+            lv = np.asarray(method.levels)[method.unpack(p)[:, ks]].astype(BF16).astype(np.float32).T   # (130, N)
+            s = p.arrays["weight_scale"][:, ks // 64].T
+            got = cp.asnumpy(mma_nf4(cp.asarray(e), q, ws)).astype(np.float32)
+            assert np.array_equal(got, (lv * s).astype(BF16).astype(np.float32))
+    routed = cp.asnumpy(method.matmul(cp.asarray(x), dev, cp)).astype(np.float32)
+    assert np.isfinite(routed).all() and _rel(routed, ref) < 5e-3

@@ -631,6 +631,10 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     assert _gpu.matmul_nf4(_Arr((1, 4096), bf16), pn, xp) is None                # codes as stored: the reference
     pn.meta["gpu"] = "rows_nf4"
     assert _gpu.matmul_nf4(_Arr((1, 4096), bf16), pn, xp) == "rows" and seen[-1] == ("nf4", (1, 4096))
+    monkeypatch.setattr("fdlite_kernels.mma_nf4.mma_nf4", lambda x, q, ws: seen.append(("mma_nf4", x.shape)) or "q")
+    assert _gpu.NF4_MIN_M == 33 and _gpu.matmul_nf4(_Arr((32, 4096), bf16), pn, xp).shape == (32, 6144)
+    assert _gpu.matmul_nf4(_Arr((33, 4096), bf16), pn, xp) == "q" and seen[-1] == ("mma_nf4", (33, 4096))
+    assert _gpu.matmul_nf4(_Arr((5000, 4096), bf16), pn, xp) == "q" and seen[-1] == ("mma_nf4", (5000, 4096))
     assert _gpu.nf4_rows_supported(get("nf4")(), pn) and not _gpu.nf4_rows_supported(get("nf4")(activation="int8"), pn)
     assert get("w4afp8")().device_matmul == "matmul_w4afp8" and get("nf4")().device_matmul == "matmul_nf4"
 
@@ -922,3 +926,32 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
     assert gemv_rows.static_scale(np.array([3.5], np.float32)).tolist() == [np.float32(3.5 / 127.0)]
     with pytest.raises(ValueError, match="activation_scale = 0.0: a static activation abs-max must be finite and > 0"):
         gemv_rows.static_scale(np.zeros(1, np.float32))
+
+
+def test_mma_nf4_launch_passes_what_the_kernel_takes(monkeypatch):
+    """mma_nf4 launches a block per 128 rows x 128 columns with the kernel's arguments and PDL, 4 stages where a block
+    may have 164 KiB (3 on an A100-sized 163 KiB), and refuses bad shapes with their numbers."""
+    import ml_dtypes
+
+    from fdlite_kernels import mma_nf4
+
+    _stand_in_cupy(monkeypatch)
+    calls = []
+    monkeypatch.setattr(mma_nf4, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
+        (fn, grid, block, args, shared_mem, pdl)))
+    monkeypatch.setattr(mma_nf4, "kernel", lambda dev, stages: ("mma_nf4", stages))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    y = mma_nf4.mma_nf4(_Arr((300, 4096), bf16), _Arr((1000, 2048), np.uint8), _Arr((1000, 64), np.float32))
+    fn, grid, block, args, smem, pdl = calls[-1]
+    assert fn == ("mma_nf4", 4) and grid == (3, 8) and block == (256,) and smem == 4 * 41984 and pdl
+    params = _kernel_params("mma_nf4", "mma_nf4")
+    assert len(args) == len(params) and args[3] is y and args[4:] == (300, 1000, 4096)
+    for a, p in zip(args, params):
+        assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
+    monkeypatch.setattr(mma_nf4, "_optin", lambda dev: 166912)
+    mma_nf4.mma_nf4(_Arr((3, 256), bf16), _Arr((8, 128), np.uint8), _Arr((8, 4), np.float32))
+    assert calls[-1][0] == ("mma_nf4", 3)
+    with pytest.raises(ValueError, match="K = 200 must be a positive multiple of 256"):
+        mma_nf4.mma_nf4(_Arr((3, 200), bf16), _Arr((8, 100), np.uint8), _Arr((8, 4), np.float32))
+    with pytest.raises(ValueError, match=r"ws shape \(8, 2\), expected \(8, 4\)"):
+        mma_nf4.mma_nf4(_Arr((3, 256), bf16), _Arr((8, 128), np.uint8), _Arr((8, 2), np.float32))

@@ -8,7 +8,7 @@ only calls in here when its arrays live on a GPU. Which path runs:
 | wint8 (per channel), wint4 (groups % 16 == 0) | mma fragment order (fdlite_kernels.mma_wq.repack, on the device) | gemv_packed (tensor-core GEMV, M <= 8), gemv_xs (x in shared memory, M <= 32; K split over blocks from K = 8192) | mma_sk (split-K pipeline, M <= 64), mma_wq above | one weight copy for every M; a gate_up weight's SwiGLU runs in the GEMVs' epilogue to 32 rows (matmul_grouped_swiglu) |
 | wint2 | as stored (FastDeploy's CCQ checkpoint layout) | gemv_wint2_tc (tensor cores, 16 rows a launch; N % 64 == 0, K % 4 == 0), else gemv_wint2 (4 rows a launch), M <= 16, any M in graphs | — | eager above 16 rows: the twin formula on CuPy (stop-gap) |
 | wfp8afp8, w8a8 (dynamic, per channel), w4a8 (dynamic, groups of 128), w4afp8 (groups of 128) | as stored (e4m3 bits, int8, or int4 nibbles with group scales) | gemv_rows (e4m3 mma, sm_89+, or int8 mma; x quantized per token (w4a8, w4afp8: and group) in its prologue at one row, from 2 rows once by gemv_rows_quant_x; K % 128 == 0, int4 256) | gemv_rows per 16 rows (w4a8, w4afp8: per 8) below Q8_MIN_M (int4: Q8_INT4_MIN_M); from there mma_q8, the prefill GEMM (x quantized once, 128 x 128 tiles; on sm_90 wgmma_q8 for the 8-bit weights) | group-wise w8a8: the twin formula on CuPy (stop-gap); static activation scales (w8a8, w4a8) take the same kernels, x quantized once with the prepared scale |
-| nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 16 rows to 64 | prefill above 64 rows, other groups, activation int8: the twin formula on CuPy (stop-gap) |
+| nf4 (weight-only, groups of 64) | the stored codes permuted once at load (gemv_rows.nf4_interleave) | gemv_rows (levels looked up as bf16 in registers, bf16 mma; padded K % 256 == 0) | gemv_rows per 16 rows below NF4_MIN_M, mma_nf4 (the prefill GEMM, the same lookups, 128 x 128 tiles) from there | other groups, activation int8: the twin formula on CuPy (stop-gap) |
 | block_wise_fp8 | as stored (e4m3 bits, 128x128 inverse scales) | gemv_rows (e4m3 mma, weights streamed as stored, x quantized in its prologue, from 2 rows once by gemv_rows_quant_x; M <= 16, K % 128 == 0, sm_89+), else gemv_block_fp8 (M <= 16) | mma_sk_fp8 below Q8_FP8_MIN_M rows, mma_q8 (wgmma_q8 on sm_90) from there, any M, graphs too | K % 128 != 0 above 16 rows, or before sm_89: a stop-gap, weight and activation expanded to bf16 (dequant_block_fp8.cu) then cuBLAS (or mma_bf16 in a graph) |
 | dense (bf16) | as stored | M <= 16: gemv_rows (bf16 mma, K % 64 == 0, lm_head included); other K at one row: gemv_bf16 (N >= 65536 or K % 32 != 0), else mma_bf16 | cuBLAS | while a CUDA graph is captured (CuPy refuses cuBLAS there): mma_bf16 (mma_sk's dense variant for 17-64 rows) |
 """
@@ -185,7 +185,7 @@ def _int4_rows(kernel, x, p: Packed, xp, prefill):
     """An int4 x int8 / e4m3 mode, x zero-padded to the packed K, 8 rows a launch (one token fragment)."""
     q = p.arrays["quant_weight"]
     return _per_channel_rows(kernel, x, q, p.arrays["weight_scale"], xp, K_pad=q.shape[1] * 2, step=8,
-                             prefill=prefill, int4=True)
+                             prefill=prefill, min_m=Q8_INT4_MIN_M)
 
 
 def nf4_rows_supported(method, p: Packed) -> bool:
@@ -207,21 +207,23 @@ def prepare_nf4(p: Packed) -> Packed:
 
 def matmul_nf4(x, p: Packed, xp):
     """nf4 (weight-only, groups of 64) on gemv_rows' nf4 mode (levels looked up as bf16 in registers, bf16 mma,
-    fp32 group sums): 16 rows a launch to BYTE_ROWS_MAX_M; None for a weight prepare() left as stored or more rows
-    (the reference formula runs)."""
+    fp32 group sums): 16 rows a launch below NF4_MIN_M, mma_nf4 (the same numerics) from there; None for a weight
+    prepare() left as stored (the reference formula runs)."""
     if p.meta.get("gpu") != "rows_nf4":
         return None
     from fdlite_kernels.gemv_rows import gemv_rows_nf4  # noqa: PLC0415
+    from fdlite_kernels.mma_nf4 import mma_nf4  # noqa: PLC0415
 
     q, s = p.arrays["quant_weight"], p.arrays["weight_scale"]
     if not _aligned16(s):                          # the kernel reads a row's four scales of a tile as 16 bytes
         return None
-    return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2)
+    return _per_channel_rows(gemv_rows_nf4, x, q, s, xp, K_pad=q.shape[1] * 2, prefill=mma_nf4, min_m=NF4_MIN_M)
 
 
-def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None, int4=False):
+def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None, min_m=None):
     """kernel on x's rows, `step` rows a launch (default gemv_rows.MAX_M; the int4 x int8 / e4m3 modes take 8); from
-    Q8_MIN_M rows (int4 weights: Q8_INT4_MIN_M) the prefill GEMM (mma_q8: every weight tile read once per 128 rows)."""
+    min_m rows (default Q8_MIN_M) the prefill GEMM `prefill` (mma_q8, mma_nf4: each weight tile read once per 128
+    rows)."""
     import ml_dtypes  # noqa: PLC0415
 
     from fdlite_kernels.gemv_rows import MAX_M  # noqa: PLC0415
@@ -229,7 +231,7 @@ def _per_channel_rows(kernel, x, q, ws, xp, K_pad=None, step=None, prefill=None,
     step = MAX_M if step is None else step
     M, K = x.shape
     K = K if K_pad is None else K_pad              # w4a8: x zero-padded to the packed K (as the twin pads)
-    big = prefill is not None and M >= (Q8_INT4_MIN_M if int4 else Q8_MIN_M)
+    big = prefill is not None and M >= (Q8_MIN_M if min_m is None else min_m)
     if not ((M <= BYTE_ROWS_MAX_M or big) and K % 128 == 0):
         return None
     xb = _bf16_padded(x, K, xp)
@@ -255,6 +257,8 @@ BYTE_ROWS_MAX_M = 64
 Q8_MIN_M = 33
 Q8_INT4_MIN_M = 49
 Q8_FP8_MIN_M = 64
+# nf4 (weight-only, groups of 64): mma_nf4, its prefill GEMM, from this many rows
+NF4_MIN_M = 33
 
 
 # gemv_rows (e4m3 tensor cores, the weights streamed into registers as stored, x quantized in its prologue) to here

@@ -40,7 +40,7 @@ class Method(Grouped):
     def config(self) -> dict:
         return {**super().config(), "activation": self.activation}
 
-    device_matmul = "matmul_nf4"       # gemv_rows' decode kernel where prepare() permuted the codes for it
+    device_matmul = "matmul_nf4"       # gemv_rows (decode) / mma_nf4 (prefill) where prepare() permuted the codes
 
     def act(self, x, p, xp):
         return act_int8_per_token(x, xp) if self.activation == "int8" else x

@@ -16,7 +16,7 @@ from ._grouped import Grouped
 
 class Method(Grouped):
     name = "w4a8"
-    device_matmul = "matmul_w4a8"      # gemv_rows' decode kernel (dynamic activations), else the reference formula
+    device_matmul = "matmul_w4a8"      # gemv_rows (decode) / mma_q8 (prefill), groups of 128
 
     def act(self, x, p, xp):
         a = p.arrays.get("activation_scale")

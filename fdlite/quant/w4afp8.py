@@ -17,7 +17,7 @@ from ._grouped import Grouped
 class Method(Grouped):
     name = "w4afp8"
     qmin, qmax = -8, 7
-    device_matmul = "matmul_w4afp8"    # gemv_rows' decode kernel (groups of 128, sm_89+), else the reference formula
+    device_matmul = "matmul_w4afp8"    # gemv_rows (decode) / mma_q8 (prefill), groups of 128, sm_89+
 
     def act(self, x, p, xp):
         return act_fp8(x, 128, xp)

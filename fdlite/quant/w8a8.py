@@ -14,7 +14,7 @@ from ._grouped import Grouped
 
 class Method(Grouped):
     name = "w8a8"
-    device_matmul = "matmul_w8a8"      # gemv_rows' decode kernel (dynamic activations), else the reference formula
+    device_matmul = "matmul_w8a8"      # gemv_rows (decode) / mma_q8 (prefill), per-channel weights
     bits = 8
     qmin, qmax = -127, 127
     default_group = -1
