@@ -77,7 +77,9 @@ def main():
                      ("w4afp8 q8", lambda i: q8.mma_q8_w4afp8(x, nib[i], ws4, out=y))]
             cands.append(("nf4 mma_nf4", lambda i: mma_nf4(x, nib[i], ws64, out=y)))
             if only_nf4:
-                cands = cands[-1:] + [("nf4 mma_nf4 s3", lambda i: mma_nf4(x, nib[i], ws64, out=y, stages=3))]
+                cands = cands[-1:] + [("nf4 mma_nf4 s3", lambda i: mma_nf4(x, nib[i], ws64, out=y, stages=3)),
+                                      ("nf4 mma_nf4 wm1", lambda i: mma_nf4(x, nib[i], ws64, out=y, wm=1)),
+                                      ("nf4 mma_nf4 s3 wm1", lambda i: mma_nf4(x, nib[i], ws64, out=y, stages=3, wm=1))]
                 if M <= 64:
                     cands.append(("nf4 rows", chunks(lambda i, a, b: gr.gemv_rows_nf4(a, nib[i], ws64, out=b), x, y, 16)))
             if M in (128, 4096) and not only_nf4:               # the mma.sync kernel beside wgmma's (sm_90)

@@ -378,13 +378,16 @@ __global__ void __launch_bounds__(32 * W, MODE == ROWS_NF4 && R == 1 && NB == 1 
 // x quantized once for a PRE launch of gemv_rows: block b takes token b (grid M; a CHANNEL / INT8 scale needs the
 // token's amax over all of K, one block's barrier), writing quantize_x's layout to xq. Launched with PDL: the
 // GEMV after it starts its weight loads at once.
-// static_s: null, or a static activation scale (INT8 / W4A8; quantize_x).
+// use_static (INT8 / W4A8 only): quantize with the static activation scale *static_s (quantize_x); 0: dynamic, and
+// static_s is the launchers' stand-in pointer, never read.
 template <int MODE, int W>
 __global__ void __launch_bounds__(32 * W) gemv_rows_quant_x(const bf16_t* __restrict__ x, u8* __restrict__ xq, int M,
-                                                           int K, const float* __restrict__ static_s) {
+                                                           int K, const float* __restrict__ static_s, int use_static) {
   pdl_launch();
   x += pdl_wait();
-  quantize_x<MODE, W>(x, xq, M, K, blockIdx.x * (K / 8), (blockIdx.x + 1) * (K / 8), static_s);
+  constexpr bool INT = MODE == ROWS_INT8 || MODE == ROWS_W4A8;
+  quantize_x<MODE, W>(x, xq, M, K, blockIdx.x * (K / 8), (blockIdx.x + 1) * (K / 8),
+                      INT && use_static ? static_s : nullptr);
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
@@ -409,9 +412,9 @@ GEMV_ROWS16(ROWS_NF4, false)
 GEMV_ROWS16(ROWS_BLOCK, true)
 GEMV_ROWS16(ROWS_CHANNEL, true)
 GEMV_ROWS16(ROWS_INT8, true)
-template __global__ void gemv_rows_quant_x<ROWS_BLOCK, 16>(const bf16_t*, u8*, int, int, const float*);
-template __global__ void gemv_rows_quant_x<ROWS_CHANNEL, 16>(const bf16_t*, u8*, int, int, const float*);
-template __global__ void gemv_rows_quant_x<ROWS_INT8, 16>(const bf16_t*, u8*, int, int, const float*);
-template __global__ void gemv_rows_quant_x<ROWS_W4A8, 16>(const bf16_t*, u8*, int, int, const float*);
-template __global__ void gemv_rows_quant_x<ROWS_W4AFP8, 16>(const bf16_t*, u8*, int, int, const float*);
+template __global__ void gemv_rows_quant_x<ROWS_BLOCK, 16>(const bf16_t*, u8*, int, int, const float*, int);
+template __global__ void gemv_rows_quant_x<ROWS_CHANNEL, 16>(const bf16_t*, u8*, int, int, const float*, int);
+template __global__ void gemv_rows_quant_x<ROWS_INT8, 16>(const bf16_t*, u8*, int, int, const float*, int);
+template __global__ void gemv_rows_quant_x<ROWS_W4A8, 16>(const bf16_t*, u8*, int, int, const float*, int);
+template __global__ void gemv_rows_quant_x<ROWS_W4AFP8, 16>(const bf16_t*, u8*, int, int, const float*, int);
 #endif

@@ -185,7 +185,8 @@ def quantized_x(x, mode: int, static=None):
     M, K = x.shape
     xq = cp.empty((smem_bytes(M, K, True, mode in W4_MODES),), dtype=np.uint8)
     q = kernel(cp.cuda.Device().id, f"gemv_rows_quant_x<{mode}, {QUANT_WARPS}>")
-    launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K), ptr(static)), shared_mem=0, pdl=True)
+    launch(q.fn, (M,), (32 * QUANT_WARPS,), (x, xq, np.int32(M), np.int32(K), ptr(static),
+                                             np.int32(static is not None)), shared_mem=0, pdl=True)
     return xq
 
 

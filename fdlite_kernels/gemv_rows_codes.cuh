@@ -151,7 +151,7 @@ __device__ __forceinline__ void quantize_x(const bf16_t* __restrict__ x, u8* xq,
     *reinterpret_cast<uint2*>(xq + (size_t)m * sx + col) = codes;
     if ((lane & 15) == 0 && (GROUPS || col == 0)) xs[m * Kb + (GROUPS ? col / 128 : 0)] = s;
   };
-  if (static_s != nullptr) {
+  if ((INT8 || MODE == ROWS_W4A8) && static_s != nullptr) {
     const float st = __ldg(static_s);
     pass([&](int i, const float (&fv)[8], float) { store(i, fv, st); });
   } else if (GROUPS) {

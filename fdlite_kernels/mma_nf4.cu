@@ -3,8 +3,9 @@
 //   x: bf16 [M, K], K % 256 == 0 (the padded K); q: uint8 [N, K / 2] level indices, low nibble = even k, in
 //   nf4_interleave's order (gemv_rows.py: the device copy prepare() makes, the one decode reads too); ws: float32
 //   [N, K / 64] absmax; y: bf16 [M, N]. Twin: fdlite.quant.nf4.Method.matmul (levels exact there: 2^-9 relative here).
-// Block: 128 rows of x (blockIdx.x) x 128 output columns (blockIdx.y), 8 warps as 2 x 4, each 64 x 32 (4 m16 x 4 n8
-// tiles, 16 mma m16n8k16 a step). A K tile of 128 columns (two groups) is one cp.async stage: x [128][256 B] (16-byte
+// Block: 128 rows of x (blockIdx.x) x 128 output columns (blockIdx.y), 8 warps as WM x 8 / WM: WM = 2, each 64 x 32
+// (4 m16 x 4 n8 tiles), or WM = 1, each 128 x 16 (8 x 2: each B fragment looked up by one warp, not two); 16 mma
+// m16n8k16 a step either way. A K tile of 128 columns (two groups) is one cp.async stage: x [128][256 B] (16-byte
 // chunk c of row r at c ^ (r & 7), conflict-free for ldmatrix), codes [128][64 B] (chunk c of row r at
 // c ^ ((r >> 1) & 3)) and the rows' two absmax. A tile's codes are one 64-byte half of nf4_interleave's 128-byte
 // tiles, so packed 8-byte block j (k 16 j .. 16 j + 15: step j) sits at byte 8 (2 (j & 3) + (j >> 2)) of the half.
@@ -28,12 +29,14 @@ __device__ __forceinline__ void nf4_b_frag(unsigned s, unsigned& b0, unsigned& b
   b1 = prmt(lb, hb, 0x7362u);
 }
 
-template <int STAGES>
+template <int STAGES, int WM>
 __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restrict__ x, const uint4* __restrict__ q,
                                                          const float* __restrict__ ws, bf16_t* __restrict__ y, int M,
                                                          int N, int K) {
   constexpr int AB = NF_BM * 256, BB = NF_BN * 64, SB = NF_BN * 2 * 4;   // bytes of x, codes, absmax per stage
   constexpr int STB = AB + BB + SB;
+  constexpr int MT = 8 / WM, NT = 2 * WM;                              // m16 and n8 tiles per warp
+  constexpr int WR = 16 * MT, WC = 8 * NT;                             // the warp's rows and columns
   extern __shared__ uint4 smem_nf[];
   u8* smem = reinterpret_cast<u8*>(smem_nf);
 
@@ -41,7 +44,7 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
   x += pdl_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int wm = warp & 1, wn = warp >> 1;
+  const int wm = warp % WM, wn = warp / WM;
   const int m0 = blockIdx.x * NF_BM, n0 = blockIdx.y * NF_BN;
   const int nk = K / 128, G = K / 64;
 
@@ -69,11 +72,11 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
     }
   };
 
-  float acc[4][4][4], tmp[4][4][4];
+  float acc[MT][NT][4], tmp[MT][NT][4];
 #pragma unroll
-  for (int a = 0; a < 4; ++a)
+  for (int a = 0; a < MT; ++a)
 #pragma unroll
-    for (int h = 0; h < 4; ++h)
+    for (int h = 0; h < NT; ++h)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][h][c] = tmp[a][h][c] = 0.f;
 
@@ -82,7 +85,7 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
     if (s < nk) load_stage(s, s);
     cp_async_commit();
   }
-  const int arow = 64 * wm + (lane & 15);
+  const int arow = WR * wm + (lane & 15);
   const unsigned bsel = t | ((4 + t) << 4);                          // bytes t, t + 4 of a block's two words
   for (int i = 0; i < nk; ++i) {
     cp_async_wait<STAGES - 2>();
@@ -98,29 +101,29 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         const int j = 4 * grp + jj;                                  // k16 step of the tile
-        unsigned b[4][2];
+        unsigned b[NT][2];
 #pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const int r = 32 * wn + 8 * h + g;
+        for (int h = 0; h < NT; ++h) {
+          const int r = WC * wn + 8 * h + g;
           const uint2 blk = *reinterpret_cast<const uint2*>(bs + r * 64 + 16 * ((j & 3) ^ ((r >> 1) & 3)) + 8 * (j >> 2));
           nf4_b_frag(prmt(blk.x, blk.y, bsel), b[h][0], b[h][1]);
         }
 #pragma unroll
-        for (int a = 0; a < 4; ++a) {
+        for (int a = 0; a < MT; ++a) {
           unsigned af[4];
           const int r = arow + 16 * a, c = 2 * j + (lane >> 4);
           ldmatrix_x4(af, as + r * 256 + 16 * (c ^ (r & 7)));
 #pragma unroll
-          for (int h = 0; h < 4; ++h) mma_16816(tmp[a][h], af, b[h][0], b[h][1]);
+          for (int h = 0; h < NT; ++h) mma_16816(tmp[a][h], af, b[h][0], b[h][1]);
         }
       }
       // acc += tmp * absmax of the group, columns 2t, 2t + 1 of each n8 tile
 #pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const int col = 32 * wn + 8 * h + 2 * t;
+      for (int h = 0; h < NT; ++h) {
+        const int col = WC * wn + 8 * h + 2 * t;
         const float s0 = ss[2 * col + grp], s1 = ss[2 * (col + 1) + grp];
 #pragma unroll
-        for (int a = 0; a < 4; ++a)
+        for (int a = 0; a < MT; ++a)
 #pragma unroll
           for (int c = 0; c < 4; ++c) {
             acc[a][h][c] = fmaf(tmp[a][h][c], (c & 1) ? s1 : s0, acc[a][h][c]);
@@ -133,14 +136,14 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
 
   const bool pairs = (N & 1) == 0;
 #pragma unroll
-  for (int a = 0; a < 4; ++a)
+  for (int a = 0; a < MT; ++a)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int row = m0 + 64 * wm + 16 * a + g + 8 * e;
+      const int row = m0 + WR * wm + 16 * a + g + 8 * e;
       if (row >= M) continue;
 #pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const int col = n0 + 32 * wn + 8 * h + 2 * t;
+      for (int h = 0; h < NT; ++h) {
+        const int col = n0 + WC * wn + 8 * h + 2 * t;
         if (col >= N) continue;
         const float v0 = acc[a][h][2 * e], v1 = acc[a][h][2 * e + 1];
         bf16_t* dst = y + (size_t)row * N + col;
@@ -155,6 +158,7 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-template __global__ void mma_nf4<3>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
-template __global__ void mma_nf4<4>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
+#define MMA_NF4(S, WM) \
+  template __global__ void mma_nf4<S, WM>(const bf16_t*, const uint4*, const float*, bf16_t*, int, int, int);
+MMA_NF4(3, 1) MMA_NF4(3, 2) MMA_NF4(4, 1) MMA_NF4(4, 2)
 #endif

@@ -4,7 +4,8 @@ mma_nf4(x, q, ws, out=None, stages=None):
     x: bf16 [M, K] (any M >= 1), K % 256 == 0 (the padded K); q: uint8 [N, K / 2] level indices in nf4_interleave's
     order (the device copy nf4.Method.prepare makes, which gemv_rows' nf4 mode reads too); ws: float32 [N, K / 64]
     absmax -> y bf16 [M, N] = x @ (bf16(NF4_LEVELS[q]) * ws).T with fp32 sums per group, 128 x 128 outputs a block.
-    stages: the cp.async pipeline depth (3 or 4; default 4 where a block's shared memory allows it). sm_80+.
+    stages: the cp.async pipeline depth (3 or 4; default 4 where a block's shared memory allows it); wm: warps along
+    the rows, 2 (64 x 32 a warp) or 1 (128 x 16: each weight fragment looked up once a block; default WM). sm_80+.
     Twin: fdlite.quant.nf4.Method.matmul (the levels rounded to bf16: relative 2^-9 per weight).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ._launch import BF16, check, expect, launch
 
 BM = BN = 128               # rows of x and output columns per block (mma_nf4.cu: NF_BM, NF_BN)
 THREADS = 256
+WM = 2
 
 
 def smem_bytes(stages: int) -> int:
@@ -26,8 +28,8 @@ def smem_bytes(stages: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(device_id: int, stages: int):
-    name = f"mma_nf4<{stages}>"
+def kernel(device_id: int, stages: int, wm: int = 2):
+    name = f"mma_nf4<{stages}, {wm}>"
     fn = load("mma_nf4", name_expressions=(name,)).get_function(name)
     fn.max_dynamic_shared_size_bytes = smem_bytes(stages)
     return fn
@@ -40,7 +42,7 @@ def _optin(device_id: int) -> int:
     return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
 
 
-def mma_nf4(x, q, ws, out=None, stages=None):
+def mma_nf4(x, q, ws, out=None, stages=None, wm=None):
     import cupy as cp  # noqa: PLC0415
 
     expect(x, "x", BF16, 2)
@@ -58,6 +60,8 @@ def mma_nf4(x, q, ws, out=None, stages=None):
     if stages is None:
         stages = 4 if smem_bytes(4) <= _optin(dev) else 3
     check(stages in (3, 4), f"stages = {stages}, expected 3 or 4")
+    wm = WM if wm is None else wm
+    check(wm in (1, 2), f"wm = {wm}, expected 1 or 2")
     check(smem_bytes(stages) <= _optin(dev), f"{stages} stages take {smem_bytes(stages)} bytes of shared memory, over "
                                              f"this device's {_optin(dev)} a block")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
@@ -65,6 +69,6 @@ def mma_nf4(x, q, ws, out=None, stages=None):
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")
     if M == 0:
         return y
-    launch(kernel(dev, stages), (-(-M // BM), -(-N // BN)), (THREADS,),
+    launch(kernel(dev, stages, wm), (-(-M // BM), -(-N // BN)), (THREADS,),
            (x, q, ws, y, np.int32(M), np.int32(N), np.int32(K)), shared_mem=smem_bytes(stages), pdl=True)
     return y

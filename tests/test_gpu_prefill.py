@@ -154,7 +154,7 @@ def test_static_activation_scale(cp, name, M):
     p.arrays["activation_scale"] = np.array([A], np.float32)
     ref = method.matmul(x.astype(np.float32), p, np)
     gp = method.prepare(p, get_backend("cuda"))
-    assert cp.asnumpy(gp.arrays["act_static"]).tolist() == [np.float32(A / 127.0)]
+    assert cp.asnumpy(gp.arrays["act_static"]).tolist() == [np.float32(float(np.float32(A)) / 127.0)]
     got = cp.asnumpy(method.matmul(cp.asarray(x), gp, cp))
     assert np.isfinite(got.astype(np.float32)).all() and _rel(got.astype(np.float32), ref) < 1e-2
     if M == 3:
@@ -183,11 +183,11 @@ def test_mma_nf4_vs_twin(cp, N, K, M):
     dev = method.prepare(p, types.SimpleNamespace(is_gpu=True, asarray=cp.asarray))
     q, ws = dev.arrays["quant_weight"], dev.arrays["weight_scale"]
     if q.shape[1] * 2 == K:
-        for stages in (3, 4) if (N, K) == (1000, 1024) else (None,):
+        for stages, wm in [(s, w) for s in (3, 4) for w in (1, 2)] if (N, K) == (1000, 1024) else [(None, None)]:
             y = cp.full((M, N), np.nan, dtype=BF16)
-            mma_nf4(cp.asarray(x), q, ws, out=y, stages=stages)
+            mma_nf4(cp.asarray(x), q, ws, out=y, stages=stages, wm=wm)
             got = cp.asnumpy(y).astype(np.float32)
-            assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, stages
+            assert np.isfinite(got).all() and _rel(got, ref) < 5e-3, (stages, wm)
         if M == 130:                                   # x[m] = e_k: y[m, n] = bf16(bf16(level) * absmax), exactly
             ks = rng.choice(K, 130, replace=True)
             e = np.zeros((130, K), BF16)

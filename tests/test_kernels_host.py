@@ -478,7 +478,7 @@ def test_gemv_rows_launch_passes_what_the_kernel_takes(monkeypatch):
     (qn, qg, qb, qa, qs, qp), (gn, gg, gb, ga, gs, gp) = calls[n:]
     assert qn == f"gemv_rows_quant_x<5, {gemv_rows.QUANT_WARPS}>" and qg == (3,) and qs == 0 and qp
     assert qa[1].shape == (gemv_rows.smem_bytes(3, 4096, True, True),) and qa[2:4] == (3, 4096)
-    assert len(qa) == len(_kernel_params("gemv_rows", "gemv_rows_quant_x")) and qa[4].shape == (1,)   # no static
+    assert len(qa) == len(_kernel_params("gemv_rows", "gemv_rows_quant_x")) and qa[5] == 0           # no static
     assert gn == "gemv_rows<5, 1, 8, true>" and gg == (384,) and gs == 0 and ga[0] is qa[1] and ga[3] is y
     assert gemv_rows.PRE_MIN_M == 2
     gemv_rows.gemv_rows_int8(_Arr((1, 4096), bf16), _Arr((6144, 4096), np.int8), _Arr((6144, 1), np.float32))
@@ -632,8 +632,8 @@ def test_dense_and_block_fp8_decode_route_to_gemv_rows(monkeypatch):
     pn.meta["gpu"] = "rows_nf4"
     assert _gpu.matmul_nf4(_Arr((1, 4096), bf16), pn, xp) == "rows" and seen[-1] == ("nf4", (1, 4096))
     monkeypatch.setattr("fdlite_kernels.mma_nf4.mma_nf4", lambda x, q, ws: seen.append(("mma_nf4", x.shape)) or "q")
-    assert _gpu.NF4_MIN_M == 33 and _gpu.matmul_nf4(_Arr((32, 4096), bf16), pn, xp).shape == (32, 6144)
-    assert _gpu.matmul_nf4(_Arr((33, 4096), bf16), pn, xp) == "q" and seen[-1] == ("mma_nf4", (33, 4096))
+    assert _gpu.NF4_MIN_M == 65 and _gpu.matmul_nf4(_Arr((64, 4096), bf16), pn, xp).shape == (64, 6144)
+    assert _gpu.matmul_nf4(_Arr((65, 4096), bf16), pn, xp) == "q" and seen[-1] == ("mma_nf4", (65, 4096))
     assert _gpu.matmul_nf4(_Arr((5000, 4096), bf16), pn, xp) == "q" and seen[-1] == ("mma_nf4", (5000, 4096))
     assert _gpu.nf4_rows_supported(get("nf4")(), pn) and not _gpu.nf4_rows_supported(get("nf4")(activation="int8"), pn)
     assert get("w4afp8")().device_matmul == "matmul_w4afp8" and get("nf4")().device_matmul == "matmul_nf4"
@@ -918,7 +918,9 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
     # a static activation scale rides to gemv_rows_quant_x (its last argument), for the int8 modes only
     st = _Arr((1,), np.float32)
     mma_q8.mma_q8_w4a8(_Arr((M, K), bf16), runs[3][1], runs[3][2], static=st)
-    assert calls[-2][0] == f"gemv_rows_quant_x<4, {gemv_rows.QUANT_WARPS}>" and calls[-2][3][4] is st
+    assert calls[-2][0] == f"gemv_rows_quant_x<4, {gemv_rows.QUANT_WARPS}>" and calls[-2][3][4:] == (st, 1)
+    mma_q8.mma_q8_w4a8(_Arr((M, K), bf16), runs[3][1], runs[3][2])
+    assert calls[-2][3][5] == 0                                            # dynamic: the flag off, the pointer unread
     with pytest.raises(ValueError, match="a static activation scale is for the int8 modes"):
         gemv_rows.quantized_x(_Arr((M, K), bf16), 5, st)
     with pytest.raises(ValueError, match=r"static: shape \(2,\), expected \(1,\)"):
@@ -939,18 +941,18 @@ def test_mma_nf4_launch_passes_what_the_kernel_takes(monkeypatch):
     calls = []
     monkeypatch.setattr(mma_nf4, "launch", lambda fn, grid, block, args, shared_mem, pdl: calls.append(
         (fn, grid, block, args, shared_mem, pdl)))
-    monkeypatch.setattr(mma_nf4, "kernel", lambda dev, stages: ("mma_nf4", stages))
+    monkeypatch.setattr(mma_nf4, "kernel", lambda dev, stages, wm: ("mma_nf4", stages, wm))
     bf16 = np.dtype(ml_dtypes.bfloat16)
     y = mma_nf4.mma_nf4(_Arr((300, 4096), bf16), _Arr((1000, 2048), np.uint8), _Arr((1000, 64), np.float32))
     fn, grid, block, args, smem, pdl = calls[-1]
-    assert fn == ("mma_nf4", 4) and grid == (3, 8) and block == (256,) and smem == 4 * 41984 and pdl
+    assert fn == ("mma_nf4", 4, mma_nf4.WM) and grid == (3, 8) and block == (256,) and smem == 4 * 41984 and pdl
     params = _kernel_params("mma_nf4", "mma_nf4")
     assert len(args) == len(params) and args[3] is y and args[4:] == (300, 1000, 4096)
     for a, p in zip(args, params):
         assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     monkeypatch.setattr(mma_nf4, "_optin", lambda dev: 166912)
     mma_nf4.mma_nf4(_Arr((3, 256), bf16), _Arr((8, 128), np.uint8), _Arr((8, 4), np.float32))
-    assert calls[-1][0] == ("mma_nf4", 3)
+    assert calls[-1][0] == ("mma_nf4", 3, mma_nf4.WM)
     with pytest.raises(ValueError, match="K = 200 must be a positive multiple of 256"):
         mma_nf4.mma_nf4(_Arr((3, 200), bf16), _Arr((8, 100), np.uint8), _Arr((8, 4), np.float32))
     with pytest.raises(ValueError, match=r"ws shape \(8, 2\), expected \(8, 4\)"):
