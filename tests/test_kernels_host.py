@@ -931,8 +931,8 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
 
 
 def test_mma_nf4_launch_passes_what_the_kernel_takes(monkeypatch):
-    """mma_nf4 launches a block per 128 rows x 128 columns with the kernel's arguments and PDL, 4 stages where a block
-    may have 164 KiB (3 on an A100-sized 163 KiB), and refuses bad shapes with their numbers."""
+    """mma_nf4 launches a block per 128 rows x 128 columns with the kernel's arguments and PDL, 3 stages by default (4
+    refused where a block may not have 164 KiB), and refuses bad shapes with their numbers."""
     import ml_dtypes
 
     from fdlite_kernels import mma_nf4
@@ -945,14 +945,14 @@ def test_mma_nf4_launch_passes_what_the_kernel_takes(monkeypatch):
     bf16 = np.dtype(ml_dtypes.bfloat16)
     y = mma_nf4.mma_nf4(_Arr((300, 4096), bf16), _Arr((1000, 2048), np.uint8), _Arr((1000, 64), np.float32))
     fn, grid, block, args, smem, pdl = calls[-1]
-    assert fn == ("mma_nf4", 4, mma_nf4.WM) and grid == (3, 8) and block == (256,) and smem == 4 * 41984 and pdl
+    assert fn == ("mma_nf4", 3, mma_nf4.WM) and grid == (3, 8) and block == (256,) and smem == 3 * 41984 and pdl
     params = _kernel_params("mma_nf4", "mma_nf4")
     assert len(args) == len(params) and args[3] is y and args[4:] == (300, 1000, 4096)
     for a, p in zip(args, params):
         assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
     monkeypatch.setattr(mma_nf4, "_optin", lambda dev: 166912)
-    mma_nf4.mma_nf4(_Arr((3, 256), bf16), _Arr((8, 128), np.uint8), _Arr((8, 4), np.float32))
-    assert calls[-1][0] == ("mma_nf4", 3, mma_nf4.WM)
+    with pytest.raises(ValueError, match="4 stages take 167936 bytes of shared memory, over this device's 166912"):
+        mma_nf4.mma_nf4(_Arr((3, 256), bf16), _Arr((8, 128), np.uint8), _Arr((8, 4), np.float32), stages=4)
     with pytest.raises(ValueError, match="K = 200 must be a positive multiple of 256"):
         mma_nf4.mma_nf4(_Arr((3, 200), bf16), _Arr((8, 100), np.uint8), _Arr((8, 4), np.float32))
     with pytest.raises(ValueError, match=r"ws shape \(8, 2\), expected \(8, 4\)"):
