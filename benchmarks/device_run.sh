@@ -523,6 +523,11 @@ for stage in "$@"; do
       T 150 env PREFILL_NF4=1 PREFILL_MS=16,32,64,128,256,1024,4096 python3 benchmarks/gpu_prefill.py \
         > $OUT/prefill.log 2>&1
       grep -A60 "sum over" $OUT/prefill.log; tail -3 $OUT/prefill.log ;;
-    *) echo "unknown stage $stage (q8 q8tests q8e2e nf4q tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
+    inflight)       # wgmma_q8 with one wgmma group in flight across K tiles: its twins, then its timings against the old loop
+      T 200 $PT tests/test_gpu_prefill.py -k "(mma_q8_vs_twin and (fp8 or w8a8) and (1000-1024 or 4096-14336)) or large_m or graph or static" \
+        > $OUT/infl.log 2>&1; grep -E "^FAILED" $OUT/infl.log | head; tail -1 $OUT/infl.log
+      T 200 env PREFILL_WG=1 PREFILL_MS=128,1024,4096 python3 benchmarks/gpu_prefill.py > $OUT/prefill.log 2>&1
+      grep -A60 "sum over" $OUT/prefill.log; tail -3 $OUT/prefill.log ;;
+    *) echo "unknown stage $stage (q8 q8tests q8e2e nf4q inflight tc tcbench tcprobe verify verify2 sk sktests tests gemv e2e ernie profile profile32 attn attnprobe pdltests final norm ring skprobe xs xsfinal xs64 stalls nibble nibble2 tcm1 review loop1 prof1 loop2 loop3 e2e3 host1 minb1 sampler1)" ;;
   esac
 done

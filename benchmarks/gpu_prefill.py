@@ -3,7 +3,7 @@ decode kernels launched per 16 (int4: 8) rows, mma_sk_fp8, block_wise_fp8's bf16
 
     PREFILL_MS=16,32,64,128,256,1024,4096 python benchmarks/gpu_prefill.py   (JSON lines to $OUT/prefill.jsonl)
     PREFILL_VARIANTS=1 also times every (stages, unroll) of mma_q8 at 128 and 4096 rows; PREFILL_NF4=1 only nf4's
-    mma_nf4 (both pipeline depths) and gemv_rows per 16 rows.
+    mma_nf4 (both pipeline depths) and gemv_rows per 16 rows; PREFILL_WG=1 only wgmma_q8's modes (depths, in flight).
 Graph-captured kernels are timed as gpu_gemv.bench does (20 calls in a graph, weights rotated through 4 buffers);
 the stop-gap (cuBLAS through CuPy, which a graph cannot capture) and cuBLAS itself (through torch, in a graph) are
 the references. Each row: µs, TFLOP/s (2 M N K / t) and the ratio to cuBLAS bf16.
@@ -86,7 +86,9 @@ def main():
                 cands += [("fp8 q8 mma", lambda i: q8.mma_q8_fp8(x, b8[i], wsb, out=y, wgmma=False)),
                           ("channel q8 mma", lambda i: q8.mma_q8_fp8_channel(x, b8[i], wsc, out=y, wgmma=False)),
                           ("w8a8 q8 mma", lambda i: q8.mma_q8_int8(x, i8[i], wsc, out=y, wgmma=False))]
-                cands += [(f"{n} q8 s3", lambda i, f=f, w=w, s=s: f(x, w[i], s, out=y, stages=3)) for n, f, w, s in (
+                cands += [(f"{n} q8 s{st}{' inflight' if fl else ''}",
+                           lambda i, f=f, w=w, s=s, st=st, fl=fl: f(x, w[i], s, out=y, stages=st, inflight=fl))
+                          for st in (3, 4) for fl in (False, True) for n, f, w, s in (
                     ("fp8", q8.mma_q8_fp8, b8, wsb), ("channel", q8.mma_q8_fp8_channel, b8, wsc),
                     ("w8a8", q8.mma_q8_int8, i8, wsc))]
             if variants and M in (128, 4096):
@@ -108,11 +110,14 @@ def main():
                           ("w4afp8 rows", chunks(lambda i, a, b: gr.gemv_rows_w4afp8(a, nib[i], ws4, out=b), x, y, 8))]
             if M <= 256 and not only_nf4:
                 cands.append(("fp8 sk", lambda i: mma_sk_fp8(x, b8[i], wsb, out=y)))
+            if os.environ.get("PREFILL_WG") == "1":             # only wgmma_q8's modes and variants
+                cands = [c for c in cands if c[0].split()[0] in ("fp8", "channel", "w8a8") and "mma" not in c[0]
+                         and "sk" not in c[0] and "rows" not in c[0]]
             for method, fn in cands:
                 t = gpu_gemv.bench(fn, calls=20 if M <= 1024 else 5, reps=10 if M <= 1024 else 5)
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": method, "us": round(t, 2),
                              "TFLOPs": round(flop / t / 1e6, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})
-            if M >= 64 and not only_nf4:                          # block_wise_fp8's stop-gap: bf16 expansion + cuBLAS
+            if M >= 64 and not only_nf4 and os.environ.get("PREFILL_WG") != "1":                          # block_wise_fp8's stop-gap: bf16 expansion + cuBLAS
                 t = bench_eager(lambda i: dequant_x(x) @ dequant_w(b8[i], wsb).T)
                 rows.append({"shape": name, "N": N, "K": K, "M": M, "method": "fp8 stop-gap", "us": round(t, 2),
                              "TFLOPs": round(flop / t / 1e6, 1), "speedup_vs_bf16": round(t_bf16 / t, 2)})

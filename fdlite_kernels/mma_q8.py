@@ -20,6 +20,7 @@ mma_q8_w4afp8(x, q, ws, out=None):
 stages: the cp.async pipeline depth (3 or 4; default: 4 where a block's shared memory allows it);
 unroll: the four k32 steps of a tile unrolled (True) or looped (False: fewer registers; default: per mode, from the
 H100 sweep in BENCHMARKS.md);
+inflight (wgmma_q8): keep one wgmma group in flight across K tiles (default INFLIGHT);
 static (mma_q8_int8, mma_q8_w4a8): a checkpoint's static activation scale, gemv_rows.static_scale(A);
 wgmma: the 8-bit-weight modes (fp8, fp8_channel, int8) on Hopper's warpgroup tensor cores (wgmma_q8.cu: the same
 inputs and math; sm_90 only). Default: on sm_90 (WGMMA), where mma.sync has no e4m3 form in hardware.
@@ -41,6 +42,7 @@ THREADS = 256
 UNROLL = {MODE_BLOCK: True, MODE_CHANNEL: False, MODE_INT8: True, MODE_W4A8: True, MODE_W4AFP8: False}
 WGMMA = True                # sm_90: the 8-bit-weight modes on wgmma_q8 (route_ab.py can turn it off for an A/B)
 WGMMA_MODES = (MODE_BLOCK, MODE_CHANNEL, MODE_INT8)
+INFLIGHT = False            # wgmma_q8 keeping one wgmma group in flight across K tiles (loads STAGES - 2 ahead)
 
 
 def smem_bytes(mode: int, stages: int) -> int:
@@ -63,8 +65,8 @@ def wgmma_smem_bytes(stages: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def wgmma_kernel(device_id: int, mode: int, stages: int):
-    name = f"wgmma_q8<{mode}, {stages}>"
+def wgmma_kernel(device_id: int, mode: int, stages: int, inflight: bool = False):
+    name = f"wgmma_q8<{mode}, {stages}, {'true' if inflight else 'false'}>"
     fn = load("wgmma_q8", name_expressions=(name,)).get_function(name)
     fn.max_dynamic_shared_size_bytes = wgmma_smem_bytes(stages)
     return fn
@@ -77,7 +79,7 @@ def _optin(device_id: int) -> int:
     return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
 
 
-def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, static=None):
+def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, static=None, inflight=None):
     import cupy as cp  # noqa: PLC0415
 
     M = x.shape[0]
@@ -102,33 +104,34 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, s
     if M == 0:
         return y
     xq = quantized_x(x, mode, static)
-    fn = wgmma_kernel(dev, mode, stages) if wgmma else kernel(dev, mode, stages,
+    inflight = INFLIGHT if inflight is None else bool(inflight)
+    fn = wgmma_kernel(dev, mode, stages, inflight) if wgmma else kernel(dev, mode, stages,
                                                               UNROLL[mode] if unroll is None else bool(unroll))
     launch(fn, (-(-M // BM), -(-N // BN)), (THREADS,), (xq, w, ws, y, np.int32(M), np.int32(N), np.int32(K)),
            shared_mem=smem, pdl=True)
     return y
 
 
-def mma_q8_fp8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None):
+def mma_q8_fp8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None, inflight=None):
     from ._launch import expect  # noqa: PLC0415
 
     N, K = _codes(x, q, np.uint8, 1, 128, "whole fp8 blocks")
     expect(ws, "ws", np.float32, 2)
     check(ws.shape == (-(-N // 128), K // 128), f"ws shape {ws.shape}, expected {(-(-N // 128), K // 128)} for "
           f"N = {N}, K = {K}")
-    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, stages, unroll, wgmma)
+    return _run(x, q, ws, N, K, _e4m3(MODE_BLOCK), out, stages, unroll, wgmma, inflight=inflight)
 
 
-def mma_q8_fp8_channel(x, q, ws, out=None, stages=None, unroll=None, wgmma=None):
+def mma_q8_fp8_channel(x, q, ws, out=None, stages=None, unroll=None, wgmma=None, inflight=None):
     N, K = _codes(x, q, np.uint8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, stages, unroll, wgmma)
+    return _run(x, q, ws, N, K, _e4m3(MODE_CHANNEL), out, stages, unroll, wgmma, inflight=inflight)
 
 
-def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None, static=None):
+def mma_q8_int8(x, q, ws, out=None, stages=None, unroll=None, wgmma=None, static=None, inflight=None):
     N, K = _codes(x, q, np.int8, 1, 128, "128-column tiles")
     _per_channel(ws, N)
-    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll, wgmma, static)
+    return _run(x, q, ws, N, K, MODE_INT8, out, stages, unroll, wgmma, static, inflight)
 
 
 def mma_q8_w4a8(x, q, ws, out=None, stages=None, unroll=None, static=None):

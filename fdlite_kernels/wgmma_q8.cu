@@ -45,6 +45,18 @@ __device__ __forceinline__ void wq_wait() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
+__device__ __forceinline__ void wq_wait1() {
+#ifdef WQ_SM90A
+  asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#endif
+}
+// Pins an accumulator array's registers at this point: the compiler must not move its reads or writes across (a
+// wgmma in flight writes them behind the compiler's back until its wait).
+template <typename T>
+__device__ __forceinline__ void wq_pin(T (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+r"(reinterpret_cast<unsigned&>(d[i]))::"memory");
+}
 // cp.async's writes (the generic proxy) made visible to wgmma's reads (the async proxy)
 __device__ __forceinline__ void wq_fence_proxy() {
 #ifdef WQ_SM90A
@@ -95,7 +107,7 @@ struct WqAcc<true> {
   using T = int;
 };
 
-template <int MODE, int STAGES>
+template <int MODE, int STAGES, bool INFLIGHT>
 __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__ xq, const uint4* __restrict__ w,
                                                           const float* __restrict__ ws, bf16_t* __restrict__ y, int M,
                                                           int N, int K) {
@@ -148,6 +160,68 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = tmp[i] = 0;
 
+  if constexpr (INFLIGHT) {
+    // One wgmma group stays in flight across tiles: loads run STAGES - 2 tiles ahead, so the slot a load overwrites
+    // held the tile two back, whose group the previous iteration's wait<1> retired (in both warpgroups: the barrier).
+    // BLOCK alternates two tmp sets: tile i sums into one while tile i - 1's is scaled into acc.
+    Acc tmp1[64];
+    auto promote = [&](const Acc (&tp)[64], int tile) {
+      const float* ss = reinterpret_cast<const float*>(smem + (tile % STAGES) * STB + AB + BB);
+      const int r0 = 64 * wg + 16 * (warp & 3) + g;
+      const float sw = ss[WQ_BM], x0 = ss[r0] * sw, x1 = ss[r0 + 8] * sw;
+#pragma unroll
+      for (int j = 0; j < 64; ++j) acc[j] = fmaf((float)tp[j], (j & 2) ? x1 : x0, (float)acc[j]);
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; ++s) {
+      if (s < nk) load_stage(s, s);
+      cp_async_commit();
+    }
+    for (int i = 0; i < nk; ++i) {
+      cp_async_wait<STAGES - 3>();
+      wq_fence_proxy();
+      __syncthreads();
+      if (i + STAGES - 2 < nk) load_stage(i + STAGES - 2, (i + STAGES - 2) % STAGES);
+      cp_async_commit();
+      const u8* as = smem + (i % STAGES) * STB;
+      const unsigned a0 = smem_addr(as + wg * 64 * 128), b0 = smem_addr(as + AB);
+      wq_fence();
+      if constexpr (TILED) {
+        if (i & 1) {
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) wq_mma(tmp1, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), kk > 0);
+          wq_commit();
+          wq_pin(tmp1);
+          wq_wait1();
+          if (i > 0) promote(tmp, i - 1);
+        } else {
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) wq_mma(tmp, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), kk > 0);
+          wq_commit();
+          wq_pin(tmp);
+          wq_wait1();
+          if (i > 0) promote(tmp1, i - 1);
+        }
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wq_mma(acc, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), 1);
+        wq_commit();
+        wq_pin(acc);
+        wq_wait1();
+      }
+    }
+    wq_wait();
+    if constexpr (TILED) {
+      wq_pin(tmp);
+      wq_pin(tmp1);
+      if (nk > 0) {
+        if ((nk - 1) & 1) promote(tmp1, nk - 1);
+        else promote(tmp, nk - 1);
+      }
+    } else {
+      wq_pin(acc);
+    }
+  } else {
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < nk) load_stage(s, s);
@@ -179,6 +253,7 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
       for (int j = 0; j < 64; ++j) acc[j] = fmaf((float)tmp[j], (j & 2) ? x1 : x0, (float)acc[j]);
     }
   }
+  }
   cp_async_wait<0>();
 
   // accumulator j: n8 tile j / 4, row 16 (warp % 4) + g (+ 8 for j % 4 >= 2), column 8 (j / 4) + 2t + (j & 1)
@@ -209,9 +284,10 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
 }
 
 #ifndef FDLITE_NVRTC   // nvcc (CI's compile check) needs them; NVRTC instantiates what name_expressions ask
-#define WGMMA_Q8(MODE)                                                                                           \
-  template __global__ void wgmma_q8<MODE, 3>(const u8*, const uint4*, const float*, bf16_t*, int, int, int);      \
-  template __global__ void wgmma_q8<MODE, 4>(const u8*, const uint4*, const float*, bf16_t*, int, int, int);
+#define WGMMA_Q8_INST(MODE, S, F) \
+  template __global__ void wgmma_q8<MODE, S, F>(const u8*, const uint4*, const float*, bf16_t*, int, int, int);
+#define WGMMA_Q8(MODE) WGMMA_Q8_INST(MODE, 3, false) WGMMA_Q8_INST(MODE, 4, false) WGMMA_Q8_INST(MODE, 3, true) \
+  WGMMA_Q8_INST(MODE, 4, true)
 WGMMA_Q8(ROWS_BLOCK)
 WGMMA_Q8(ROWS_CHANNEL)
 WGMMA_Q8(ROWS_INT8)

@@ -48,7 +48,7 @@ def test_mma_q8_vs_twin(cp, name, N, K, M):
     variants = [{}]
     if (N, K) == (1000, 1024) or (N, K, M) == (4096, 14336, 300):      # every pipeline depth, unroll and kernel
         variants += [{"stages": s, "unroll": u} | ({"wgmma": False} if wg else {}) for s in (3, 4) for u in (0, 1)]
-        variants += [{"stages": s, "wgmma": True} for s in (3, 4)] if wg else []
+        variants += [{"stages": s, "wgmma": True, "inflight": f} for s in (3, 4) for f in (0, 1)] if wg else []
     for kw in variants:
         y = cp.full((M, N), np.nan, dtype=BF16)
         getattr(q8, fn_name)(xd, q, ws, out=y, **kw)

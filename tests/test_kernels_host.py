@@ -878,7 +878,7 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr(mma_q8, "launch", record)
     monkeypatch.setattr(mma_q8, "kernel", lambda dev, mode, stages, unroll: types.SimpleNamespace(
         name=(mode, stages, unroll)))
-    monkeypatch.setattr(mma_q8, "wgmma_kernel", lambda dev, mode, stages: types.SimpleNamespace(
+    monkeypatch.setattr(mma_q8, "wgmma_kernel", lambda dev, mode, stages, inflight: types.SimpleNamespace(
         name=("wgmma", mode, stages)))
     monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: _Arr((1,), np.float32) if a is None else a)
     bf16 = np.dtype(ml_dtypes.bfloat16)
