@@ -20,7 +20,7 @@ mma_q8_w4afp8(x, q, ws, out=None):
 stages: the cp.async pipeline depth (3 or 4; default: 4 where a block's shared memory allows it);
 unroll: the four k32 steps of a tile unrolled (True) or looped (False: fewer registers; default: per mode, from the
 H100 sweep in BENCHMARKS.md);
-inflight (wgmma_q8): keep one wgmma group in flight across K tiles (default INFLIGHT);
+inflight (wgmma_q8): keep one wgmma group in flight across K tiles (default: INFLIGHT, per mode);
 static (mma_q8_int8, mma_q8_w4a8): a checkpoint's static activation scale, gemv_rows.static_scale(A);
 wgmma: the 8-bit-weight modes (fp8, fp8_channel, int8) on Hopper's warpgroup tensor cores (wgmma_q8.cu: the same
 inputs and math; sm_90 only). Default: on sm_90 (WGMMA), where mma.sync has no e4m3 form in hardware.
@@ -42,7 +42,11 @@ THREADS = 256
 UNROLL = {MODE_BLOCK: True, MODE_CHANNEL: False, MODE_INT8: True, MODE_W4A8: True, MODE_W4AFP8: False}
 WGMMA = True                # sm_90: the 8-bit-weight modes on wgmma_q8 (route_ab.py can turn it off for an A/B)
 WGMMA_MODES = (MODE_BLOCK, MODE_CHANNEL, MODE_INT8)
-INFLIGHT = False            # wgmma_q8 keeping one wgmma group in flight across K tiles (loads STAGES - 2 ahead)
+# wgmma_q8 keeping one wgmma group in flight across K tiles (loads STAGES - 2 ahead), and its pipeline depth, per
+# mode: the H100 sums over the four 8B projections at 4096 rows (BENCHMARKS.md): w8a8 3071 us in flight with 4 stages
+# against 3624 without (128 rows: 236 / 268); the e4m3 modes lose in flight (block_wise_fp8 3982 against 3534)
+INFLIGHT = {MODE_BLOCK: False, MODE_CHANNEL: False, MODE_INT8: True}
+WGMMA_STAGES = {MODE_BLOCK: 3, MODE_CHANNEL: 3, MODE_INT8: 4}
 
 
 def smem_bytes(mode: int, stages: int) -> int:
@@ -89,8 +93,9 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, s
     check(not wgmma or (sm90 and mode in WGMMA_MODES), f"wgmma_q8 takes the 8-bit-weight modes on sm_90 (mode {mode}, "
           f"compute capability {cp.cuda.Device().compute_capability})")
     size = wgmma_smem_bytes if wgmma else functools.partial(smem_bytes, mode)
-    if stages is None:                      # wgmma_q8: 3 (4096 rows: 3582 against 4168 us for block_wise_fp8, H100)
-        stages = 3 if wgmma or size(4) > _optin(dev) else 4
+    if stages is None:
+        stages = WGMMA_STAGES[mode] if wgmma else 4
+        stages = stages if size(stages) <= _optin(dev) else 3
     check(stages in (3, 4), f"stages = {stages}, expected 3 or 4")
     smem = size(stages)
     check(smem <= _optin(dev), f"{stages} stages take {smem} bytes of shared memory, over this device's "
@@ -104,7 +109,7 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, s
     if M == 0:
         return y
     xq = quantized_x(x, mode, static)
-    inflight = INFLIGHT if inflight is None else bool(inflight)
+    inflight = INFLIGHT.get(mode, False) if inflight is None else bool(inflight)
     fn = wgmma_kernel(dev, mode, stages, inflight) if wgmma else kernel(dev, mode, stages,
                                                               UNROLL[mode] if unroll is None else bool(unroll))
     launch(fn, (-(-M // BM), -(-N // BN)), (THREADS,), (xq, w, ws, y, np.int32(M), np.int32(N), np.int32(K)),

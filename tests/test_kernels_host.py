@@ -879,7 +879,7 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
     monkeypatch.setattr(mma_q8, "kernel", lambda dev, mode, stages, unroll: types.SimpleNamespace(
         name=(mode, stages, unroll)))
     monkeypatch.setattr(mma_q8, "wgmma_kernel", lambda dev, mode, stages, inflight: types.SimpleNamespace(
-        name=("wgmma", mode, stages)))
+        name=("wgmma", mode, stages, inflight)))
     monkeypatch.setattr("fdlite_kernels._launch.ptr", lambda a: _Arr((1,), np.float32) if a is None else a)
     bf16 = np.dtype(ml_dtypes.bfloat16)
     params = _kernel_params("mma_q8", "mma_q8")
@@ -895,8 +895,10 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
         assert qn == f"gemv_rows_quant_x<{mode}, {gemv_rows.QUANT_WARPS}>" and qg == (M,) and qp
         assert qa[1].shape == (gemv_rows.smem_bytes(M, K, True, mode in (4, 5)),)
         wg = mode in mma_q8.WGMMA_MODES                    # sm_90 (the stand-in device): the 8-bit weights on wgmma
-        assert kn == (("wgmma", mode, 3) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8) and kb == (256,)
-        assert ks == (mma_q8.wgmma_smem_bytes(3) if wg else mma_q8.smem_bytes(mode, 4)) <= 227 * 1024 and kp
+        st = mma_q8.WGMMA_STAGES.get(mode, 4)                 # w8a8: 4 stages, one wgmma group in flight
+        assert kn == (("wgmma", mode, st, mode == 3) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8)
+        assert ks == (mma_q8.wgmma_smem_bytes(st) if wg else mma_q8.smem_bytes(mode, 4)) <= 227 * 1024 and kp
+        assert kb == (256,)
         assert ka[0] is qa[1] and ka[3] is y and y.shape == (M, N) and len(ka) == len(params)
         assert len(_kernel_params("wgmma_q8", "wgmma_q8")) == len(params)
         for a, p in zip(ka, params):
