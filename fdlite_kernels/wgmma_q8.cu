@@ -52,10 +52,13 @@ __device__ __forceinline__ void wq_wait1() {
 }
 // Pins an accumulator array's registers at this point: the compiler must not move its reads or writes across (a
 // wgmma in flight writes them behind the compiler's back until its wait).
-template <typename T>
-__device__ __forceinline__ void wq_pin(T (&d)[64]) {
+__device__ __forceinline__ void wq_pin(float (&d)[64]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+r"(reinterpret_cast<unsigned&>(d[i]))::"memory");
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void wq_pin(int (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
 // cp.async's writes (the generic proxy) made visible to wgmma's reads (the async proxy)
 __device__ __forceinline__ void wq_fence_proxy() {
@@ -177,7 +180,8 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
       if (s < nk) load_stage(s, s);
       cp_async_commit();
     }
-    for (int i = 0; i < nk; ++i) {
+    // tile i: wait for its copies, issue the next load, then its four wgmma into d (chain: accumulate from the first)
+    auto issue = [&](int i, Acc (&d)[64], bool chain) {
       cp_async_wait<STAGES - 3>();
       wq_fence_proxy();
       __syncthreads();
@@ -186,32 +190,27 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
       const u8* as = smem + (i % STAGES) * STB;
       const unsigned a0 = smem_addr(as + wg * 64 * 128), b0 = smem_addr(as + AB);
       wq_fence();
-      if constexpr (TILED) {
-        if (i & 1) {
 #pragma unroll
-          for (int kk = 0; kk < 4; ++kk) wq_mma(tmp1, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), kk > 0);
-          wq_commit();
+      for (int kk = 0; kk < 4; ++kk) wq_mma(d, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), chain || kk > 0);
+      wq_commit();
+      wq_pin(d);
+    };
+    if constexpr (TILED) {                   // tiles in pairs, so each sum set is named without a branch
+      for (int i = 0; i < nk; i += 2) {
+        issue(i, tmp, false);
+        wq_wait1();                          // tile i - 1 (in tmp1) is done
+        if (i > 0) {
           wq_pin(tmp1);
-          wq_wait1();
-          if (i > 0) promote(tmp, i - 1);
-        } else {
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) wq_mma(tmp, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), kk > 0);
-          wq_commit();
-          wq_pin(tmp);
-          wq_wait1();
-          if (i > 0) promote(tmp1, i - 1);
+          promote(tmp1, i - 1);
         }
-      } else {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wq_mma(acc, wq_desc(a0 + 32 * kk), wq_desc(b0 + 32 * kk), 1);
-        wq_commit();
-        wq_pin(acc);
-        wq_wait1();
+        if (i + 1 < nk) {
+          issue(i + 1, tmp1, false);
+          wq_wait1();                        // tile i (in tmp) is done
+          wq_pin(tmp);
+          promote(tmp, i);
+        }
       }
-    }
-    wq_wait();
-    if constexpr (TILED) {
+      wq_wait();
       wq_pin(tmp);
       wq_pin(tmp1);
       if (nk > 0) {
@@ -219,6 +218,11 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
         else promote(tmp, nk - 1);
       }
     } else {
+      for (int i = 0; i < nk; ++i) {
+        issue(i, acc, true);
+        wq_wait1();
+      }
+      wq_wait();
       wq_pin(acc);
     }
   } else {
