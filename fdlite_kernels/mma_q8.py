@@ -43,10 +43,11 @@ UNROLL = {MODE_BLOCK: True, MODE_CHANNEL: False, MODE_INT8: True, MODE_W4A8: Tru
 WGMMA = True                # sm_90: the 8-bit-weight modes on wgmma_q8 (route_ab.py can turn it off for an A/B)
 WGMMA_MODES = (MODE_BLOCK, MODE_CHANNEL, MODE_INT8)
 # wgmma_q8 keeping one wgmma group in flight across K tiles (loads STAGES - 2 ahead), and its pipeline depth, per
-# mode: the H100 sums over the four 8B projections at 4096 rows (BENCHMARKS.md): w8a8 3071 us in flight with 4 stages
-# against 3624 without (128 rows: 236 / 268); the e4m3 modes lose in flight (block_wise_fp8 3982 against 3534)
-INFLIGHT = {MODE_BLOCK: False, MODE_CHANNEL: False, MODE_INT8: True}
-WGMMA_STAGES = {MODE_BLOCK: 3, MODE_CHANNEL: 3, MODE_INT8: 4}
+# mode: the H100 sums over the four 8B projections at 4096 rows (BENCHMARKS.md): w8a8 3074 us in flight with 4 stages
+# against 3623 without (128 rows: 236 / 269), wfp8afp8 3073 / 3540 (235 / 261); block_wise_fp8 gains nothing (3564 /
+# 3526: ptxas serializes its wgmma, a tile's sums being scaled while the next tile's run)
+INFLIGHT = {MODE_BLOCK: False, MODE_CHANNEL: True, MODE_INT8: True}
+WGMMA_STAGES = {MODE_BLOCK: 3, MODE_CHANNEL: 4, MODE_INT8: 4}
 
 
 def smem_bytes(mode: int, stages: int) -> int:

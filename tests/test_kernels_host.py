@@ -895,8 +895,8 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
         assert qn == f"gemv_rows_quant_x<{mode}, {gemv_rows.QUANT_WARPS}>" and qg == (M,) and qp
         assert qa[1].shape == (gemv_rows.smem_bytes(M, K, True, mode in (4, 5)),)
         wg = mode in mma_q8.WGMMA_MODES                    # sm_90 (the stand-in device): the 8-bit weights on wgmma
-        st = mma_q8.WGMMA_STAGES.get(mode, 4)                 # w8a8: 4 stages, one wgmma group in flight
-        assert kn == (("wgmma", mode, st, mode == 3) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8)
+        st = mma_q8.WGMMA_STAGES.get(mode, 4)                 # w8a8, wfp8afp8: 4 stages, one wgmma group in flight
+        assert kn == (("wgmma", mode, st, mode in (2, 3)) if wg else (mode, 4, mma_q8.UNROLL[mode])) and kg == (3, 8)
         assert ks == (mma_q8.wgmma_smem_bytes(st) if wg else mma_q8.smem_bytes(mode, 4)) <= 227 * 1024 and kp
         assert kb == (256,)
         assert ka[0] is qa[1] and ka[3] is y and y.shape == (M, N) and len(ka) == len(params)
