@@ -505,11 +505,12 @@ for stage in "$@"; do
     q8e2e)          # the 8B shape (8 layers), 1024-token prompts at batch 1 and 4: prefill time with mma_q8, then without
                     # (the routes before: gemv_rows per 16 rows to 64, above them the reference formula / bf16 stop-gap)
       OFF="fdlite.quant._gpu.Q8_MIN_M=1000000 fdlite.quant._gpu.Q8_INT4_MIN_M=1000000 fdlite.quant._gpu.Q8_FP8_MIN_M=1000000"
+      OFF="$OFF fdlite.quant._gpu.NF4_MIN_M=1000000"
       for q in ${Q8_QUANTS:-w8a8 block_wise_fp8 w4afp8 wfp8afp8}; do
         for AB in "" "$OFF"; do
           echo "-- $q, routes changed: ${AB:-none}"
-          T 150 python3 benchmarks/route_ab.py $AB -- --quant $q --kv bf16 --batch 1,4 --prompt 1024 --gen 16 \
-            --layers 8 2>&1 | grep "^|"
+          T 150 python3 benchmarks/route_ab.py $AB -- --quant $q --kv bf16 --batch ${Q8_BATCH:-1,4} --prompt 1024 \
+            --gen 16 --layers $([ $q = nf4 ] && echo 4 || echo 8) 2>&1 | grep "^|"
         done
       done ;;
     nf4q)           # nf4's prefill GEMM (mma_nf4) and the static activation scales: twins, the touched routes and models,
