@@ -35,7 +35,8 @@ def _case(name, N, K, M, seed):
 @pytest.mark.parametrize("M", [1, 17, 130, 300])
 def test_mma_q8_vs_twin(cp, name, N, K, M):
     """Every mode at awkward shapes (N not a multiple of the 128-column block, odd N, a single K tile pair, rows past
-    the 128-row block), output poisoned; every pipeline depth and unroll choice on one shape."""
+    the 128-row block), output poisoned; on two shapes every pipeline depth, unroll choice and kernel (sm_90: the
+    8-bit weights on wgmma_q8, with and without a wgmma group in flight, and on mma_q8)."""
     import fdlite_kernels.mma_q8 as q8
 
     fn_name, skey, tol = METHODS[name]
