@@ -273,3 +273,22 @@ def test_nf4_codes_match_the_argmin_definition_on_a_layer():
     amax = np.abs(wp).max(-1, keepdims=True)
     t = (wp / np.where(amax > 0, amax, np.float32(1))).astype(np.float32) * np.float32(1)
     assert np.array_equal(q, np.abs(t[..., None] - _NF4).argmin(-1).reshape(64, -1)[:, :1000])
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a8"])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), [1.0, 2.0]])
+def test_static_activation_scale_must_be_one_positive_value(name, bad):
+    """A checkpoint's activation_scale that is zero, negative, not finite or not one value is refused at load
+    (prepare) on any backend, naming the method and the values, instead of dividing x by zero on every call."""
+    from fdlite.backend import get_backend
+    from fdlite.errors import CheckpointError
+
+    m = quant.get(name)()
+    p = m.quantize(np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32))
+    p.arrays["activation_scale"] = np.array(bad if isinstance(bad, list) else [bad], np.float32)
+    with pytest.raises(CheckpointError, match=f"{name}: activation_scale holds"):
+        m.prepare(p, get_backend("cpu"))
+    p.arrays["activation_scale"] = np.array([3.0], np.float32)
+    q = m.prepare(p, get_backend("cpu"))                  # a valid one: kept, the twin's static branch reads it
+    x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+    assert np.isfinite(m.matmul(x, q, np)).all()

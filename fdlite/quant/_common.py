@@ -97,6 +97,18 @@ def fp8_round(x, xp=np):
 # Each returns x_hat = dequantize(quantize(x)) in float32: the reference GEMM is then x_hat @ W_hat.T, which
 # equals the integer/fp8 GEMM followed by the scales (fp32 accumulation; exact up to float reassociation).
 
+def check_static_amax(method: str, a) -> float:
+    """A checkpoint's static activation abs-max (activation_scale): one finite value > 0, else CheckpointError (a
+    zero scale would divide x by zero on every call)."""
+    from ..errors import CheckpointError  # noqa: PLC0415
+
+    v = np.asarray(a.get() if hasattr(a, "get") else a, np.float64).reshape(-1)
+    if v.size != 1 or not np.isfinite(v[0]) or v[0] <= 0:
+        raise CheckpointError(f"{method}: activation_scale holds {v.tolist()[:4]}; a static activation abs-max is one "
+                              "finite value > 0")
+    return float(v[0])
+
+
 def act_int8_per_token(x, xp=np, static_amax: float | None = None, group: int | None = None):
     """Dynamic per token (row), or per token and K-group of ``group`` columns (last group may be partial):
     s = amax / 127, q = rint(x / s) in [-127, 127] (RNE, __float2int_rn).

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..errors import ConfigError
-from ._common import check_weight, nearest_level, pack_nibbles, round_half_away, unpack_nibbles
+from ._common import check_static_amax, check_weight, nearest_level, pack_nibbles, round_half_away, unpack_nibbles
 from . import _gpu
 from .base import Packed, QuantMethod
 
@@ -126,6 +126,8 @@ class Grouped(QuantMethod):
     def prepare(self, p: Packed, backend) -> Packed:
         if backend.is_gpu and type(self).act is Grouped.act and _gpu.grouped_supported(self, p):
             return _gpu.prepare_grouped(self, p, backend)        # weight-only int8/int4: repack for the kernels
+        if "activation_scale" in p.arrays:
+            check_static_amax(self.name, p.arrays["activation_scale"])
         q = super().prepare(p, backend)
         if backend.is_gpu and "activation_scale" in p.arrays:    # w8a8 / w4a8 static: the kernels' float32 scale
             return _gpu.with_static_scale(q, backend)
