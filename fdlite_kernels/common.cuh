@@ -171,6 +171,27 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) { ldmatr
 
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Columns col, col + 1 of one row of a bf16 [., N] output from fp32 (the prefill GEMMs' epilogue: mma_q8, wgmma_q8,
+// mma_nf4): one 4-byte store where N is even (the pair stays aligned), else two, the second only inside N.
+__device__ __forceinline__ void store_bf16_pair(bf16_t* dst, int col, int N, float v0, float v1) {
+  if ((N & 1) == 0) {
+    *reinterpret_cast<unsigned*>(dst) = (unsigned)f32_to_bf16(v0) | ((unsigned)f32_to_bf16(v1) << 16);
+  } else {
+    dst[0] = f32_to_bf16(v0);
+    if (col + 1 < N) dst[1] = f32_to_bf16(v1);
+  }
+}
+
+// The accumulator type of an 8-bit mma: int32 for s8 x s8 (exact sums), else fp32.
+template <bool INT>
+struct AccOf {
+  using T = float;
+};
+template <>
+struct AccOf<true> {
+  using T = int;
+};
+
 // e4m3fn bits -> float, exact for every finite code (NaN codes are never produced by the quantizers).
 // Normal codes: the 7 exponent+mantissa bits at float bits 20..26 give 2^(e-127)(1 + m/8); multiplying by
 // 2^120 rebases the exponent bias from 127 to 7, exactly. Subnormal codes (e = 0, value m/8 * 2^-6) are

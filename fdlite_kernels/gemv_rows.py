@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect, launch, sms
+from ._launch import BF16, check, expect, launch, smem_optin, sms
 
 MAX_M = 16                     # two B fragments of 8 tokens (9-16: NB = 2, block shape (1, 8))
 MAX_M_INT4 = 8                 # w4a8, w4afp8: one fragment (their x registers leave no room for a second)
@@ -118,13 +118,10 @@ def kernel(device_id: int, name: str) -> Compiled:
     decode step launches it per linear; the attributes are driver queries). A byte mode is allowed all the dynamic
     shared memory a block may have beside its static reduction buffer (its x is sized by M and K; the attribute
     belongs to the function, so it is set once, not per launch size)."""
-    import cupy as cp  # noqa: PLC0415
-
     fn = load("gemv_rows", name_expressions=(name,)).get_function(name)
     cap = 0
     if not name.startswith((f"gemv_rows<{MODE_BF16},", "gemv_rows_quant_x")) and ", true" not in name:
-        optin = cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
-        cap = fn.max_dynamic_shared_size_bytes = min(optin, SMEM_MAX) - fn.shared_size_bytes
+        cap = fn.max_dynamic_shared_size_bytes = min(smem_optin(device_id), SMEM_MAX) - fn.shared_size_bytes
     return Compiled(fn, fn.num_regs, cap)
 
 

@@ -134,7 +134,6 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
   }
   cp_async_wait<0>();
 
-  const bool pairs = (N & 1) == 0;
 #pragma unroll
   for (int a = 0; a < MT; ++a)
 #pragma unroll
@@ -146,13 +145,7 @@ __global__ void __launch_bounds__(NF_THREADS, 1) mma_nf4(const bf16_t* __restric
         const int col = n0 + WC * wn + 8 * h + 2 * t;
         if (col >= N) continue;
         const float v0 = acc[a][h][2 * e], v1 = acc[a][h][2 * e + 1];
-        bf16_t* dst = y + (size_t)row * N + col;
-        if (pairs) {
-          *reinterpret_cast<unsigned*>(dst) = (unsigned)f32_to_bf16(v0) | ((unsigned)f32_to_bf16(v1) << 16);
-        } else {
-          dst[0] = f32_to_bf16(v0);
-          if (col + 1 < N) dst[1] = f32_to_bf16(v1);
-        }
+        store_bf16_pair(y + (size_t)row * N + col, col, N, v0, v1);
       }
     }
 }

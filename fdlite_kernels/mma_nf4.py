@@ -15,7 +15,7 @@ import functools
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, expect, launch
+from ._launch import BF16, check, expect, launch, smem_optin
 
 BM = BN = 128               # rows of x and output columns per block (mma_nf4.cu: NF_BM, NF_BN)
 THREADS = 256
@@ -33,13 +33,6 @@ def kernel(device_id: int, stages: int, wm: int = 2):
     fn = load("mma_nf4", name_expressions=(name,)).get_function(name)
     fn.max_dynamic_shared_size_bytes = smem_bytes(stages)
     return fn
-
-
-@functools.lru_cache(maxsize=None)
-def _optin(device_id: int) -> int:
-    import cupy as cp  # noqa: PLC0415
-
-    return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
 
 
 def mma_nf4(x, q, ws, out=None, stages=None, wm=None):
@@ -62,8 +55,8 @@ def mma_nf4(x, q, ws, out=None, stages=None, wm=None):
     check(stages in (3, 4), f"stages = {stages}, expected 3 or 4")
     wm = WM if wm is None else wm
     check(wm in (1, 2), f"wm = {wm}, expected 1 or 2")
-    check(smem_bytes(stages) <= _optin(dev), f"{stages} stages take {smem_bytes(stages)} bytes of shared memory, over "
-                                             f"this device's {_optin(dev)} a block")
+    check(smem_bytes(stages) <= smem_optin(dev), f"{stages} stages take {smem_bytes(stages)} bytes of shared memory, over "
+                                             f"this device's {smem_optin(dev)} a block")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")

@@ -34,15 +34,6 @@
 #define E4M3_N0 0xCACCCED0u
 #define E4M3_N1 0xB8C0C4C8u
 
-template <bool INT>
-struct Q8Acc {
-  using T = float;
-};
-template <>
-struct Q8Acc<true> {
-  using T = int;
-};
-
 __device__ __forceinline__ void mma8(float* c, const unsigned* a, unsigned b0, unsigned b1) {
   mma_16832_e4m3(c, a, b0, b1);
 }
@@ -70,8 +61,8 @@ __global__ void __launch_bounds__(Q8_THREADS, 1) mma_q8(const u8* __restrict__ x
   constexpr bool W4 = MODE == ROWS_W4A8 || MODE == ROWS_W4AFP8;
   constexpr bool INT = MODE == ROWS_INT8 || MODE == ROWS_W4A8;       // s8 mma, int32 sums
   constexpr bool TILED = MODE == ROWS_BLOCK || W4;                   // scales per 128-column tile
-  using Tmp = typename Q8Acc<INT>::T;                                // a tile's sums (TILED) or all of K's
-  using Acc = typename Q8Acc<INT && !TILED>::T;
+  using Tmp = typename AccOf<INT>::T;                                // a tile's sums (TILED) or all of K's
+  using Acc = typename AccOf<INT && !TILED>::T;
   constexpr int AV = Q8_BM * 8;                                      // uint4 of x per stage (8 chunks a row)
   constexpr int WV = Q8_BN * (W4 ? 4 : 8);                           // uint4 of weights per stage
   constexpr int SV = TILED ? 2 * Q8_BM / 4 : 0;                      // uint4 of scales: x rows', then weights'
@@ -213,7 +204,6 @@ __global__ void __launch_bounds__(Q8_THREADS, 1) mma_q8(const u8* __restrict__ x
   cp_async_wait<0>();
 
   // C fragment c of (a, h): row 64 wm + 16 a + g (+ 8 for c >= 2), column 32 wn + 8 h + 2 t + (c & 1)
-  const bool pairs = (N & 1) == 0;           // bf16 pairs stay 4-byte aligned
 #pragma unroll
   for (int a = 0; a < 4; ++a)
 #pragma unroll
@@ -230,13 +220,7 @@ __global__ void __launch_bounds__(Q8_THREADS, 1) mma_q8(const u8* __restrict__ x
           v0 *= sxr * __ldg(ws + col);
           v1 *= col + 1 < N ? sxr * __ldg(ws + col + 1) : 0.f;
         }
-        bf16_t* dst = y + (size_t)row * N + col;
-        if (pairs) {
-          *reinterpret_cast<unsigned*>(dst) = (unsigned)f32_to_bf16(v0) | ((unsigned)f32_to_bf16(v1) << 16);
-        } else {
-          dst[0] = f32_to_bf16(v0);
-          if (col + 1 < N) dst[1] = f32_to_bf16(v1);
-        }
+        store_bf16_pair(y + (size_t)row * N + col, col, N, v0, v1);
       }
     }
 }

@@ -32,7 +32,7 @@ import functools
 import numpy as np
 
 from . import load
-from ._launch import BF16, check, launch
+from ._launch import BF16, check, launch, smem_optin
 from .gemv_rows import (MODE_BLOCK, MODE_CHANNEL, MODE_INT8, MODE_W4A8, MODE_W4AFP8, W4_MODES, _codes, _e4m3,
                         _int4_groups, _per_channel, quantized_x)
 
@@ -77,13 +77,6 @@ def wgmma_kernel(device_id: int, mode: int, stages: int, inflight: bool = False)
     return fn
 
 
-@functools.lru_cache(maxsize=None)
-def _optin(device_id: int) -> int:
-    import cupy as cp  # noqa: PLC0415
-
-    return cp.cuda.Device(device_id).attributes["MaxSharedMemoryPerBlockOptin"]
-
-
 def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, static=None, inflight=None):
     import cupy as cp  # noqa: PLC0415
 
@@ -96,11 +89,11 @@ def _run(x, w, ws, N: int, K: int, mode: int, out, stages, unroll, wgmma=None, s
     size = wgmma_smem_bytes if wgmma else functools.partial(smem_bytes, mode)
     if stages is None:
         stages = WGMMA_STAGES[mode] if wgmma else 4
-        stages = stages if size(stages) <= _optin(dev) else 3
+        stages = stages if size(stages) <= smem_optin(dev) else 3
     check(stages in (3, 4), f"stages = {stages}, expected 3 or 4")
     smem = size(stages)
-    check(smem <= _optin(dev), f"{stages} stages take {smem} bytes of shared memory, over this device's "
-                               f"{_optin(dev)} a block")
+    check(smem <= smem_optin(dev), f"{stages} stages take {smem} bytes of shared memory, over this device's "
+                               f"{smem_optin(dev)} a block")
     y = out if out is not None else cp.empty((M, N), dtype=BF16)
     check(y.shape == (M, N) and y.dtype == BF16 and y.flags.c_contiguous,
           f"out: {y.dtype} {y.shape}, expected C-contiguous bf16 {(M, N)}")

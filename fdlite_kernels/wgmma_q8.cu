@@ -43,14 +43,11 @@ __device__ __forceinline__ void wq_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
+// every committed wgmma group of this warpgroup but the newest N has finished
+template <int N = 0>
 __device__ __forceinline__ void wq_wait() {
 #ifdef WQ_SM90A
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wq_wait1() {
-#ifdef WQ_SM90A
-  asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
 // Pins an accumulator array's registers at this point: the compiler must not move its reads or writes across (a
@@ -104,22 +101,13 @@ __device__ __forceinline__ void wq_mma(int (&d)[64], unsigned long long a, unsig
 #endif
 }
 
-template <bool INT>
-struct WqAcc {
-  using T = float;
-};
-template <>
-struct WqAcc<true> {
-  using T = int;
-};
-
 template <int MODE, int STAGES, bool INFLIGHT>
 __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__ xq, const uint4* __restrict__ w,
                                                           const float* __restrict__ ws, bf16_t* __restrict__ y, int M,
                                                           int N, int K) {
   static_assert(MODE == ROWS_BLOCK || MODE == ROWS_CHANNEL || MODE == ROWS_INT8, "8-bit weights only");
   constexpr bool INT = MODE == ROWS_INT8, TILED = MODE == ROWS_BLOCK;
-  using Acc = typename WqAcc<INT>::T;
+  using Acc = typename AccOf<INT>::T;
   constexpr int AB = WQ_BM * 128, BB = WQ_BN * 128;                 // bytes of x and of weights per stage
   constexpr int STB = AB + BB + 1024;                               // + the tile's x scales and weight scale
   extern __shared__ uint4 smem_raw[];
@@ -201,14 +189,14 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
     if constexpr (TILED) {                   // tiles in pairs, so each sum set is named without a branch
       for (int i = 0; i < nk; i += 2) {
         issue(i, tmp, false);
-        wq_wait1();                          // tile i - 1 (in tmp1) is done
+        wq_wait<1>();                          // tile i - 1 (in tmp1) is done
         if (i > 0) {
           wq_pin(tmp1);
           promote(tmp1, i - 1);
         }
         if (i + 1 < nk) {
           issue(i + 1, tmp1, false);
-          wq_wait1();                        // tile i (in tmp) is done
+          wq_wait<1>();                        // tile i (in tmp) is done
           wq_pin(tmp);
           promote(tmp, i);
         }
@@ -223,7 +211,7 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
     } else {
       for (int i = 0; i < nk; ++i) {
         issue(i, acc, true);
-        wq_wait1();
+        wq_wait<1>();
       }
       wq_wait();
       wq_pin(acc);
@@ -264,7 +252,6 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
   cp_async_wait<0>();
 
   // accumulator j: n8 tile j / 4, row 16 (warp % 4) + g (+ 8 for j % 4 >= 2), column 8 (j / 4) + 2t + (j & 1)
-  const bool pairs = (N & 1) == 0;
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
     const int row = m0 + 64 * wg + 16 * (warp & 3) + g + 8 * e;
@@ -279,13 +266,7 @@ __global__ void __launch_bounds__(WQ_THREADS, 1) wgmma_q8(const u8* __restrict__
         v0 *= sxr * __ldg(ws + col);
         v1 *= col + 1 < N ? sxr * __ldg(ws + col + 1) : 0.f;
       }
-      bf16_t* dst = y + (size_t)row * N + col;
-      if (pairs) {
-        *reinterpret_cast<unsigned*>(dst) = (unsigned)f32_to_bf16(v0) | ((unsigned)f32_to_bf16(v1) << 16);
-      } else {
-        dst[0] = f32_to_bf16(v0);
-        if (col + 1 < N) dst[1] = f32_to_bf16(v1);
-      }
+      store_bf16_pair(y + (size_t)row * N + col, col, N, v0, v1);
     }
   }
 }

@@ -908,7 +908,7 @@ def test_mma_q8_launch_passes_what_the_kernel_takes(monkeypatch):
     assert mma_q8.smem_bytes(4, 4) == 4 * (16384 + 8192 + 1024)
     # a device with 99 KiB a block (sm_89) gets three stages of the 8-bit tiles
     assert mma_q8.wgmma_smem_bytes(4) == 4 * 33792 + 1024
-    monkeypatch.setattr(mma_q8, "_optin", lambda dev: 101376)
+    monkeypatch.setattr(mma_q8, "smem_optin", lambda dev: 101376)
     mma_q8.mma_q8_fp8(_Arr((M, K), bf16), runs[0][1], runs[0][2], wgmma=False)
     assert calls[-1][0] == (1, 3, True) and calls[-1][4] == 3 * 33792
     with pytest.raises(ValueError, match="4 stages take 135168 bytes of shared memory, over this device's 101376"):
@@ -952,7 +952,7 @@ def test_mma_nf4_launch_passes_what_the_kernel_takes(monkeypatch):
     assert len(args) == len(params) and args[3] is y and args[4:] == (300, 1000, 4096)
     for a, p in zip(args, params):
         assert isinstance(a, np.int32) if p == "int" else isinstance(a, _Arr), (p, a)
-    monkeypatch.setattr(mma_nf4, "_optin", lambda dev: 166912)
+    monkeypatch.setattr(mma_nf4, "smem_optin", lambda dev: 166912)
     with pytest.raises(ValueError, match="4 stages take 167936 bytes of shared memory, over this device's 166912"):
         mma_nf4.mma_nf4(_Arr((3, 256), bf16), _Arr((8, 128), np.uint8), _Arr((8, 4), np.float32), stages=4)
     with pytest.raises(ValueError, match="K = 200 must be a positive multiple of 256"):

@@ -14,6 +14,8 @@ only calls in here when its arrays live on a GPU. Which path runs:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..backend import array_module
@@ -158,8 +160,6 @@ def _static(p: Packed):
 
 def _given(fn, static):
     """fn, or fn with its static activation scale bound."""
-    import functools  # noqa: PLC0415
-
     return fn if static is None else functools.partial(fn, static=static)
 
 
